@@ -9,4 +9,11 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'sae_tutorial.core.per_budget': ('core.html#per_budget', 'sae_tutorial/core.py'),
                                    'sae_tutorial.core.project_root': ('core.html#project_root', 'sae_tutorial/core.py'),
                                    'sae_tutorial.core.save_figure': ('core.html#save_figure', 'sae_tutorial/core.py'),
-                                   'sae_tutorial.core.seed_everything': ('core.html#seed_everything', 'sae_tutorial/core.py')}}}
+                                   'sae_tutorial.core.seed_everything': ('core.html#seed_everything', 'sae_tutorial/core.py')},
+            'sae_tutorial.metrics': { 'sae_tutorial.metrics.DictionaryMatch': ('metrics.html#dictionarymatch', 'sae_tutorial/metrics.py'),
+                                      'sae_tutorial.metrics._check_matrix': ('metrics.html#_check_matrix', 'sae_tutorial/metrics.py'),
+                                      'sae_tutorial.metrics.fraction_matched': ('metrics.html#fraction_matched', 'sae_tutorial/metrics.py'),
+                                      'sae_tutorial.metrics.match_dictionaries': ( 'metrics.html#match_dictionaries',
+                                                                                   'sae_tutorial/metrics.py'),
+                                      'sae_tutorial.metrics.max_cosines': ('metrics.html#max_cosines', 'sae_tutorial/metrics.py'),
+                                      'sae_tutorial.metrics.mmcs': ('metrics.html#mmcs', 'sae_tutorial/metrics.py')}}}
