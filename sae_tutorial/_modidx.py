@@ -69,6 +69,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                       'sae_tutorial.metrics._check_matrix': ('metrics.html#_check_matrix', 'sae_tutorial/metrics.py'),
                                       'sae_tutorial.metrics._check_pair': ('metrics.html#_check_pair', 'sae_tutorial/metrics.py'),
                                       'sae_tutorial.metrics._device_of': ('metrics.html#_device_of', 'sae_tutorial/metrics.py'),
+                                      'sae_tutorial.metrics._dtype_of': ('metrics.html#_dtype_of', 'sae_tutorial/metrics.py'),
                                       'sae_tutorial.metrics._row_cos': ('metrics.html#_row_cos', 'sae_tutorial/metrics.py'),
                                       'sae_tutorial.metrics._sae_out': ('metrics.html#_sae_out', 'sae_tutorial/metrics.py'),
                                       'sae_tutorial.metrics._scored_logprobs': ('metrics.html#_scored_logprobs', 'sae_tutorial/metrics.py'),

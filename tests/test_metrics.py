@@ -327,3 +327,31 @@ def test_lm_bad_inputs_name_the_fix(lm):
     with pytest.raises(ValueError, match=r"tokens must be \[batch, seq\]"): splice_metrics(lm, [t[0]], HOOK, lambda x: x)
     with pytest.raises(ValueError, match="no prediction was scored"): splice_metrics(lm, [(t, torch.zeros(4, 9, dtype=torch.bool))], HOOK, lambda x: x)
     with pytest.raises(ValueError, match="replacement has"): splice_hook(torch.zeros(1, 2, 3))(torch.zeros(1, 2, 4))
+
+# ---------------------------------------------------------------- with the real SAEs of sae_tutorial.sae
+from sae_tutorial.sae import SAEConfig, make_sae
+
+@pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk", "jumprelu", "gated"])
+def test_evaluate_on_every_architecture_matches_direct_formulas(arch):
+    torch.manual_seed(0)
+    sae = make_sae(SAEConfig(d_in=12, expansion_factor=2, architecture=arch, k=3))
+    x = torch.randn(600, 12) + 2
+    if arch == "batchtopk":
+        with torch.no_grad(): sae.train()(x[:128])            # sets the inference threshold; eval is then per-row
+    res = evaluate(sae.eval(), x.split(128), D_true=sae.W_dec.detach()[torch.randperm(24)])
+    with torch.no_grad(): out = sae(x)
+    ref = np_recon(x.numpy(), out.x_hat.numpy())
+    assert res.explained_variance == pytest.approx(ref["ev"], rel=1e-5, abs=1e-6)
+    assert res.cosine_sim == pytest.approx(ref["cos"], rel=1e-5)
+    assert res.l0 == pytest.approx(float((out.f != 0).sum(1).double().mean()), rel=1e-9)
+    assert res.mmcs == pytest.approx(1.0) and res.d_sae == 24
+    if arch == "topk": assert res.l0 <= 3
+
+def test_float32_sae_in_a_float64_stream_and_a_float64_model():
+    "Inputs are cast to the SAE's dtype, so a float64 stream (or a model in another dtype) still works."
+    sae = make_sae(SAEConfig(d_in=8, expansion_factor=2))
+    res = evaluate(sae, [torch.randn(50, 8, dtype=torch.float64)])
+    assert res.n_tokens == 50
+    lm = make_tiny_hooked_lm(d_vocab=11, d_model=8, d_mlp=16).double().eval()
+    m = splice_metrics(lm, [tokens(1)], HOOK, sae)
+    assert np.isfinite(m.ce_sae) and m.n_pred == 32
