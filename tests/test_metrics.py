@@ -355,3 +355,28 @@ def test_float32_sae_in_a_float64_stream_and_a_float64_model():
     lm = make_tiny_hooked_lm(d_vocab=11, d_model=8, d_mlp=16).double().eval()
     m = splice_metrics(lm, [tokens(1)], HOOK, sae)
     assert np.isfinite(m.ce_sae) and m.n_pred == 32
+
+def test_keep_fn_by_norm_equals_the_explicit_mask(lm):
+    t = tokens(21)
+    with torch.no_grad():
+        act = []; lm.run_with_hooks(t, fwd_hooks=[(HOOK, lambda a, hook: act.append(a))])
+    norms = act[0].norm(dim=-1)
+    thr = norms.median()
+    f = lambda x: 0.7 * x
+    by_fn = splice_metrics(lm, [t], HOOK, f, keep_fn=lambda toks, a: a.norm(dim=-1) < thr)
+    explicit = splice_metrics(lm, [(t, norms < thr)], HOOK, f)
+    assert by_fn == explicit and by_fn.n_pred == int((norms < thr)[:, :-1].sum())
+    with pytest.raises(ValueError, match="keep_fn must return a bool mask"):
+        splice_metrics(lm, [t], HOOK, f, keep_fn=lambda toks, a: a.norm(dim=-1))
+
+def test_splice_metrics_restores_training_mode(lm):
+    sae = make_sae(SAEConfig(d_in=8, expansion_factor=2)).train()
+    lm.train()
+    seen = []
+    class Spy(torch.nn.Module):
+        def __init__(self): super().__init__(); self.inner = sae
+        def forward(self, x): seen.append(self.training); return self.inner(x)
+    spy = Spy().train()
+    splice_metrics(lm, [tokens(1)], HOOK, spy)
+    assert seen == [False] and spy.training and lm.training
+    lm.eval()
