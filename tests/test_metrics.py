@@ -380,3 +380,12 @@ def test_splice_metrics_restores_training_mode(lm):
     splice_metrics(lm, [tokens(1)], HOOK, spy)
     assert seen == [False] and spy.training and lm.training
     lm.eval()
+
+def test_plot_log_density_counts_dead_latents():
+    import matplotlib; matplotlib.use("Agg")
+    from sae_tutorial.metrics import plot_log_density
+    dens = torch.tensor([0.0, 0.0, 0.0, 1e-3, 1e-2, 0.5], dtype=torch.float64)
+    ax = plot_log_density({"a": dens}, lo=-5)
+    assert "a (3 dead)" in [t.get_text() for t in ax.get_legend().get_texts()]
+    bars = [p for p in ax.patches if type(p).__name__ == "Rectangle" and p.get_height() > 0]
+    assert any(p.get_height() == 3 and p.get_x() + p.get_width() / 2 == pytest.approx(-5.5) for p in bars)
