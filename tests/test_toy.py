@@ -151,3 +151,10 @@ def test_bad_batch_shape_and_values():
     with pytest.raises(ValueError, match="NaN"): model(torch.full((2, 3, 5), float("nan")))
     with pytest.raises(ValueError, match="steps must be >= 1"): train_toy(model, steps=0)
     with pytest.raises(ValueError, match="unknown toy experiment"): reproduce_toy(["pentagons"])
+
+def test_reproduce_toy_runs_and_checks_one_experiment(monkeypatch, tmp_path):
+    monkeypatch.setenv("SAE_TUTORIAL_BUDGET", "ci")          # figures go to a temporary folder at the ci budget
+    facts = reproduce_toy(["correlated"], device="cpu", verbose=False)
+    assert set(facts) == {"correlated"}
+    assert all(abs(a - 90) < 10 for a in facts["correlated"]["correlated_pair_angles"])
+    assert all(a > 170 for a in facts["correlated"]["anticorrelated_pair_angles"])
