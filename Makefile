@@ -35,7 +35,7 @@ test: $(STAMP)
 reproduce: $(STAMP)
 	@echo "make reproduce: the language-model reproduction (notebook 07) has not landed yet;"
 	@echo "running the toy-model reproduction (notebook 01) at budget $${SAE_TUTORIAL_BUDGET:-cpu}; figures go to images/."
-	SAE_TUTORIAL_BUDGET=$${SAE_TUTORIAL_BUDGET:-cpu} $(BIN)/nbdev-test nbs/00_core.ipynb --do-print --timing
+	SAE_TUTORIAL_BUDGET=$${SAE_TUTORIAL_BUDGET:-cpu} $(BIN)/sae-tutorial toy
 
 readme: $(STAMP)
 	$(BIN)/python tests/sync.py readme
