@@ -1,7 +1,7 @@
 "Harvested activations against an independent Hugging Face forward pass; masks, normalisation, stores."
 import functools, os
 import numpy as np, pytest, torch
-from lm_fixtures import lm, small_corpus
+from lm_fixtures import lm, small_corpus, one_thread  # noqa: F401 (autouse fixture)
 from sae_tutorial.lm import EOT_ID, cache_dir
 from sae_tutorial.activations import (ActivationStore, HarvestConfig, KEPT, MASK_POS0, MASK_SPECIAL, MASK_NORM,
                                       harvest_activations, hook_layer, norm_scale, sink_mask, tokenize_contexts)

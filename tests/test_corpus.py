@@ -1,7 +1,7 @@
 "The corpus builder: cleaning rules, determinism, proportions, user files, and its errors."
 import gzip, json, os, unicodedata
 import pytest
-from lm_fixtures import small_corpus, lm
+from lm_fixtures import small_corpus, lm, one_thread  # noqa: F401 (autouse fixture)
 from sae_tutorial.corpus import (CorpusConfig, Document, DEFAULT_MIX, SOURCE_LICENCES, build_corpus, corpus_stats,
                                  split_documents, strip_gutenberg, strip_hebrew_marks, read_arabic, cache_dir)
 
