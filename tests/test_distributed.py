@@ -1,7 +1,7 @@
 """Data-parallel training (sae_tutorial.distributed): sharded reading of the disk store, synchronised dead-latent
 statistics, memory arithmetic, and the main check: `torchrun --nproc_per_node 2` (gloo on CPU) trains to the
 weights one process gets with the same global batch and seed (the training notebook's `train` is the reference)."""
-import json, os, subprocess, sys, warnings
+import itertools, json, os, subprocess, sys, warnings
 from pathlib import Path
 import numpy as np
 import pytest
@@ -146,3 +146,21 @@ def test_job_json_round_trip(tmp_path):
     job = DDPJob(store="s", out="o", sae_cfg=SAEConfig(d_in=8, architecture="topk", k=3),
                  train_cfg=TrainConfig(resample_steps=[3, 5]), global_batch_size=32)
     assert DDPJob.load(job.save(tmp_path/"j.json")) == job
+
+
+def test_train_ddp_checkpoint_resume_is_exact(store, tmp_path):
+    "A run stopped at a checkpoint and resumed with train_ddp ends with the weights of the uninterrupted run."
+    sae_cfg = SAEConfig(d_in=16, expansion_factor=2)
+    tc = dict(lr=3e-3, progress=False, dead_window=64, resample="random", resample_steps=[8], log_every=4)
+    torch.manual_seed(0); s0 = make_sae(sae_cfg)
+    with torch.no_grad(): s0.b_enc[:3] = -100.0
+    def fresh():
+        s = make_sae(sae_cfg); s.load_state_dict(s0.state_dict()); return s
+    full = train_ddp(fresh(), global_batches(store, 50, epochs=None), LossConfig(), TrainConfig(steps=16, **tc))
+    ck = tmp_path/"ck"
+    cut = itertools.islice(global_batches(store, 50, epochs=None), 7)      # the data runs out: the run stops at step 7
+    train_ddp(fresh(), cut, LossConfig(), TrainConfig(steps=16, checkpoint_every=6, checkpoint_dir=str(ck), **tc))
+    resumed = train_ddp(fresh(), global_batches(store, 50, epochs=None), LossConfig(), TrainConfig(steps=16, **tc),
+                        resume_from=ck/"step_000000006")
+    assert resumed.steps == 16 and resumed.resamples == full.resamples
+    for k, v in full.sae.state_dict().items(): torch.testing.assert_close(resumed.sae.state_dict()[k], v, rtol=0, atol=0)
