@@ -17,6 +17,14 @@ from sae_tutorial.distributed import (DDPJob, SyncedFeatureUsage, global_batches
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    "Tiny SAEs: one thread avoids OpenMP spin contention on the shared 2-core machines."
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     data = SparseFeatureData(d_in=16, n_features=48, mean_active=3, seed=0)
