@@ -123,6 +123,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                       'sae_tutorial/distributed.py'),
                                           'sae_tutorial.distributed.sharded_batches': ( 'scaling.html#sharded_batches',
                                                                                         'sae_tutorial/distributed.py'),
+                                          'sae_tutorial.distributed.shutdown_distributed': ( 'scaling.html#shutdown_distributed',
+                                                                                             'sae_tutorial/distributed.py'),
                                           'sae_tutorial.distributed.train_ddp': ('scaling.html#train_ddp', 'sae_tutorial/distributed.py'),
                                           'sae_tutorial.distributed.write_disk_store': ( 'scaling.html#write_disk_store',
                                                                                          'sae_tutorial/distributed.py')},
