@@ -186,3 +186,30 @@ def test_notebook_with_solutions_runs_and_checks_pass(generated, monkeypatch):
                   for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert out.count("✓") == len({x.check for x in key["02_sae.ipynb"]}), out
     assert "package's own solution" not in out           # the checks saw the notebook's classes, not the package's
+
+def test_exercises_cli(tmp_path, capsys):
+    src = tmp_path/"nbs"; src.mkdir()
+    (src/"01_demo.ipynb").write_text(json.dumps(_nb(("markdown", "# D"), ("code", "import torch"), ("code", MARK),
+                                                    ("code", "assert float(l1_penalty(torch.ones(2, 3))) == 3.0"))))
+    (src/"02_plain.ipynb").write_text(json.dumps(_nb(("markdown", "# P"), ("code", "x = 1"))))
+    res = exercises_cli(ExercisesConfig(outdir=str(tmp_path/"key"), src_nbs=str(src), with_solutions=True, run=True))
+    assert list(res) == ["01_demo.ipynb"] and not (tmp_path/"key"/"02_plain.ipynb").exists()
+    out = capsys.readouterr().out
+    assert "1 exercise(s): l1_penalty" in out and "ran 01_demo.ipynb" in out
+    with pytest.raises(ValueError, match="with-solutions"): exercises_cli(ExercisesConfig(outdir=str(tmp_path/"x"), run=True))
+    with pytest.raises(ValueError, match="no notebook"):
+        exercises_cli(ExercisesConfig(outdir=str(tmp_path/"y"), src_nbs=str(src), notebooks="02_plain"))
+    make_exercises(tmp_path/"ex", src)
+    with pytest.raises(NotImplementedError, match="hint here"): run_notebook(tmp_path/"ex"/"01_demo.ipynb")
+
+def test_cli_registration_lines(tmp_path, monkeypatch):
+    "The exact lines proposed for nbs/90_cli.ipynb work with its `command` registry and `main`."
+    import sae_tutorial.cli as cli
+    monkeypatch.setattr(cli, "COMMANDS", dict(cli.COMMANDS))
+    @cli.command("exercises", "write workshop exercise notebooks (stubs with hints + checks) from the marked notebooks")
+    def _exercises():
+        from sae_tutorial.exercises import ExercisesConfig, exercises_cli
+        return [ExercisesConfig], exercises_cli
+    assert cli.main(["exercises", "--outdir", str(tmp_path/"ws"), "--notebooks", "03_losses"]) == 0
+    assert (tmp_path/"ws"/"03_losses.ipynb").exists() and not (tmp_path/"ws"/"02_sae.ipynb").exists()
+    assert cli.main(["exercises", "--outdir", str(tmp_path/"k"), "--run", "true"]) == 1     # --run needs --with-solutions
