@@ -217,8 +217,10 @@ class Toy(nn.Module):
     "An independent minimal toy model with the toy.py interface: W [n_inst, m, n], b [n_inst, n]."
     def __init__(self, n_inst=3, m=2, n=5):
         super().__init__()
-        self.cfg = SimpleNamespace(hidden_relu=False)
+        self.cfg = SimpleNamespace(hidden_relu=False, signed_inputs=False)
         self.W = nn.Parameter(torch.randn(n_inst, m, n)); self.b = nn.Parameter(torch.zeros(n_inst, n))
+        self.register_buffer("importance", torch.ones(n_inst, n))
+    def loss_per_instance(self, x, x_hat): return (self.importance[:, None] * (x - x_hat) ** 2).sum(-1).mean(-1)
     def hidden(self, x): return torch.einsum("imn,ibn->ibm", self.W, x)
     def out(self, h): return F.relu(torch.einsum("imn,ibm->ibn", self.W, h) + self.b[:, None])
     def forward(self, x):
@@ -245,6 +247,44 @@ def test_toy_forward_x_hat_only():
     "A forward returning x_hat as a plain tensor is accepted; with the ReLU on the hidden layer it is diagnosed."
     t = Toy(); t.forward = lambda x: F.relu(torch.einsum("imn,ibm->ibn", t.W, F.relu(t.hidden(x))) + t.b[:, None])
     fails(check_toy_forward, t, "ReLU to the hidden layer too")
+
+@pytest.mark.parametrize("loss,needle", [
+    (lambda s, x, y: ((x - y) ** 2).sum(-1).mean(-1), "importance weights I_i are missing"),
+    (lambda s, x, y: (s.importance[:, None] * (x - y) ** 2).mean(-1).mean(-1), "averaged over the features"),
+    (lambda s, x, y: (s.importance[:, None] * (x - y) ** 2).sum(-1).mean(), "one number for all instances"),
+    (lambda s, x, y: (s.importance[:, None] * (x - y) ** 2).sum(-1).sum(-1), "summed over the batch"),
+    (lambda s, x, y: (s.importance[:, None] ** 2 * (x - y) ** 2).sum(-1).mean(-1), "squared the importance"),
+    (lambda s, x, y: (s.importance[:, None] * (x - y)).pow(2).sum(-1).mean(-1), "weighted the error before squaring"),
+])
+def test_toy_loss(loss, needle):
+    assert check_toy_loss(Toy())
+    fails(check_toy_loss, _toy(loss_per_instance=loss), needle)
+
+def _fd(W, den):
+    num = W.norm(dim=-2) ** 2
+    return torch.where(num > 1e-8, num / den.clamp_min(1e-8), torch.zeros_like(num))
+def _ov(W): return (W / W.norm(dim=-2, keepdim=True).clamp_min(1e-8)).transpose(-1, -2) @ W
+
+@pytest.mark.parametrize("impl,needle", [
+    (lambda W: _fd(W, ((W.transpose(-1, -2) @ W) ** 2).sum(-1)), "did not normalise"),
+    (lambda W: _fd(W, (_ov(W) ** 2).sum(-1) - _ov(W).diagonal(dim1=-2, dim2=-1) ** 2), "left out j = i"),
+    (lambda W: _fd(W, _ov(W).abs().sum(-1)), "|Ŵ_i · W_j|"),
+    (lambda W: _fd(W, (_ov(W) ** 2).sum(-2)), "wrong index"),
+    (lambda W: W.norm(dim=-2) ** 2 / (_ov(W) ** 2).sum(-1), "NaN for a feature with W_i = 0"),
+])
+def test_feature_dimensionality(impl, needle):
+    assert check_feature_dimensionality(lambda W: _fd(W, (_ov(W) ** 2).sum(-1)))
+    fails(check_feature_dimensionality, impl, needle)
+
+@pytest.mark.parametrize("impl,needle", [
+    (lambda s, c, w: c if w <= 0 else c * min(1.0, s / w), "off by one"),
+    (lambda s, c, w: c if w <= 0 else c * (s + 1) / w, "keeps growing"),
+    (lambda s, c, w: c * min(1.0, (s + 1) / w), "raised ZeroDivisionError"),
+    (lambda s, c, w: 0.0 if w <= 0 else c * min(1.0, (s + 1) / w), "no warm-up"),
+])
+def test_sparsity_coeff_at(impl, needle):
+    assert check_sparsity_coeff_at(lambda s, c, w: c if w <= 0 else c * min(1.0, (s + 1) / w))
+    fails(check_sparsity_coeff_at, impl, needle)
 
 # --- resampling -------------------------------------------------------------------------------------------
 @torch.no_grad()
@@ -318,3 +358,23 @@ def test_checks_table_names_real_checks():
     for name, call in CHECKS.items():
         fn = ast.parse(call).body[0].value.func.id
         assert callable(getattr(C, fn)), (name, call)
+
+# --- the package's own solutions pass every check -------------------------------------------------------
+def test_package_solutions_pass():
+    from sae_tutorial import sae, losses, metrics
+    for ok in (check_reconstruction_loss(losses.reconstruction_loss), check_normalized_mse(losses.normalized_mse),
+               check_l1_penalty(losses.l1_penalty), check_l1_wdec_penalty(losses.l1_wdec_penalty),
+               check_relu_sae(sae.ReLUSAE), check_topk_sae(sae.TopKSAE), check_normalize_decoder(sae.ReLUSAE),
+               check_remove_parallel_grad(sae.ReLUSAE), check_explained_variance(metrics.explained_variance),
+               check_l0(metrics.l0), check_feature_density(metrics.feature_density),
+               check_ce_loss_recovered(metrics.ce_loss_recovered), check_mmcs(metrics.mmcs)):
+        assert ok is True
+
+def test_toy_solutions_pass():
+    toy = pytest.importorskip("sae_tutorial.toy")
+    assert check_toy_forward(toy.ToyModel) and check_toy_loss(toy.ToyModel)
+    assert check_feature_dimensionality(toy.feature_dimensionality)
+
+def test_train_solutions_pass():
+    train = pytest.importorskip("sae_tutorial.train")
+    assert check_sparsity_coeff_at(train.sparsity_coeff_at) and check_resample_dead_features(train.resample_dead_features)
