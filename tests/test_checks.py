@@ -378,3 +378,82 @@ def test_toy_solutions_pass():
 def test_train_solutions_pass():
     train = pytest.importorskip("sae_tutorial.train")
     assert check_sparsity_coeff_at(train.sparsity_coeff_at) and check_resample_dead_features(train.resample_dead_features)
+
+# --- the other losses ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("impl,needle", [
+    (lambda f, s: torch.tanh(f).sum(-1).mean(), "ignored `scale`"),
+    (lambda f, s: (s * torch.tanh(f)).sum(-1).mean(), "outside the tanh"),
+    (lambda f, s: torch.tanh(s * f).mean(), "averaged over the features"),
+    (lambda f, s: torch.tanh(s * f).sum(), "summed over the batch"),
+])
+def test_tanh_penalty(impl, needle):
+    assert check_tanh_penalty(lambda f, s: torch.tanh(s * f).sum(-1).mean())
+    fails(check_tanh_penalty, impl, needle)
+
+def _sl0(f, a, b, sub=True, div=True, swap=False):
+    if swap: a, b = b, a
+    sb = torch.sigmoid(torch.tensor(b, dtype=f.dtype))
+    v = torch.sigmoid(a * f + b) - (sb if sub else 0)
+    return (v / (1 - sb) if div else v).sum(-1).mean()
+
+@pytest.mark.parametrize("kw,needle", [
+    (dict(sub=False), "did not subtract σ(β)"), (dict(div=False), "did not divide by 1 - σ(β)"),
+    (dict(sub=False, div=False), "left out both"), (dict(swap=True), "swapped"),
+])
+def test_smooth_l0_penalty(kw, needle):
+    assert check_smooth_l0_penalty(_sl0)
+    fails(check_smooth_l0_penalty, lambda f, a, b: _sl0(f, a, b, **kw), needle)
+
+def _hoyer(f):
+    l1, l2 = f.abs().sum(-1), f.norm(dim=-1)
+    return torch.where(l2 > 0, l1 / torch.where(l2 > 0, l2, torch.ones_like(l2)), torch.zeros_like(l2)).mean()
+
+@pytest.mark.parametrize("impl,needle", [
+    (lambda f: (f.abs().sum(-1) / f.norm(dim=-1)).mean(), "NaN"),
+    (lambda f: f.abs().sum() / f.norm(), "batch totals"),
+    (lambda f: torch.nan_to_num(f.abs().sum(-1) / f.norm(dim=-1) ** 2).mean(), "squared L2"),
+    (lambda f: torch.nan_to_num(f.norm(dim=-1) / f.abs().sum(-1)).mean(), "inverted"),
+    (lambda f: (f.abs().sum(-1) / f.norm(dim=-1))[f.norm(dim=-1) > 0].mean(), "only over the nonzero rows"),
+])
+def test_hoyer_penalty(impl, needle):
+    assert check_hoyer_penalty(_hoyer)
+    fails(check_hoyer_penalty, impl, needle)
+
+@pytest.mark.parametrize("impl,needle", [
+    (lambda W, m: W[~m].pow(2).sum(), "ALIVE"), (lambda W, m: W[m].norm(dim=1).sum(), "instead of squared norms"),
+    (lambda W, m: W[m].pow(2).mean(), "averaged instead of summing"), (lambda W, m: W[m].pow(2).sum(1).mean(), "averaged over the dead"),
+    (lambda W, m: W.pow(2).sum(), "every feature"), (lambda W, m: W[:, m].pow(2).sum(), "raised IndexError"),
+])
+def test_dead_penalty(impl, needle):
+    assert check_dead_penalty(lambda W, m: W[m].pow(2).sum())
+    fails(check_dead_penalty, impl, needle)
+
+def _auxk(x, out, W_dec, dead, k_aux, only_dead=True, relu=True, residual=True, detach=True, topk=True, mean_d=False):
+    n_dead = int(dead.sum())
+    if n_dead == 0: return out.pre.new_zeros(())
+    e = x - out.x_hat
+    if detach: e = e.detach()
+    if not residual: e = x
+    p = out.pre.masked_fill(~dead, float("-inf")) if only_dead else out.pre
+    if topk:
+        vals, idx = p.topk(min(k_aux, n_dead), dim=-1)
+        f = torch.zeros_like(out.pre).scatter(-1, idx, F.relu(vals) if relu else vals)
+    else: f = F.relu(out.pre.masked_fill(~dead, 0.0))
+    sq = (e - f @ W_dec).pow(2)
+    return sq.mean() if mean_d else sq.sum(-1).mean()
+
+@pytest.mark.parametrize("kw,needle", [
+    (dict(only_dead=False), "over ALL latents"), (dict(relu=False), "no ReLU"), (dict(residual=False), "reconstructed x itself"),
+    (dict(topk=False), "every dead latent"), (dict(mean_d=True), "averaged over d_in"), (dict(detach=False), "detach the residual"),
+])
+def test_auxk_loss(kw, needle):
+    assert check_auxk_loss(_auxk)
+    fails(check_auxk_loss, lambda *a: _auxk(*a, **kw), needle)
+
+def test_auxk_no_dead_must_be_zero():
+    fails(check_auxk_loss, lambda x, out, W, dead, k: _auxk(x, out, W, dead, k) if dead.any() else torch.tensor(1.0), "must be 0")
+
+def test_other_loss_solutions_pass():
+    from sae_tutorial import losses as L
+    assert check_tanh_penalty(L.tanh_penalty) and check_smooth_l0_penalty(L.smooth_l0_penalty)
+    assert check_hoyer_penalty(L.hoyer_penalty) and check_dead_penalty(L.dead_penalty) and check_auxk_loss(L.auxk_loss)

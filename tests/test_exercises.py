@@ -46,7 +46,7 @@ def test_nbdev_clean_keeps_markers():
     before = [parse_exercise_directives(_src(c)) for c in nb["cells"] if c["cell_type"] == "code"]
     clean_nb(nb)
     after = [parse_exercise_directives(_src(c)) for c in nb["cells"] if c["cell_type"] == "code"]
-    assert before == after and sum(map(len, after)) == 4
+    assert before == after and sum(map(len, after)) == 9
 
 # --- stubbing ------------------------------------------------------------------------------------------------
 SRC = '''#| export
