@@ -255,3 +255,19 @@ def test_steer_generations_columns(world):
     assert gens[0].text == generate(model, "the cat", 4, tokenizer=tiny_tokenizer())
     with pytest.raises(ValueError, match="hook point"):
         steer_generations(model, sae, 0, "the", "blocks.9.nope", tokenizer=tiny_tokenizer())
+
+def test_token_text_window_rejoins_split_characters():
+    "A byte-level BPE splits non-ASCII characters across tokens; window() puts each character back together."
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+    text = "שלום עולם, مرحبا 🙂 plain ascii"
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["plain ascii text"] * 5, vocab_size=260, show_progress=False)   # too small to merge the rest
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    tt = TokenText(tok)
+    assert tt.byte_level and len(ids) > len(text.split())
+    parts = tt.window(ids)
+    assert "".join(parts) == text and "�" not in "".join(parts)
+    assert "�" in "".join(tt(i) for i in ids)                    # decoding one token at a time breaks characters
+    assert TokenText(tiny_tokenizer()).window([1, 2, -1]) == ["the", "cat", ""]   # non-byte-level: token by token
