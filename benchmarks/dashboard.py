@@ -81,17 +81,18 @@ def main():
     sae = make_sae(SAEConfig(d_in=d_in, expansion_factor=a.expansion, architecture=a.arch, k=a.k))
     with torch.no_grad(): sae.b_enc.fill_(-0.5 if a.arch == "relu" else 0.0)   # sparse firing for a random ReLU SAE
     feats = torch.arange(min(a.features, sae.cfg.d_sae))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     data = gather_feature_data(sae, store, feats, model=lm, cfg=DashboardConfig())
-    t_gather = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    t_gather, c_gather = time.perf_counter() - t0, time.process_time() - c0
+    t0, c0 = time.perf_counter(), time.process_time()
     page = dashboards_html(data, tok)
     path = Path(a.html or tempfile.mkdtemp())/"dashboards.html" if not a.html else Path(a.html)
     path.write_text(page, encoding="utf-8")
-    t_html = time.perf_counter() - t0
+    t_html, c_html = time.perf_counter() - t0, time.process_time() - c0
     res = dict(rows=store.n_rows, features=len(feats), d_in=d_in, d_sae=sae.cfg.d_sae, arch=a.arch,
                store="real SmolLM2 L15" if a.real else "synthetic", threads=a.threads,
                gather_s=round(t_gather, 1), html_s=round(t_html, 1), total_s=round(t_gather + t_html, 1),
+               gather_cpu_s=round(c_gather, 1), html_cpu_s=round(c_html, 1),
                html_mb=round(len(page.encode()) / 1e6, 1), median_density=float(data.density.median()),
                setup_s=round(t_setup, 1), cpu=platform.processor() or platform.machine(),
                load=os.getloadavg()[0])
