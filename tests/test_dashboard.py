@@ -271,3 +271,49 @@ def test_token_text_window_rejoins_split_characters():
     assert "".join(parts) == text and "�" not in "".join(parts)
     assert "�" in "".join(tt(i) for i in ids)                    # decoding one token at a time breaks characters
     assert TokenText(tiny_tokenizer()).window([1, 2, -1]) == ["the", "cat", ""]   # non-byte-level: token by token
+
+def test_write_static_dashboard_for_a_run(world, tmp_path):
+    "The entry point 07_reproduction calls: one file in the folder, the densest firing features, no model needed."
+    store, sae, _, f = world
+    from sae_tutorial.dashboard import write_static_dashboard
+    path = write_static_dashboard(sae, store, tiny_tokenizer(), tmp_path/"dashboard", max_features=3)
+    assert [p.name for p in (tmp_path/"dashboard").iterdir()] == ["dashboards.html"]
+    page = path.read_text(encoding="utf-8")
+    densest = (f > 0).double().mean(0).argsort(descending=True, stable=True)[:3].tolist()
+    assert sorted(int(x) for x in re.findall(r'<div class="sd" id="f(\d+)"', page)) == sorted(densest)
+    assert "(no model given)" in page and not re.search(r"https?://|src\s*=", page)
+
+def test_histogram_svg_keeps_every_count():
+    from sae_tutorial.dashboard import histogram_svg
+    g = torch.Generator().manual_seed(4)
+    counts = torch.zeros(192, dtype=torch.int64); counts[20:150] = torch.randint(0, 9, (130,), generator=g)
+    edges = torch.logspace(-4, 2, 193)
+    svg = histogram_svg(counts, edges, max_bars=48)
+    bars = [int(v) for v in re.findall(r"</?title>[^<]*: (\d+)</title>", svg)]
+    assert sum(bars) == int(counts.sum()) and len(re.findall("<rect", svg)) <= 48
+    assert histogram_svg(torch.zeros(5, dtype=torch.int64), edges[:6]) == '<div class="na">never fires</div>'
+
+def test_dashboard_cli_from_saved_sae_and_disk_store(world, tmp_path):
+    "The command-line path: options parsed by the CLI helpers, a saved SAE, a disk store, a saved tokenizer."
+    import argparse
+    from sae_tutorial.activations import Contexts, harvest_activations, HarvestConfig
+    from sae_tutorial.cli import add_dataclass_args, dataclass_from_args
+    from sae_tutorial.dashboard import DashboardRunConfig, dashboard_cli
+    store, sae, _, _ = world
+    model, _ = tiny_model()
+    disk = harvest_activations(model, Contexts(store.tokens, store.doc_index, store.doc_sources),
+                               HarvestConfig(hook=HOOK, store="disk", path=str(tmp_path/"store"), progress=False,
+                                             outlier_factor=None))
+    assert torch.equal(disk.get(range(len(disk))), store.get(range(len(store))))
+    sae.save(tmp_path/"sae"); tiny_tokenizer().save_pretrained(tmp_path/"tok")
+    p = argparse.ArgumentParser()
+    add_dataclass_args(p, DashboardRunConfig, "c0_"); add_dataclass_args(p, DashboardConfig, "c1_")
+    ns = p.parse_args(["--sae", str(tmp_path/"sae"), "--store", str(tmp_path/"store"), "--out", str(tmp_path/"d.html"),
+                       "--model", "", "--tokenizer", str(tmp_path/"tok"), "--features", "0,1", "--n-top", "4"])
+    path = dashboard_cli(dataclass_from_args(DashboardRunConfig, ns, "c0_"), dataclass_from_args(DashboardConfig, ns, "c1_"))
+    page = path.read_text(encoding="utf-8")
+    assert sorted(re.findall(r'<div class="sd" id="f(\d+)"', page)) == ["0", "1"]
+    sec0 = page[page.index('id="f0"'):page.index('id="f1"')]
+    assert len(re.findall(r'class="c"[^>]*>cat</span>', sec0.split("Top activations")[1].split("Quantile")[0])) == 4
+    with pytest.raises(ValueError, match="tokenizer"):
+        dashboard_cli(DashboardRunConfig(sae=str(tmp_path/"sae"), store=str(tmp_path/"store"), model=""))
