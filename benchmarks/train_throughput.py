@@ -147,7 +147,7 @@ def build_saelens(a, init, device):
         trainer.n_training_steps += 1
         return out.loss.item() if want_loss else None
 
-    return step, {"sae-lens": sae_lens.__version__}
+    return stepper(step), {"sae-lens": sae_lens.__version__}
 
 
 def build_dictionary_learning(a, init, device):
@@ -181,14 +181,16 @@ def build_dictionary_learning(a, init, device):
         r = tr.update(count[0], x)
         return loss if loss is not None else r
 
-    return step, {"dictionary-learning": md.version("dictionary-learning")}
+    return stepper(step), {"dictionary-learning": md.version("dictionary-learning")}
 
 
 def build_ours(a, init, device):
+    """sae_tutorial: `train(sae, batches, loss_cfg, train_cfg)` when the package has it (the timed
+    iterator below stamps each batch request), else the documented per-step recipe of the contract."""
     sys.path.insert(0, str(ROOT))
     import sae_tutorial
-    from sae_tutorial.sae import SAEConfig, make_sae
     from sae_tutorial.losses import LossConfig, sae_loss
+    from sae_tutorial.sae import SAEConfig, make_sae
 
     conv = CONVENTIONS[a.convention]
     d_in, d_sae = init["W_enc"].shape
@@ -198,24 +200,68 @@ def build_ours(a, init, device):
     with torch.no_grad():
         for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
             getattr(sae, name).copy_(init[name])
+    if a.variant != "plain":
+        import importlib.util
+        spec = importlib.util.spec_from_file_location("fast_paths", HERE / "fast_paths.py")
+        fp = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(fp)
+        fp.apply(sae, a.variant)
     lcfg = LossConfig(sparsity=conv["relu_sparsity"] if a.arch == "relu" else "none",
                       sparsity_coeff=a.l1 if a.arch == "relu" else 0.0)
     clip = conv["clip"] if a.arch == "relu" else CONV_TOPK_CLIP[a.convention]
+    versions = {"sae_tutorial": getattr(sae_tutorial, "__version__", "?")}
+    try:
+        from sae_tutorial.train import TrainConfig, train
+    except ImportError:
+        train = None
+
+    if train is not None:
+        def run(batches, n_steps, want_loss, sync):
+            stamps = []
+
+            def stream():
+                for i in range(n_steps):
+                    sync()
+                    stamps.append(time.perf_counter())
+                    yield batches[i % len(batches)]
+            tcfg = TrainConfig(lr=a.lr, steps=n_steps, decay="constant", warmup_steps=0, clip_grad_norm=clip,
+                               progress=False, log_every=max(n_steps, 1), device=device)
+            res = train(sae, stream(), lcfg, tcfg)
+            sync()
+            stamps.append(time.perf_counter())
+            return (res.history.loss if want_loss else None), [t1 - t0 for t0, t1 in zip(stamps, stamps[1:])]
+        versions["path"] = "sae_tutorial.train.train"
+        return run, versions
+
     opt = torch.optim.Adam(sae.parameters(), lr=a.lr)
 
     def step(x, want_loss):
         out = sae(x)
         loss = sae_loss(sae, x, out, lcfg)
+        opt.zero_grad(set_to_none=True)
         loss.total.backward()
         sae.remove_parallel_grad_()
         if clip is not None:
             torch.nn.utils.clip_grad_norm_(sae.parameters(), clip)
         opt.step()
-        opt.zero_grad(set_to_none=True)
         sae.normalize_decoder_()
         return loss.total.item() if want_loss else None
 
-    return step, {"sae_tutorial": getattr(sae_tutorial, "__version__", "?")}
+    versions["path"] = "per-step loop (sae_tutorial.train not found)"
+    return stepper(step), versions
+
+
+def stepper(step):
+    """Turn a per-step function into run(batches, n_steps, want_loss, sync) -> (losses, per-step seconds)."""
+    def run(batches, n_steps, want_loss, sync):
+        losses, times = [], []
+        for i in range(n_steps):
+            t = time.perf_counter()
+            losses.append(step(batches[i % len(batches)], want_loss))
+            sync()
+            times.append(time.perf_counter() - t)
+        return (losses if want_loss else None), times
+    return run
 
 
 BUILDERS = {"saelens": build_saelens, "dictionary_learning": build_dictionary_learning, "ours": build_ours}
@@ -235,11 +281,6 @@ def worker(a) -> dict:
            "torch": torch.__version__, "threads": torch.get_num_threads(),
            "loadavg_start": os.getloadavg()[0]}
 
-    if a.check_steps:
-        step, versions = BUILDERS[a.tool](a, init, device)
-        res["losses"] = [step(batches[i % n_batches], True) for i in range(a.check_steps)]
-        del step
-
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
@@ -247,17 +288,12 @@ def worker(a) -> dict:
     mem = PeakRSS().start()
     base_rss = mem.peak / 2**20
     t0 = time.perf_counter()
-    step, versions = BUILDERS[a.tool](a, init, device)
+    run, versions = BUILDERS[a.tool](a, init, device)
     res["build_s"] = time.perf_counter() - t0
-    for i in range(a.warmup):
-        step(batches[i % n_batches], False)
-    sync()
-    times = []
-    for i in range(a.warmup, a.warmup + a.steps):
-        t = time.perf_counter()
-        step(batches[i % n_batches], False)
-        sync()
-        times.append(time.perf_counter() - t)
+    t0 = time.perf_counter()
+    _, all_times = run(batches, a.warmup + a.steps, False, sync)
+    res["run_s"] = time.perf_counter() - t0
+    times = all_times[a.warmup:]
     peak_rss = mem.stop()
     res.update(versions=versions, step_s=times, tokens_per_s=a.batch * len(times) / sum(times),
                rss_base_mb=base_rss, rss_peak_mb=peak_rss, mem_train_mb=peak_rss - base_rss,
@@ -265,6 +301,10 @@ def worker(a) -> dict:
     if device.startswith("cuda"):
         res["cuda_peak_mb"] = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
         res["mem_train_mb"] = res["cuda_peak_mb"]
+    del run
+    if a.check_steps:  # after timing, so the RSS baseline above is not inflated by freed check-run memory
+        run, _ = BUILDERS[a.tool](a, init, device)
+        res["losses"] = [float(l) for l in run(batches, a.check_steps, True, sync)[0]]
     return res
 
 
