@@ -327,14 +327,16 @@ def machine() -> dict:
                 python=platform.python_version(), torch=torch.__version__)
 
 
-def jobs_for(archs, tools):
-    """(tool, arch, convention, variant) runs; each other tool is paired with ours in its convention."""
+def jobs_for(archs, tools, variants):
+    """(tool, arch, convention, variant) runs; each other tool is paired with ours (every variant) in its convention."""
+    convs = [t for t in tools if t != "ours"] or ["dictionary_learning"]
     jobs = []
     for arch in archs:
-        for other in [t for t in tools if t != "ours"]:
-            jobs.append((other, arch, other, "plain"))
+        for conv in convs:
+            if conv in tools:
+                jobs.append((conv, arch, conv, "plain"))
             if "ours" in tools:
-                jobs.append(("ours", arch, other, "plain"))
+                jobs += [("ours", arch, conv, v) for v in variants]
     return jobs
 
 
@@ -414,6 +416,7 @@ def main():
     ap.add_argument("--arch", default="relu")
     ap.add_argument("--archs", default="relu,topk")
     ap.add_argument("--tools", default="ours,saelens,dictionary_learning")
+    ap.add_argument("--variants", default="plain,fast", help="variants of ours (benchmarks/fast_paths.py)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--d-in", type=int, default=None, help="default 576 on CPU, 768 on GPU")
     ap.add_argument("--expansion", type=int, default=None, help="default 8 on CPU, 32 on GPU")
@@ -444,7 +447,7 @@ def main():
     n_batches = 4
     save_file({"x": make_data(n_batches * a.batch, a.d_in)}, str(tmp / "data.safetensors"))
     save_file(make_init(a.d_in, a.d_in * a.expansion), str(tmp / "init.safetensors"))
-    jobs = jobs_for(a.archs.split(","), tools)
+    jobs = jobs_for(a.archs.split(","), tools, a.variants.split(","))
     runs = []
     t0 = time.time()
     for rnd in range(a.rounds):  # interleaved: every job once per round
