@@ -54,11 +54,20 @@ def encode_centered(x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor) -> T
     return EncodeCentered.apply(x, W_enc, b_enc, b_dec)
 
 
-def _coo_t(idx: Tensor, vals: Tensor, n_rows: int, d_sae: int) -> Tensor:
-    "Sparse [d_sae, B] matrix S.T where S[b, idx[b, j]] = vals[b, j]."
-    rows = torch.arange(n_rows, device=idx.device).repeat_interleave(idx.shape[1])
-    return torch.sparse_coo_tensor(torch.stack([idx.reshape(-1), rows]), vals.reshape(-1), (d_sae, n_rows),
-                                   check_invariants=False)
+class _ByFeature:
+    "The active (row, latent) pairs [B, k] grouped by latent, to sum row vectors per latent with embedding_bag."
+
+    def __init__(self, idx: Tensor, d_sae: int):
+        flat = idx.reshape(-1)
+        self.order = torch.argsort(flat)
+        counts = torch.bincount(flat, minlength=d_sae)
+        self.offsets = torch.cumsum(counts, 0) - counts                    # start of each latent's bag
+        self.rows = torch.div(self.order, idx.shape[1], rounding_mode="floor")  # batch row of each sorted pair
+
+    def sum_rows(self, src: Tensor, weights: Tensor) -> Tensor:
+        "out[i] = Σ_{(b,j): idx[b,j] = i} weights[b,j] · src[b]   -> [d_sae, src.shape[1]]"
+        return F.embedding_bag(self.rows, src, self.offsets, mode="sum",
+                               per_sample_weights=weights.reshape(-1)[self.order])
 
 
 class TopKSparse(torch.autograd.Function):
@@ -72,6 +81,7 @@ class TopKSparse(torch.autograd.Function):
         vals = top.relu_()
         x_hat = F.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum").add_(b_dec)  # [B, d_in]
         ctx.mark_non_differentiable(idx)
+        ctx.set_materialize_grads(False)       # unused outputs (f, pre) give None, not dense zeros
         ctx.save_for_backward(xc, W_enc, W_dec, vals, idx)
         return x_hat, vals, idx, pre
 
@@ -90,13 +100,17 @@ class TopKSparse(torch.autograd.Function):
                                               check_invariants=False)
             gv += torch.sparse.sampled_addmm(pattern, g_xhat, W_dec.T).values().view(B, k)  # g[b] · W_dec[idx[b,j]]
             if need_Wd:
-                gW_dec = torch.sparse.mm(_coo_t(idx, vals, B, d_sae), g_xhat)           # Σ_b f[b,i] g[b]
+                by_feat = _ByFeature(idx, d_sae)
+                gW_dec = by_feat.sum_rows(g_xhat, vals)                                  # Σ_b f[b,i] g[b]
             gb_dec += g_xhat.sum(0)
         gp = gv * (vals > 0)                                                            # dL/dpre at the top-k
         gb_enc = torch.zeros_like(W_enc[0]).index_add_(0, idx.reshape(-1), gp.reshape(-1))
-        Sg = _coo_t(idx, gp, B, d_sae)
-        gW_enc = torch.sparse.mm(Sg, xc).T.contiguous() if need_We else None          # [d_in, d_sae]
-        gxc = torch.sparse.mm(Sg.t(), W_enc.T) if need_x else None
+        if need_We:
+            by_feat = by_feat if g_xhat is not None and need_Wd else _ByFeature(idx, d_sae)
+            gW_enc = by_feat.sum_rows(xc, gp).T.contiguous()                           # [d_in, d_sae]
+        else:
+            gW_enc = None
+        gxc = F.embedding_bag(idx, W_enc.T, mode="sum", per_sample_weights=gp) if need_x else None
         if g_pre is not None:                                                           # a loss used pre: dense part
             gb_enc += g_pre.sum(0)
             if need_We: gW_enc += xc.T @ g_pre

@@ -90,7 +90,7 @@ def make_init(d_in: int, d_sae: int, seed: int = 1) -> dict[str, torch.Tensor]:
 class PeakRSS:
     """Samples this process's RSS every few ms; `peak_mb` is the maximum seen since start()."""
 
-    def __init__(self, every_s: float = 0.002):
+    def __init__(self, every_s: float = 0.01):
         self.every_s, self.peak, self._stop = every_s, 0, threading.Event()
         self.page = os.sysconf("SC_PAGE_SIZE")
 
@@ -222,14 +222,15 @@ def build_ours(a, init, device):
             def stream():
                 for i in range(n_steps):
                     sync()
-                    stamps.append(time.perf_counter())
+                    stamps.append((time.perf_counter(), time.process_time()))
                     yield batches[i % len(batches)]
             tcfg = TrainConfig(lr=a.lr, steps=n_steps, decay="constant", warmup_steps=0, clip_grad_norm=clip,
                                progress=False, log_every=max(n_steps, 1), device=device)
             res = train(sae, stream(), lcfg, tcfg)
             sync()
-            stamps.append(time.perf_counter())
-            return (res.history.loss if want_loss else None), [t1 - t0 for t0, t1 in zip(stamps, stamps[1:])]
+            stamps.append((time.perf_counter(), time.process_time()))
+            return (res.history.loss if want_loss else None), [(t1[0] - t0[0], t1[1] - t0[1])
+                                                               for t0, t1 in zip(stamps, stamps[1:])]
         versions["path"] = "sae_tutorial.train.train"
         return run, versions
 
@@ -256,10 +257,10 @@ def stepper(step):
     def run(batches, n_steps, want_loss, sync):
         losses, times = [], []
         for i in range(n_steps):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             losses.append(step(batches[i % len(batches)], want_loss))
             sync()
-            times.append(time.perf_counter() - t)
+            times.append((time.perf_counter() - t, time.process_time() - c))
         return (losses if want_loss else None), times
     return run
 
@@ -293,9 +294,11 @@ def worker(a) -> dict:
     t0 = time.perf_counter()
     _, all_times = run(batches, a.warmup + a.steps, False, sync)
     res["run_s"] = time.perf_counter() - t0
-    times = all_times[a.warmup:]
+    times = [t for t, _ in all_times[a.warmup:]]
+    cpu = [c for _, c in all_times[a.warmup:]]
     peak_rss = mem.stop()
-    res.update(versions=versions, step_s=times, tokens_per_s=a.batch * len(times) / sum(times),
+    res.update(versions=versions, step_s=times, step_cpu_s=cpu, tokens_per_s=a.batch / statistics.median(times),
+               tokens_per_cpu_s=a.batch / statistics.median(cpu),
                rss_base_mb=base_rss, rss_peak_mb=peak_rss, mem_train_mb=peak_rss - base_rss,
                loadavg_end=os.getloadavg()[0])
     if device.startswith("cuda"):
@@ -371,6 +374,7 @@ def summarise(runs, a) -> tuple[list[dict], str]:
             continue
         tps = [r["tokens_per_s"] for r in ok]
         row.update(tokens_per_s=statistics.median(tps), tps_min=min(tps), tps_max=max(tps),
+                   tokens_per_cpu_s=statistics.median(r["tokens_per_cpu_s"] for r in ok),
                    mem_train_mb=statistics.median(r["mem_train_mb"] for r in ok),
                    rss_peak_mb=statistics.median(r["rss_peak_mb"] for r in ok),
                    losses=next((r["losses"] for r in ok if r.get("losses")), None),
@@ -384,24 +388,26 @@ def summarise(runs, a) -> tuple[list[dict], str]:
             if o["tool"] == "ours" and o["arch"] == row["arch"] and o["convention"] == row["convention"] \
                     and "error" not in o:
                 o["speedup_vs_" + row["tool"]] = o["tokens_per_s"] / row["tokens_per_s"]
+                o["cpu_speedup_vs_" + row["tool"]] = o["tokens_per_cpu_s"] / row["tokens_per_cpu_s"]
                 if o.get("losses") and row.get("losses"):
                     o["max_rel_loss_diff"] = max(abs(x - y) / abs(y) for x, y in zip(o["losses"], row["losses"]))
     return rows, render(rows, a)
 
 
 def render(rows, a) -> str:
-    lines = ["| arch | convention | tool | tokens/s (median) | min–max | peak mem above baseline (MB) | "
-             "speedup of ours | first-step losses (ours vs tool) max rel. diff |",
-             "|---|---|---|---:|---:|---:|---:|---:|"]
+    lines = ["| arch | convention | tool | tokens/s (median) | min–max over rounds | tokens per CPU-second | "
+             "peak mem above baseline (MB) | speedup of ours (wall / CPU) | first steps' losses: max rel. diff to tool |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: (r["arch"], r["convention"], r["tool"] == "ours", r["variant"])):
         name = r["tool"] + ("" if r["variant"] == "plain" else f" ({r['variant']})")
         if "error" in r:
-            lines.append(f"| {r['arch']} | {r['convention']} | {name} | error: {' / '.join(r['error'])[:120]} | | | | |")
+            lines.append(f"| {r['arch']} | {r['convention']} | {name} | error: {' / '.join(r['error'])[:120]} | | | | | |")
             continue
-        sp = next((f"{v:.2f}×" for k, v in r.items() if k.startswith("speedup_vs_")), "")
+        sp = next((f"{v:.2f}× / {r['cpu_' + k]:.2f}×" for k, v in r.items() if k.startswith("speedup_vs_")), "")
         ld = f"{r['max_rel_loss_diff']:.1e}" if "max_rel_loss_diff" in r else ""
         lines.append(f"| {r['arch']} | {r['convention']} | {name} | {r['tokens_per_s']:,.0f} | "
-                     f"{r['tps_min']:,.0f}–{r['tps_max']:,.0f} | {r['mem_train_mb']:,.0f} | {sp} | {ld} |")
+                     f"{r['tps_min']:,.0f}–{r['tps_max']:,.0f} | {r['tokens_per_cpu_s']:,.0f} | {r['mem_train_mb']:,.0f} | "
+                     f"{sp} | {ld} |")
     return "\n".join(lines)
 
 
