@@ -152,3 +152,22 @@ def apply(sae, variant: str = "fast"):
     elif "W_enc" in sae._parameters:
         sae.pre_acts = types.MethodType(_fast_pre_acts, sae)
     return sae
+
+
+# ---- sparsity penalties for f >= 0 (every SAEOutput.f of relu / topk / batchtopk is >= 0) ----------------------
+def l1_nonneg(f: Tensor) -> Tensor:
+    "mean over rows of Σ_i f_i for f >= 0: l1_penalty without the abs/sign passes over [B, d_sae]."
+    return f.sum(-1).mean()
+
+
+def l1_wdec_nonneg(f: Tensor, W_dec: Tensor) -> Tensor:
+    "mean over rows of Σ_i f_i ‖W_dec[i]‖ for f >= 0, as one column sum and a dot product."
+    f2 = f.reshape(-1, f.shape[-1])
+    return f2.sum(0) @ W_dec.norm(dim=1) / f2.shape[0]
+
+
+def patch_losses():
+    """Make sae_tutorial.losses use l1_nonneg / l1_wdec_nonneg (benchmark stand-in for the proposed losses.py
+    change). Only valid while every penalised f is >= 0 with zero gradient where f == 0 (ReLU, TopK)."""
+    import sae_tutorial.losses as L
+    L.l1_penalty, L.l1_wdec_penalty = l1_nonneg, l1_wdec_nonneg

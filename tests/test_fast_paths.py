@@ -32,7 +32,7 @@ def _grads(sae, x, loss_fn):
     sae.zero_grad(set_to_none=True)
     out = sae(x)
     loss_fn(sae, x, out).backward()
-    return out, {n: p.grad.clone() for n, p in sae.named_parameters()}
+    return out, {n: torch.zeros_like(p) if p.grad is None else p.grad.clone() for n, p in sae.named_parameters()}
 
 
 LOSSES = {
@@ -94,3 +94,19 @@ def test_unknown_variant():
     plain, _ = _pair("relu")
     with pytest.raises(ValueError, match="unknown variant"):
         fp.apply(plain, "turbo")
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk"])
+def test_nonneg_l1_penalties_match(arch):
+    "Same values and same parameter gradients as losses.l1_penalty / l1_wdec_penalty on f >= 0 from ReLU / TopK."
+    from sae_tutorial.losses import l1_penalty, l1_wdec_penalty
+    plain, _ = _pair(arch, variant="plain")
+    with torch.no_grad(): plain.W_dec.mul_(torch.rand(plain.W_dec.shape[0], 1, dtype=torch.float64) + 0.5)  # non-unit norms
+    x = torch.randn(2, 9, 12, dtype=torch.float64)
+    for ref, new in [(lambda s, o: l1_penalty(o.f), lambda s, o: fp.l1_nonneg(o.f)),
+                     (lambda s, o: l1_wdec_penalty(o.f, s.W_dec), lambda s, o: fp.l1_wdec_nonneg(o.f, s.W_dec))]:
+        _, g1 = _grads(plain, x, lambda s, xx, o: ref(s, o))
+        _, g2 = _grads(plain, x, lambda s, xx, o: new(s, o))
+        torch.testing.assert_close(new(plain, plain(x)), ref(plain, plain(x)))
+        for n in g1: torch.testing.assert_close(g2[n], g1[n], rtol=1e-9, atol=1e-12)
+    assert (plain(x).f >= 0).all()
