@@ -207,6 +207,7 @@ def build_ours(a, init, device):
         spec.loader.exec_module(fp)
         fp.apply(sae, a.variant)
         fp.patch_losses()
+        fp.patch_trainer()
     lcfg = LossConfig(sparsity=conv["relu_sparsity"] if a.arch == "relu" else "none",
                       sparsity_coeff=a.l1 if a.arch == "relu" else 0.0)
     clip = conv["clip"] if a.arch == "relu" else CONV_TOPK_CLIP[a.convention]

@@ -110,3 +110,16 @@ def test_nonneg_l1_penalties_match(arch):
         torch.testing.assert_close(new(plain, plain(x)), ref(plain, plain(x)))
         for n in g1: torch.testing.assert_close(g2[n], g1[n], rtol=1e-9, atol=1e-12)
     assert (plain(x).f >= 0).all()
+
+
+def test_usage_update_int32_matches():
+    "The int32-count FeatureUsage.update keeps the same statistics as the package's update (window of 2 batches)."
+    from sae_tutorial.train import FeatureUsage
+    torch.manual_seed(0)
+    fs = [torch.relu(torch.randn(7, 20) - 1.0) for _ in range(5)]
+    a, b = FeatureUsage(20, window=14), FeatureUsage(20, window=14)
+    for f in fs:
+        a.update(f); fp._usage_update_int32(b, f)
+        assert torch.equal(a.counts, b.counts) and torch.equal(a.last_fired, b.last_fired)
+        assert a.counts.dtype == b.counts.dtype == torch.long
+    assert torch.equal(a.counts, sum((f > 0).long().sum(0) for f in fs[-2:]))   # hand count over the window
