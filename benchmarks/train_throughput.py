@@ -472,9 +472,25 @@ def main():
             f"device {a.device}. d_in {a.d_in}, d_sae {a.d_in * a.expansion}, batch {a.batch} tokens, "
             f"{a.warmup} warm-up + {a.steps} timed steps per run, {a.rounds} interleaved rounds, median shown; "
             f"{a.threads} torch threads. Wall time {time.time() - t0:.0f} s.")
+    loads = [r["loadavg_start"] for r in runs if "loadavg_start" in r]
+    if loads:
+        note += (f" 1-minute load average during the runs: median {statistics.median(loads):.1f} "
+                 f"(max {max(loads):.1f}) on {m['cores']} cores" + (" — the machine was shared, so wall-clock "
+                 "numbers are noisy; tokens per CPU-second (process CPU time) is the steadier measure." 
+                 if statistics.median(loads) > 1.5 * (m["cores"] or 1) else "."))
     md = ["# SAE training throughput", "", f"Command: `{cmd}`", "", note, "", table, "",
+          "Each row is one trainer step of that tool (forward, loss, backward, its gradient handling, Adam) on the "
+          "same batches from the same initial weights. `ours` is `sae_tutorial.train.train`; `ours (fast)` adds the "
+          "fast paths of benchmarks/fast_paths.py (sparse TopK decode/backward, matvec b_dec gradient, L1 without "
+          "abs for f >= 0, int32 firing counts), proposed for sae.py / losses.py / train.py. "
+          "Memory: peak RSS above the process's RSS before the trainer was built (CPU), or peak "
+          "torch.cuda.max_memory_allocated (GPU). Losses: the first steps' total losses of `ours` against the "
+          "tool's in the same convention (relative difference; float32).", "",
           "Conventions (ours is configured to follow each tool's convention in its pair):", ""]
     md += [f"- **{k}**: {v['doc']}" for k, v in CONVENTIONS.items()]
+    md += ["", "dictionary_learning's TopKTrainer is stepped from step=1: at step=0 it replaces b_dec by the first "
+           "batch's geometric median (an initialisation, not a training step), which would break the identical start. "
+           "Its AuxK and SAELens's AuxK are inactive here (no latent is dead this early), as is ours (aux='none')."]
     (Path(a.out + ".md")).write_text("\n".join(md) + "\n")
     Path(a.out + ".json").write_text(json.dumps(dict(command=cmd, machine=m, args=vars(a), rows=rows,
                                                      runs=runs), indent=1))
