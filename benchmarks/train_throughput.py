@@ -438,7 +438,10 @@ def main():
     ap.add_argument("--l1", type=float, default=5e-3)
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--out", default=str(HERE / "train_throughput"), help="writes OUT.md and OUT.json")
+    ap.add_argument("--render", metavar="JSON", help="only rewrite the .md/.json from a saved results JSON")
     a = ap.parse_args()
+    if a.render:
+        return render_only(a.render, a.out)
     gpu = a.device.startswith("cuda")
     a.steps = a.steps or (100 if gpu else 10)
     if a.worker:
@@ -465,13 +468,16 @@ def main():
             runs.append(r)
             msg = r.get("error") or f"{r['tokens_per_s']:,.0f} tok/s, {r['mem_train_mb']:,.0f} MB"
             print(f"round {rnd} {job}: {msg}", file=sys.stderr, flush=True)
-    rows, table = summarise(runs, a)
     cmd = "python " + " ".join([str(Path(__file__).relative_to(ROOT))] + sys.argv[1:])
-    m = machine()
+    write_results(a, runs, cmd, machine(), time.time() - t0)
+
+
+def write_results(a, runs, cmd, m, wall_s):
+    rows, table = summarise(runs, a)
     note = (f"Machine: {m['cpu']}, {m['cores']} cores, {m['mem']} RAM, GPU: {m['gpu']}; torch {m['torch']}; "
             f"device {a.device}. d_in {a.d_in}, d_sae {a.d_in * a.expansion}, batch {a.batch} tokens, "
-            f"{a.warmup} warm-up + {a.steps} timed steps per run, {a.rounds} interleaved rounds, median shown; "
-            f"{a.threads} torch threads. Wall time {time.time() - t0:.0f} s.")
+            f"{a.warmup} warm-up + {a.steps} timed steps per run (tokens/s from the median step), {a.rounds} "
+            f"interleaved rounds (A B A B ...), median shown; {a.threads} torch threads. Wall time {wall_s:.0f} s.")
     loads = [r["loadavg_start"] for r in runs if "loadavg_start" in r]
     if loads:
         note += (f" 1-minute load average during the runs: median {statistics.median(loads):.1f} "
@@ -493,8 +499,18 @@ def main():
            "Its AuxK and SAELens's AuxK are inactive here (no latent is dead this early), as is ours (aux='none')."]
     (Path(a.out + ".md")).write_text("\n".join(md) + "\n")
     Path(a.out + ".json").write_text(json.dumps(dict(command=cmd, machine=m, args=vars(a), rows=rows,
-                                                     runs=runs), indent=1))
+                                                     runs=runs, wall_s=wall_s), indent=1))
     print(table)
+
+
+def render_only(path: str, out: str):
+    "Rewrite OUT.md (and OUT.json) from a saved JSON without re-running anything."
+    d = json.loads(Path(path).read_text())
+    a = argparse.Namespace(**{**d["args"], "out": out})
+    write_results(a, d["runs"], d["command"], d["machine"], d.get("wall_s", float("nan")))
+
+
+
 
 
 if __name__ == "__main__":
