@@ -40,7 +40,9 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-OTHER_PY = HERE / ".venv-other" / "bin" / "python"
+# the other tools' interpreter: benchmarks/.venv-other (made by other_tools/setup.sh), or $SAE_BENCH_OTHER_PY
+OTHER_PY = Path(os.environ.get("SAE_BENCH_OTHER_PY") or HERE / ".venv-other" / "bin" / "python")
+VARIANTS = ("plain", "fast")  # ours: SAEConfig(fast=False) / SAEConfig(fast=True), the package default
 
 # Each convention is the loss/optimizer recipe of one tool; our trainer is configured to match it.
 CONVENTIONS = {
@@ -194,20 +196,14 @@ def build_ours(a, init, device):
 
     conv = CONVENTIONS[a.convention]
     d_in, d_sae = init["W_enc"].shape
+    if a.variant not in VARIANTS:
+        raise ValueError(f"unknown variant {a.variant!r}; use one of {', '.join(VARIANTS)}.")
     cfg = SAEConfig(d_in=d_in, expansion_factor=d_sae / d_in, architecture=a.arch, k=a.k,
-                    normalize_decoder=conv["normalize_decoder"])
+                    normalize_decoder=conv["normalize_decoder"], fast=(a.variant == "fast"))
     sae = make_sae(cfg, device=device)
     with torch.no_grad():
         for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
             getattr(sae, name).copy_(init[name])
-    if a.variant != "plain":
-        import importlib.util
-        spec = importlib.util.spec_from_file_location("fast_paths", HERE / "fast_paths.py")
-        fp = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(fp)
-        fp.apply(sae, a.variant)
-        fp.patch_losses()
-        fp.patch_trainer()
     lcfg = LossConfig(sparsity=conv["relu_sparsity"] if a.arch == "relu" else "none",
                       sparsity_coeff=a.l1 if a.arch == "relu" else 0.0)
     clip = conv["clip"] if a.arch == "relu" else CONV_TOPK_CLIP[a.convention]
@@ -401,7 +397,7 @@ def render(rows, a) -> str:
              "peak mem above baseline (MB) | speedup of ours (wall / CPU) | first steps' losses: max rel. diff to tool |",
              "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in sorted(rows, key=lambda r: (r["arch"], r["convention"], r["tool"] == "ours", r["variant"])):
-        name = r["tool"] + ("" if r["variant"] == "plain" else f" ({r['variant']})")
+        name = r["tool"] + (f" ({r['variant']})" if r["tool"] == "ours" else "")
         if "error" in r:
             lines.append(f"| {r['arch']} | {r['convention']} | {name} | error: {' / '.join(r['error'])[:120]} | | | | | |")
             continue
@@ -424,7 +420,7 @@ def main():
     ap.add_argument("--arch", default="relu")
     ap.add_argument("--archs", default="relu,topk")
     ap.add_argument("--tools", default="ours,saelens,dictionary_learning")
-    ap.add_argument("--variants", default="plain,fast", help="variants of ours (benchmarks/fast_paths.py)")
+    ap.add_argument("--variants", default="plain,fast", help="variants of ours: plain = SAEConfig(fast=False), fast = SAEConfig(fast=True) (the default)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--d-in", type=int, default=None, help="default 576 on CPU, 768 on GPU")
     ap.add_argument("--expansion", type=int, default=None, help="default 8 on CPU, 32 on GPU")
@@ -450,8 +446,11 @@ def main():
     a.d_in = a.d_in or (768 if gpu else 576)
     a.expansion = a.expansion or (32 if gpu else 8)
     tools = a.tools.split(",")
+    if bad := sorted(set(a.variants.split(",")) - set(VARIANTS)):
+        sys.exit(f"unknown --variants {bad}; use {','.join(VARIANTS)}")
     if any(t != "ours" for t in tools) and not OTHER_PY.exists():
-        sys.exit(f"{OTHER_PY} not found: run `bash benchmarks/other_tools/setup.sh` first")
+        sys.exit(f"{OTHER_PY} not found: run `bash benchmarks/other_tools/setup.sh` first "
+                 "(or point SAE_BENCH_OTHER_PY at a python that has sae_lens and dictionary_learning)")
     from safetensors.torch import save_file
 
     tmp = Path(tempfile.mkdtemp(prefix="sae_bench_"))
@@ -486,11 +485,13 @@ def write_results(a, runs, cmd, m, wall_s):
                  if statistics.median(loads) > 1.5 * (m["cores"] or 1) else "."))
     md = ["# SAE training throughput", "", f"Command: `{cmd}`", "", note, "", table, "",
           "Each row is one trainer step of that tool (forward, loss, backward, its gradient handling, Adam) on the "
-          "same batches from the same initial weights. `ours` is `sae_tutorial.train.train`; `ours (fast)` adds the "
-          "fast paths of benchmarks/fast_paths.py (sparse TopK decode/backward, matvec b_dec gradient, L1 without "
-          "abs for f >= 0, int32 firing counts), proposed for sae.py / losses.py / train.py. "
+          "same batches from the same initial weights, through `sae_tutorial.train.train`. `ours (fast)` is the "
+          "package default, `SAEConfig(fast=True)`: TopK decode and backward on the k active latents only, b_dec's "
+          "gradient by a matrix-vector product, L1 without abs for f >= 0 (nbs/02_sae.ipynb, last section). `ours (plain)` "
+          "is `SAEConfig(fast=False)`, the plain autograd path; tests/test_fast_pkg.py checks both give the same "
+          "outputs and gradients. "
           "Memory: peak RSS above the process's RSS before the trainer was built (CPU), or peak "
-          "torch.cuda.max_memory_allocated (GPU). Losses: the first steps' total losses of `ours` against the "
+          "torch.cuda.max_memory_allocated (GPU). Losses: the first steps' total losses of ours against the "
           "tool's in the same convention (relative difference; float32).", "",
           "Conventions (ours is configured to follow each tool's convention in its pair):", ""]
     md += [f"- **{k}**: {v['doc']}" for k, v in CONVENTIONS.items()]
