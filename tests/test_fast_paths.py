@@ -94,3 +94,32 @@ def test_l1_by_hand():
                     pre=torch.zeros(2, 2, dtype=torch.float64))
     assert sparsity_penalty(sae, out, LossConfig(sparsity="l1_wdec")).item() == pytest.approx(12.0)
     assert sparsity_penalty(sae, out, LossConfig(sparsity="l1")).item() == pytest.approx(3.0)
+
+
+def test_usage_update_counts_by_hand():
+    "FeatureUsage.update's int32 counts: dtype long, equal to a hand count over the window; last_counts = this batch."
+    from sae_tutorial.train import FeatureUsage
+    torch.manual_seed(0)
+    fs = [torch.relu(torch.randn(7, 20) - 1.0) for _ in range(5)]
+    u = FeatureUsage(20, window=14)
+    for f in fs:
+        u.update(f)
+        assert u.counts.dtype == u.last_counts.dtype == torch.long
+        assert torch.equal(u.last_counts, (f > 0).long().sum(0))
+    assert torch.equal(u.counts, sum((f > 0).long().sum(0) for f in fs[-2:]))   # the window holds the last 2 batches
+
+
+@pytest.mark.parametrize("dead_threshold", [0.0, 0.05])
+def test_history_l0_is_mean_active_count(dead_threshold):
+    "train()'s logged L0 (from the usage counts when theta = 0) is the mean number of f_i > 0 per row, replayed by hand."
+    from sae_tutorial.train import TrainConfig, train
+    torch.manual_seed(0)
+    x = [torch.randn(16, 8) for _ in range(3)]
+    sae = make_sae(SAEConfig(d_in=8, expansion_factor=4))
+    ref = make_sae(SAEConfig(d_in=8, expansion_factor=4)); ref.load_state_dict(sae.state_dict())
+    res = train(sae, x, LossConfig(sparsity="l1", sparsity_coeff=1e-3),
+                TrainConfig(lr=1e-3, steps=3, progress=False, log_every=1, dead_threshold=dead_threshold))
+    # replay: the first step's L0 comes from the initial weights
+    want0 = (ref(x[0]).f > 0).sum(-1).double().mean().item()
+    assert res.history.l0[0] == pytest.approx(want0)
+    assert len(res.history.l0) == 3 and all(0 <= v <= 32 for v in res.history.l0)
