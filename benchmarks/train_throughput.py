@@ -485,7 +485,7 @@ def write_results(a, runs, cmd, m, wall_s):
                  if statistics.median(loads) > 1.5 * (m["cores"] or 1) else "."))
     md = ["# SAE training throughput", "", f"Command: `{cmd}`", "", note, "", table, "",
           "Each row is one trainer step of that tool (forward, loss, backward, its gradient handling, Adam) on the "
-          "same batches from the same initial weights, through `sae_tutorial.train.train`. `ours (fast)` is the "
+          "same batches from the same initial weights; ours runs `sae_tutorial.train.train`. `ours (fast)` is the "
           "package default, `SAEConfig(fast=True)`: TopK decode and backward on the k active latents only, b_dec's "
           "gradient by a matrix-vector product, L1 without abs for f >= 0 (nbs/02_sae.ipynb, last section). `ours (plain)` "
           "is `SAEConfig(fast=False)`, the plain autograd path; tests/test_fast_pkg.py checks both give the same "
