@@ -5,6 +5,8 @@ One command (repo root, after `bash benchmarks/other_tools/setup.sh`):
 
     .venv/bin/python benchmarks/train_throughput.py
 
+(or point SAE_BENCH_OTHER_PY at any python with SAELens and dictionary_learning installed).
+
 What it does
 - Makes one synthetic activation set (sparse sums of hidden unit-norm directions + noise, like
   LM activations in miniature) and one set of initial weights, both saved as safetensors in a
