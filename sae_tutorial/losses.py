@@ -158,8 +158,13 @@ def sparsity_penalty(sae: SAE, out: SAEOutput, cfg: LossConfig) -> Tensor:
     name = cfg.sparsity
     f = F.relu(out.pre) if isinstance(sae, GatedSAE) else out.f
     if name == "none": return f.new_zeros(())
-    if name == "l1": return l1_penalty(f)
-    if name == "l1_wdec": return l1_wdec_penalty(f, sae.W_dec)
+    # cfg.fast: for ReLU-based f (f >= 0, no gradient where f == 0) |f| = f, so skip the abs and sign passes
+    nonneg = sae.cfg.fast and (isinstance(sae, GatedSAE) or sae.cfg.architecture in ("relu", "topk", "batchtopk"))
+    if name == "l1": return f.sum(-1).mean() if nonneg else l1_penalty(f)
+    if name == "l1_wdec":
+        if not nonneg: return l1_wdec_penalty(f, sae.W_dec)
+        f2 = f.reshape(-1, f.shape[-1])
+        return f2.sum(0) @ sae.W_dec.norm(dim=1) / f2.shape[0]    # Σ_i (Σ_b f[b,i]) ‖W_dec[i]‖ / B
     if name == "smooth_l0": return smooth_l0_penalty(f, cfg.smooth_l0_alpha, cfg.smooth_l0_beta)
     if name == "hoyer": return hoyer_penalty(f)
     if name == "tanh": return tanh_penalty(f, cfg.tanh_scale)

@@ -19,7 +19,8 @@ from .core import check_finite
 # %% auto #0
 __all__ = ['ARCHITECTURES', 'CHECKPOINT_FORMAT', 'SAE_CLASSES', 'SAEConfig', 'SAEOutput', 'SAE', 'ReLUSAE', 'TiedReLUSAE',
            'TopKSAE', 'BatchTopKSAE', 'rectangle', 'JumpReLUFunction', 'StepFunction', 'jumprelu', 'step',
-           'JumpReLUSAE', 'GatedSAE', 'sae_class', 'make_sae', 'geometric_median', 'init_b_dec_', 'load_config']
+           'JumpReLUSAE', 'GatedSAE', 'sae_class', 'make_sae', 'geometric_median', 'init_b_dec_', 'load_config',
+           'EncodeCentered', 'TopKSparse']
 
 # %% ../nbs/02_sae.ipynb #bbbcc703
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated")
@@ -39,6 +40,7 @@ class SAEConfig:
     jumprelu_init_threshold: float = 1e-3  # θ at init (stored as log θ)
     batchtopk_threshold_decay: float = 0.99  # EMA decay of BatchTopK's inference threshold
     check_input: bool = True               # validate shape, dtype and finiteness of x at every forward
+    fast: bool = True                      # same maths, less work (last section); False: the plain autograd path
 
     def __post_init__(self):
         if not isinstance(self.d_in, int) or self.d_in < 1:
@@ -408,3 +410,107 @@ def _read_safetensors(p: Path) -> dict:
     try: return load_file(str(p))
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"{p} could not be read as safetensors (corrupt or truncated?): {e}") from e
+
+# %% ../nbs/02_sae.ipynb #daba1555
+class EncodeCentered(torch.autograd.Function):
+    "pre = (x - b_dec) @ W_enc + b_enc for x [B, d_in] -> [B, d_sae]; b_dec's gradient by a matvec."
+
+    @staticmethod
+    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor) -> Tensor:
+        xc = x - b_dec                                       # [B, d_in]
+        ctx.save_for_backward(xc, W_enc)
+        return torch.addmm(b_enc, xc, W_enc)                 # b_enc + xc @ W_enc in one call
+
+    @staticmethod
+    def backward(ctx, G: Tensor):
+        xc, W_enc = ctx.saved_tensors
+        need_x, need_W, need_be, need_bd = ctx.needs_input_grad
+        G_sum = G.sum(0)                                     # Σ_b G[b]   [d_sae]
+        g_x = G @ W_enc.T if need_x else None                # only if x itself needs a gradient
+        g_W = xc.T @ G if need_W else None
+        g_bd = -(W_enc @ G_sum) if need_bd else None         # [d_in, d_sae] @ [d_sae]: a matvec
+        return g_x, g_W, G_sum if need_be else None, g_bd
+
+# %% ../nbs/02_sae.ipynb #adc19df3
+class _ByFeature:
+    "The active (row, latent) pairs idx [B, k] grouped by latent, to sum row vectors per latent with embedding_bag."
+
+    def __init__(self, idx: Tensor, d_sae: int):
+        flat = idx.reshape(-1)
+        self.order = torch.argsort(flat)                                         # pairs sorted by latent
+        counts = torch.bincount(flat, minlength=d_sae)                           # rows in which each latent fired
+        self.offsets = torch.cumsum(counts, 0) - counts                          # start of each latent's bag
+        self.rows = torch.div(self.order, idx.shape[1], rounding_mode="floor")   # batch row of each sorted pair
+
+    def sum_rows(self, src: Tensor, weights: Tensor) -> Tensor:
+        "out[i] = Σ_{(b,j): idx[b,j] = i} weights[b,j] · src[b]   -> [d_sae, src.shape[1]]"
+        return F.embedding_bag(self.rows, src, self.offsets, mode="sum",
+                               per_sample_weights=weights.reshape(-1)[self.order])
+
+
+class TopKSparse(torch.autograd.Function):
+    "(x_hat, vals, idx, pre) of a TopK SAE; the decode and the whole backward touch only the k active latents per row."
+
+    @staticmethod
+    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, k: int):
+        xc = x - b_dec
+        pre = torch.addmm(b_enc, xc, W_enc)                       # [B, d_sae]  the one dense matmul
+        top, idx = pre.topk(k, dim=-1, sorted=False)              # [B, k]
+        vals = top.relu_()                                        # [B, k]  f's non-zeros
+        x_hat = F.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum").add_(b_dec)  # [B, d_in]
+        ctx.mark_non_differentiable(idx)
+        ctx.set_materialize_grads(False)       # outputs no loss used (f, pre) give None, not dense zeros
+        ctx.save_for_backward(xc, W_enc, W_dec, vals, idx)
+        return x_hat, vals, idx, pre
+
+    @staticmethod
+    def backward(ctx, g_xhat, g_vals, _g_idx, g_pre):
+        xc, W_enc, W_dec, vals, idx = ctx.saved_tensors
+        need_x, need_We, need_be, need_Wd, need_bd, _ = ctx.needs_input_grad
+        B, k = idx.shape
+        d_sae = W_dec.shape[0]
+        gv = torch.zeros_like(vals) if g_vals is None else g_vals.clone()   # dL/dvals   [B, k]
+        gW_dec, by_feat = None, None
+        gb_dec = torch.zeros_like(xc[0])
+        if g_xhat is not None:
+            crow = torch.arange(0, B * k + 1, k, device=idx.device)
+            with warnings.catch_warnings():    # "sparse CSR support is in beta": sampled_addmm is what we need here
+                warnings.simplefilter("ignore")
+                pattern = torch.sparse_csr_tensor(crow, idx.reshape(-1), torch.zeros_like(vals).reshape(-1),
+                                                  (B, d_sae), check_invariants=False)
+                gv += torch.sparse.sampled_addmm(pattern, g_xhat, W_dec.T).values().view(B, k)  # g[b] · W_dec[idx[b,j]]
+            if need_Wd:
+                by_feat = _ByFeature(idx, d_sae)
+                gW_dec = by_feat.sum_rows(g_xhat, vals)                         # Σ_b f[b,i] g[b]   [d_sae, d_in]
+            gb_dec += g_xhat.sum(0)
+        gp = gv * (vals > 0)                                                   # dL/dpre at the top k (ReLU)
+        gb_enc = torch.zeros_like(W_enc[0]).index_add_(0, idx.reshape(-1), gp.reshape(-1))
+        gW_enc = None
+        if need_We:
+            by_feat = by_feat or _ByFeature(idx, d_sae)
+            gW_enc = by_feat.sum_rows(xc, gp).T.contiguous()                  # [d_in, d_sae]
+        gxc = F.embedding_bag(idx, W_enc.T, mode="sum", per_sample_weights=gp) if need_x else None
+        if g_pre is not None:                                                  # a loss used pre: its dense part
+            gb_enc += g_pre.sum(0)
+            if need_We: gW_enc += xc.T @ g_pre
+            if need_x: gxc = gxc + g_pre @ W_enc.T
+        gb_dec -= W_enc @ gb_enc                                               # b_dec enters as x - b_dec
+        return (gxc, gW_enc, gb_enc if need_be else None, gW_dec, gb_dec if need_bd else None, None)
+
+# %% ../nbs/02_sae.ipynb #cefb4c77
+def _pre_acts(self: SAE, x: Tensor) -> Tensor:
+    "pre = (x - b_dec) @ W_enc + b_enc   [..., d_sae]; cfg.fast: one addmm, b_dec's gradient by a matvec."
+    if not self.cfg.fast: return (x - self.b_dec) @ self.W_enc + self.b_enc
+    return EncodeCentered.apply(x.reshape(-1, x.shape[-1]), self.W_enc, self.b_enc, self.b_dec).reshape(*x.shape[:-1], -1)
+
+def _topk_forward(self: TopKSAE, x: Tensor) -> SAEOutput:
+    "cfg.fast: x_hat and every gradient from the k active latents per row (TopKSparse); else the plain path."
+    if not self.cfg.fast: return SAE.forward(self, x)
+    x = self._check(x)
+    lead = x.shape[:-1]
+    x_hat, vals, idx, pre = TopKSparse.apply(x.reshape(-1, x.shape[-1]), self.W_enc, self.b_enc, self.W_dec,
+                                             self.b_dec, self.cfg.k)
+    f = torch.zeros_like(pre).scatter_(-1, idx, vals)
+    return SAEOutput(x_hat.reshape(x.shape), f.reshape(*lead, -1), pre.reshape(*lead, -1))
+
+SAE.pre_acts, TopKSAE.forward = _pre_acts, _topk_forward

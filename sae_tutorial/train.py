@@ -139,13 +139,15 @@ class FeatureUsage:
         self.tokens = 0                                                       # inputs seen so far
         self.last_fired = torch.zeros(d_sae, dtype=torch.long, device=device)  # `tokens` when i last fired (or was born)
         self.counts = torch.zeros(d_sae, dtype=torch.long, device=device)      # firings of i within the window
+        self.last_counts = torch.zeros(d_sae, dtype=torch.long, device=device) # firings of i on the last batch
         self.window_tokens = 0                                                # inputs within the window
         self._chunks: deque[tuple[int, Tensor]] = deque()                      # (inputs, firings [d_sae]) per batch
 
     @torch.no_grad()
     def update(self, f: Tensor) -> None:
         "Count which latents fired (f_i > theta) on a batch `f` [batch, d_sae]."
-        n, c = f.shape[0], (f > self.threshold).sum(0)
+        n, c = f.shape[0], (f > self.threshold).sum(0, dtype=torch.int32).long()   # int32 sum of bools: ~4x faster on CPU
+        self.last_counts = c
         self.tokens += n
         self.last_fired = torch.where(c > 0, self.tokens, self.last_fired)
         self.counts += c; self.window_tokens += n; self._chunks.append((n, c))
@@ -442,7 +444,8 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
             with torch.no_grad():
                 f = out.f.detach()
                 usage.update(f)
-                l0 = (f > 0).sum(-1).float().mean()
+                l0 = (usage.last_counts.sum() / len(f) if cfg.dead_threshold == 0     # Σ_i count_i / B: no extra pass
+                      else (f > 0).sum(-1, dtype=torch.int32).float().mean())
                 mse = (out.x_hat.detach() - x).pow(2).mean()
                 pending.append((step, [losses.total.detach(), losses.recon.detach(), losses.sparsity.detach(),
                                        losses.aux.detach(), l0, mse, usage.dead_mask().sum(), grad_norm.detach()], lr, coeff))

@@ -1,0 +1,520 @@
+#!/usr/bin/env python
+"""SAE training throughput: sae_tutorial vs SAELens vs dictionary_learning, same data, same math.
+
+One command (repo root, after `bash benchmarks/other_tools/setup.sh`):
+
+    .venv/bin/python benchmarks/train_throughput.py
+
+(or point SAE_BENCH_OTHER_PY at any python with SAELens and dictionary_learning installed).
+
+What it does
+- Makes one synthetic activation set (sparse sums of hidden unit-norm directions + noise, like
+  LM activations in miniature) and one set of initial weights, both saved as safetensors in a
+  temp folder. Every tool starts from those exact weights and sees the exact same batches.
+- Runs each tool's own trainer step in its own subprocess (the other tools live in
+  benchmarks/.venv-other; sae_tutorial in the project venv): SAELens `SAETrainer.step`,
+  dictionary_learning `StandardTrainer.update` / `TopKTrainer.update`, sae_tutorial `train`.
+- "Same math": the tools disagree on conventions, so each comparison is a *pair* run under one
+  convention and our trainer is configured to follow the other tool's convention (see
+  CONVENTIONS below). Round 0 records the first `--check-steps` losses of every run from the same
+  initial weights; the table reports the largest relative difference to the paired run.
+- Throughput: `--warmup` untimed steps, then `--steps` timed steps; tokens/s = batch*steps/time.
+  Runs are interleaved (A B A B ...) over `--rounds` rounds and the median is reported, because
+  the machine may be shared. Memory: peak RSS above the pre-build baseline, sampled by a thread
+  (CPU), or torch.cuda.max_memory_allocated (GPU).
+- Writes benchmarks/train_throughput.{md,json} (machine, command, versions, every raw number).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+# the other tools' interpreter: benchmarks/.venv-other (made by other_tools/setup.sh), or $SAE_BENCH_OTHER_PY
+OTHER_PY = Path(os.environ.get("SAE_BENCH_OTHER_PY") or HERE / ".venv-other" / "bin" / "python")
+VARIANTS = ("plain", "fast")  # ours: SAEConfig(fast=False) / SAEConfig(fast=True), the package default
+
+# Each convention is the loss/optimizer recipe of one tool; our trainer is configured to match it.
+CONVENTIONS = {
+    "saelens": dict(
+        doc="SAELens SAETrainer: plain Adam, grad-norm clip 1.0, no decoder normalisation; "
+            "recon = sum_d (x-x_hat)^2 averaged over tokens; ReLU sparsity = l1 * sum_i f_i*||W_dec[i]||; "
+            "TopK with rescale_acts_by_decoder_norm=False (pure TopK, cheaper than its default).",
+        normalize_decoder=False, clip=1.0, relu_sparsity="l1_wdec"),
+    "dictionary_learning": dict(
+        doc="dictionary_learning: ReLU = StandardTrainer (ConstrainedAdam: project out the decoder-parallel "
+            "gradient, Adam, renormalise decoder; no clipping; sparsity = l1 * sum_i |f_i|); TopK = TopKTrainer "
+            "(same projection + renormalisation, grad-norm clip 1.0). recon = sum_d (x-x_hat)^2 averaged over tokens.",
+        normalize_decoder=True, clip=None, relu_sparsity="l1"),
+}
+CONV_TOPK_CLIP = {"saelens": 1.0, "dictionary_learning": 1.0}
+
+
+# ----------------------------------------------------------------------------------------------
+# shared helpers (workers use only torch + safetensors + the tool under test)
+# ----------------------------------------------------------------------------------------------
+def make_data(n: int, d_in: int, seed: int = 0) -> torch.Tensor:
+    """Synthetic activations [n, d_in]: each token is a sparse non-negative sum of hidden unit
+    directions (about 20 of 4*d_in active, exponential magnitudes) plus a shared offset and noise."""
+    g = torch.Generator().manual_seed(seed)
+    n_true = 4 * d_in
+    D = torch.randn(n_true, d_in, generator=g)
+    D /= D.norm(dim=1, keepdim=True)
+    p = 20 / n_true
+    active = torch.rand(n, n_true, generator=g) < p
+    mags = -torch.log(torch.rand(n, n_true, generator=g).clamp_min(1e-12))
+    s = (active * mags).to_sparse()
+    x = torch.sparse.mm(s, D)
+    x += 0.05 * torch.randn(n, d_in, generator=g) + 0.5 * torch.randn(d_in, generator=g)
+    return x.contiguous()
+
+
+def make_init(d_in: int, d_sae: int, seed: int = 1) -> dict[str, torch.Tensor]:
+    """Initial weights in sae_tutorial's layout: W_enc [d_in, d_sae], W_dec [d_sae, d_in] (unit rows),
+    W_enc = W_dec.T, b_enc = 0, b_dec = 0."""
+    g = torch.Generator().manual_seed(seed)
+    W_dec = torch.randn(d_sae, d_in, generator=g)
+    W_dec /= W_dec.norm(dim=1, keepdim=True)
+    return dict(W_enc=W_dec.T.contiguous(), b_enc=torch.zeros(d_sae), W_dec=W_dec.contiguous(),
+                b_dec=torch.zeros(d_in))
+
+
+class PeakRSS:
+    """Samples this process's RSS every few ms; `peak_mb` is the maximum seen since start()."""
+
+    def __init__(self, every_s: float = 0.01):
+        self.every_s, self.peak, self._stop = every_s, 0, threading.Event()
+        self.page = os.sysconf("SC_PAGE_SIZE")
+
+    def rss(self) -> int:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * self.page
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.rss())
+            time.sleep(self.every_s)
+
+    def start(self):
+        self.peak = self.rss()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+        return self
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self.rss())
+        return self.peak / 2**20
+
+
+# ----------------------------------------------------------------------------------------------
+# workers: build a trainer from the shared init, expose step(x) -> loss-or-None
+# ----------------------------------------------------------------------------------------------
+def build_saelens(a, init, device):
+    import sae_lens
+    from sae_lens import LoggingConfig, SAETrainer, StandardTrainingSAE, StandardTrainingSAEConfig
+    from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens.config import SAETrainerConfig
+
+    d_in, d_sae = init["W_enc"].shape
+    if a.arch == "relu":
+        sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae, device=device,
+                                                            l1_coefficient=a.l1, l1_warm_up_steps=0))
+    else:
+        sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, device=device, k=a.k,
+                                                    rescale_acts_by_decoder_norm=False))
+    with torch.no_grad():  # same layout as ours: W_enc [d_in, d_sae], W_dec [d_sae, d_in]
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            getattr(sae, name).copy_(init[name])
+    total = a.batch * 10**6
+    cfg = SAETrainerConfig(total_training_samples=total, train_batch_size_samples=a.batch, lr=a.lr,
+                           lr_end=a.lr / 10, device=device, dead_feature_window=10**6,
+                           feature_sampling_window=10**6, logger=LoggingConfig(log_to_wandb=False))
+    trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=iter(()))
+
+    def step(x, want_loss):
+        trainer.maybe_reset_sparsity()          # what SAETrainer.fit does around each step
+        out = trainer.step(x)
+        trainer.n_training_steps += 1
+        return out.loss.item() if want_loss else None
+
+    return stepper(step), {"sae-lens": sae_lens.__version__}
+
+
+def build_dictionary_learning(a, init, device):
+    import importlib.metadata as md
+    from dictionary_learning.trainers import StandardTrainer, TopKTrainer
+
+    d_in, d_sae = init["W_enc"].shape
+    common = dict(steps=10**7, activation_dim=d_in, dict_size=d_sae, layer=0, lm_name="bench",
+                  lr=a.lr, warmup_steps=0, device=device)
+    if a.arch == "relu":
+        tr = StandardTrainer(l1_penalty=a.l1, sparsity_warmup_steps=None, **common)
+        ae_b_dec = tr.ae.bias
+    else:
+        tr = TopKTrainer(k=a.k, **common)
+        ae_b_dec = tr.ae.b_dec
+    with torch.no_grad():  # nn.Linear layout: encoder.weight [d_sae, d_in], decoder.weight [d_in, d_sae]
+        tr.ae.encoder.weight.copy_(init["W_enc"].T)
+        tr.ae.encoder.bias.copy_(init["b_enc"])
+        tr.ae.decoder.weight.copy_(init["W_dec"].T)
+        ae_b_dec.copy_(init["b_dec"])
+    count = [0]
+
+    def step(x, want_loss):
+        # steps are numbered from 1: TopKTrainer.update(step=0) replaces b_dec by the batch's geometric
+        # median (an init choice, not part of a step); no schedule here depends on the number.
+        count[0] += 1
+        loss = None
+        if want_loss:  # StandardTrainer.update returns nothing; read the loss it is about to minimise
+            with torch.no_grad():
+                loss = float(tr.loss(x, step=count[0]))
+        r = tr.update(count[0], x)
+        return loss if loss is not None else r
+
+    return stepper(step), {"dictionary-learning": md.version("dictionary-learning")}
+
+
+def build_ours(a, init, device):
+    """sae_tutorial: `train(sae, batches, loss_cfg, train_cfg)` when the package has it (the timed
+    iterator below stamps each batch request), else the documented per-step recipe of the contract."""
+    sys.path.insert(0, str(ROOT))
+    import sae_tutorial
+    from sae_tutorial.losses import LossConfig, sae_loss
+    from sae_tutorial.sae import SAEConfig, make_sae
+
+    conv = CONVENTIONS[a.convention]
+    d_in, d_sae = init["W_enc"].shape
+    if a.variant not in VARIANTS:
+        raise ValueError(f"unknown variant {a.variant!r}; use one of {', '.join(VARIANTS)}.")
+    cfg = SAEConfig(d_in=d_in, expansion_factor=d_sae / d_in, architecture=a.arch, k=a.k,
+                    normalize_decoder=conv["normalize_decoder"], fast=(a.variant == "fast"))
+    sae = make_sae(cfg, device=device)
+    with torch.no_grad():
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            getattr(sae, name).copy_(init[name])
+    lcfg = LossConfig(sparsity=conv["relu_sparsity"] if a.arch == "relu" else "none",
+                      sparsity_coeff=a.l1 if a.arch == "relu" else 0.0)
+    clip = conv["clip"] if a.arch == "relu" else CONV_TOPK_CLIP[a.convention]
+    versions = {"sae_tutorial": getattr(sae_tutorial, "__version__", "?")}
+    try:
+        from sae_tutorial.train import TrainConfig, train
+    except ImportError:
+        train = None
+
+    if train is not None:
+        def run(batches, n_steps, want_loss, sync):
+            stamps = []
+
+            def stream():
+                for i in range(n_steps):
+                    sync()
+                    stamps.append((time.perf_counter(), time.process_time()))
+                    yield batches[i % len(batches)]
+            tcfg = TrainConfig(lr=a.lr, steps=n_steps, decay="constant", warmup_steps=0, clip_grad_norm=clip,
+                               progress=False, log_every=max(n_steps, 1), device=device)
+            res = train(sae, stream(), lcfg, tcfg)
+            sync()
+            stamps.append((time.perf_counter(), time.process_time()))
+            return (res.history.loss if want_loss else None), [(t1[0] - t0[0], t1[1] - t0[1])
+                                                               for t0, t1 in zip(stamps, stamps[1:])]
+        versions["path"] = "sae_tutorial.train.train"
+        return run, versions
+
+    opt = torch.optim.Adam(sae.parameters(), lr=a.lr)
+
+    def step(x, want_loss):
+        out = sae(x)
+        loss = sae_loss(sae, x, out, lcfg)
+        opt.zero_grad(set_to_none=True)
+        loss.total.backward()
+        sae.remove_parallel_grad_()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(sae.parameters(), clip)
+        opt.step()
+        sae.normalize_decoder_()
+        return loss.total.item() if want_loss else None
+
+    versions["path"] = "per-step loop (sae_tutorial.train not found)"
+    return stepper(step), versions
+
+
+def stepper(step):
+    """Turn a per-step function into run(batches, n_steps, want_loss, sync) -> (losses, per-step seconds)."""
+    def run(batches, n_steps, want_loss, sync):
+        losses, times = [], []
+        for i in range(n_steps):
+            t, c = time.perf_counter(), time.process_time()
+            losses.append(step(batches[i % len(batches)], want_loss))
+            sync()
+            times.append((time.perf_counter() - t, time.process_time() - c))
+        return (losses if want_loss else None), times
+    return run
+
+
+BUILDERS = {"saelens": build_saelens, "dictionary_learning": build_dictionary_learning, "ours": build_ours}
+
+
+def worker(a) -> dict:
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(a.threads)
+    device = a.device
+    data = load_file(a.data)["x"].to(device)
+    init = {k: v.to(device) for k, v in load_file(a.init).items()}
+    n_batches = data.shape[0] // a.batch
+    batches = [data[i * a.batch:(i + 1) * a.batch] for i in range(n_batches)]
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    res = {"tool": a.tool, "arch": a.arch, "convention": a.convention, "variant": a.variant,
+           "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "loadavg_start": os.getloadavg()[0]}
+
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        base_cuda = torch.cuda.memory_allocated()
+    mem = PeakRSS().start()
+    base_rss = mem.peak / 2**20
+    t0 = time.perf_counter()
+    run, versions = BUILDERS[a.tool](a, init, device)
+    res["build_s"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    _, all_times = run(batches, a.warmup + a.steps, False, sync)
+    res["run_s"] = time.perf_counter() - t0
+    times = [t for t, _ in all_times[a.warmup:]]
+    cpu = [c for _, c in all_times[a.warmup:]]
+    peak_rss = mem.stop()
+    res.update(versions=versions, step_s=times, step_cpu_s=cpu, tokens_per_s=a.batch / statistics.median(times),
+               tokens_per_cpu_s=a.batch / statistics.median(cpu),
+               rss_base_mb=base_rss, rss_peak_mb=peak_rss, mem_train_mb=peak_rss - base_rss,
+               loadavg_end=os.getloadavg()[0])
+    if device.startswith("cuda"):
+        res["cuda_peak_mb"] = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
+        res["mem_train_mb"] = res["cuda_peak_mb"]
+    del run
+    if a.check_steps:  # after timing, so the RSS baseline above is not inflated by freed check-run memory
+        run, _ = BUILDERS[a.tool](a, init, device)
+        res["losses"] = [float(l) for l in run(batches, a.check_steps, True, sync)[0]]
+    return res
+
+
+# ----------------------------------------------------------------------------------------------
+# orchestrator
+# ----------------------------------------------------------------------------------------------
+def machine() -> dict:
+    cpu = ""
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor()
+    mem = ""
+    try:
+        mem = next(l.split(":", 1)[1].strip() for l in open("/proc/meminfo") if l.startswith("MemTotal"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return dict(cpu=cpu, cores=os.cpu_count(), mem=mem, gpu=gpu, platform=platform.platform(),
+                python=platform.python_version(), torch=torch.__version__)
+
+
+def jobs_for(archs, tools, variants):
+    """(tool, arch, convention, variant) runs; each other tool is paired with ours (every variant) in its convention."""
+    convs = [t for t in tools if t != "ours"] or ["dictionary_learning"]
+    jobs = []
+    for arch in archs:
+        for conv in convs:
+            if conv in tools:
+                jobs.append((conv, arch, conv, "plain"))
+            if "ours" in tools:
+                jobs += [("ours", arch, conv, v) for v in variants]
+    return jobs
+
+
+def run_one(a, job, data_path, init_path, check):
+    tool, arch, conv, variant = job
+    py = str(OTHER_PY) if tool != "ours" else sys.executable
+    cmd = [py, str(Path(__file__).resolve()), "--worker", "--tool", tool, "--arch", arch,
+           "--convention", conv, "--variant", variant, "--data", str(data_path), "--init", str(init_path),
+           "--device", a.device, "--batch", str(a.batch), "--steps", str(a.steps), "--warmup", str(a.warmup),
+           "--check-steps", str(a.check_steps if check else 0), "--threads", str(a.threads),
+           "--lr", str(a.lr), "--l1", str(a.l1), "--k", str(a.k)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), WANDB_MODE="disabled", TQDM_DISABLE="1")
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if p.returncode != 0:
+        return {"tool": tool, "arch": arch, "convention": conv, "variant": variant,
+                "error": p.stderr.strip().splitlines()[-5:]}
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def summarise(runs, a) -> tuple[list[dict], str]:
+    keyf = lambda r: (r["arch"], r["convention"], r["tool"], r["variant"])
+    groups: dict = {}
+    for r in runs:
+        groups.setdefault(keyf(r), []).append(r)
+    rows = []
+    for key, rs in groups.items():
+        ok = [r for r in rs if "error" not in r]
+        row = dict(arch=key[0], convention=key[1], tool=key[2], variant=key[3], n=len(ok))
+        if not ok:
+            row["error"] = rs[0]["error"]
+            rows.append(row)
+            continue
+        tps = [r["tokens_per_s"] for r in ok]
+        row.update(tokens_per_s=statistics.median(tps), tps_min=min(tps), tps_max=max(tps),
+                   tokens_per_cpu_s=statistics.median(r["tokens_per_cpu_s"] for r in ok),
+                   mem_train_mb=statistics.median(r["mem_train_mb"] for r in ok),
+                   rss_peak_mb=statistics.median(r["rss_peak_mb"] for r in ok),
+                   losses=next((r["losses"] for r in ok if r.get("losses")), None),
+                   versions=ok[0]["versions"])
+        rows.append(row)
+    # pair: loss agreement + speedup of ours over the tool in the same convention
+    for row in rows:
+        if row["tool"] == "ours" or "error" in row:
+            continue
+        for o in rows:
+            if o["tool"] == "ours" and o["arch"] == row["arch"] and o["convention"] == row["convention"] \
+                    and "error" not in o:
+                o["speedup_vs_" + row["tool"]] = o["tokens_per_s"] / row["tokens_per_s"]
+                o["cpu_speedup_vs_" + row["tool"]] = o["tokens_per_cpu_s"] / row["tokens_per_cpu_s"]
+                if o.get("losses") and row.get("losses"):
+                    o["max_rel_loss_diff"] = max(abs(x - y) / abs(y) for x, y in zip(o["losses"], row["losses"]))
+    return rows, render(rows, a)
+
+
+def render(rows, a) -> str:
+    lines = ["| arch | convention | tool | tokens/s (median) | min–max over rounds | tokens per CPU-second | "
+             "peak mem above baseline (MB) | speedup of ours (wall / CPU) | first steps' losses: max rel. diff to tool |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: (r["arch"], r["convention"], r["tool"] == "ours", r["variant"])):
+        name = r["tool"] + (f" ({r['variant']})" if r["tool"] == "ours" else "")
+        if "error" in r:
+            lines.append(f"| {r['arch']} | {r['convention']} | {name} | error: {' / '.join(r['error'])[:120]} | | | | | |")
+            continue
+        sp = next((f"{v:.2f}× / {r['cpu_' + k]:.2f}×" for k, v in r.items() if k.startswith("speedup_vs_")), "")
+        ld = f"{r['max_rel_loss_diff']:.1e}" if "max_rel_loss_diff" in r else ""
+        lines.append(f"| {r['arch']} | {r['convention']} | {name} | {r['tokens_per_s']:,.0f} | "
+                     f"{r['tps_min']:,.0f}–{r['tps_max']:,.0f} | {r['tokens_per_cpu_s']:,.0f} | {r['mem_train_mb']:,.0f} | "
+                     f"{sp} | {ld} |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--tool", default="ours")
+    ap.add_argument("--convention", default="saelens")
+    ap.add_argument("--variant", default="plain")
+    ap.add_argument("--data")
+    ap.add_argument("--init")
+    ap.add_argument("--arch", default="relu")
+    ap.add_argument("--archs", default="relu,topk")
+    ap.add_argument("--tools", default="ours,saelens,dictionary_learning")
+    ap.add_argument("--variants", default="plain,fast", help="variants of ours: plain = SAEConfig(fast=False), fast = SAEConfig(fast=True) (the default)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--d-in", type=int, default=None, help="default 576 on CPU, 768 on GPU")
+    ap.add_argument("--expansion", type=int, default=None, help="default 8 on CPU, 32 on GPU")
+    ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per run (default 10 CPU, 100 GPU)")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--check-steps", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--lr", type=float, default=4e-4)
+    ap.add_argument("--l1", type=float, default=5e-3)
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--out", default=str(HERE / "train_throughput"), help="writes OUT.md and OUT.json")
+    ap.add_argument("--render", metavar="JSON", help="only rewrite the .md/.json from a saved results JSON")
+    a = ap.parse_args()
+    if a.render:
+        return render_only(a.render, a.out)
+    gpu = a.device.startswith("cuda")
+    a.steps = a.steps or (100 if gpu else 10)
+    if a.worker:
+        print(json.dumps(worker(a)))
+        return
+    a.d_in = a.d_in or (768 if gpu else 576)
+    a.expansion = a.expansion or (32 if gpu else 8)
+    tools = a.tools.split(",")
+    if bad := sorted(set(a.variants.split(",")) - set(VARIANTS)):
+        sys.exit(f"unknown --variants {bad}; use {','.join(VARIANTS)}")
+    if any(t != "ours" for t in tools) and not OTHER_PY.exists():
+        sys.exit(f"{OTHER_PY} not found: run `bash benchmarks/other_tools/setup.sh` first "
+                 "(or point SAE_BENCH_OTHER_PY at a python that has sae_lens and dictionary_learning)")
+    from safetensors.torch import save_file
+
+    tmp = Path(tempfile.mkdtemp(prefix="sae_bench_"))
+    n_batches = 4
+    save_file({"x": make_data(n_batches * a.batch, a.d_in)}, str(tmp / "data.safetensors"))
+    save_file(make_init(a.d_in, a.d_in * a.expansion), str(tmp / "init.safetensors"))
+    jobs = jobs_for(a.archs.split(","), tools, a.variants.split(","))
+    runs = []
+    t0 = time.time()
+    for rnd in range(a.rounds):  # interleaved: every job once per round
+        for job in jobs:
+            r = run_one(a, job, tmp / "data.safetensors", tmp / "init.safetensors", check=(rnd == 0))
+            r["round"] = rnd
+            runs.append(r)
+            msg = r.get("error") or f"{r['tokens_per_s']:,.0f} tok/s, {r['mem_train_mb']:,.0f} MB"
+            print(f"round {rnd} {job}: {msg}", file=sys.stderr, flush=True)
+    cmd = "python " + " ".join([str(Path(__file__).relative_to(ROOT))] + sys.argv[1:])
+    write_results(a, runs, cmd, machine(), time.time() - t0)
+
+
+def write_results(a, runs, cmd, m, wall_s):
+    rows, table = summarise(runs, a)
+    note = (f"Machine: {m['cpu']}, {m['cores']} cores, {m['mem']} RAM, GPU: {m['gpu']}; torch {m['torch']}; "
+            f"device {a.device}. d_in {a.d_in}, d_sae {a.d_in * a.expansion}, batch {a.batch} tokens, "
+            f"{a.warmup} warm-up + {a.steps} timed steps per run (tokens/s from the median step), {a.rounds} "
+            f"interleaved rounds (A B A B ...), median shown; {a.threads} torch threads. Wall time {wall_s:.0f} s.")
+    loads = [r["loadavg_start"] for r in runs if "loadavg_start" in r]
+    if loads:
+        note += (f" 1-minute load average during the runs: median {statistics.median(loads):.1f} "
+                 f"(max {max(loads):.1f}) on {m['cores']} cores" + (" — the machine was shared, so wall-clock "
+                 "numbers are noisy; tokens per CPU-second (process CPU time) is the steadier measure." 
+                 if statistics.median(loads) > 1.5 * (m["cores"] or 1) else "."))
+    md = ["# SAE training throughput", "", f"Command: `{cmd}`", "", note, "", table, "",
+          "Each row is one trainer step of that tool (forward, loss, backward, its gradient handling, Adam) on the "
+          "same batches from the same initial weights; ours runs `sae_tutorial.train.train`. `ours (fast)` is the "
+          "package default, `SAEConfig(fast=True)`: TopK decode and backward on the k active latents only, b_dec's "
+          "gradient by a matrix-vector product, L1 without abs for f >= 0 (nbs/02_sae.ipynb, last section). `ours (plain)` "
+          "is `SAEConfig(fast=False)`, the plain autograd path; tests/test_fast_pkg.py checks both give the same "
+          "outputs and gradients. "
+          "Memory: peak RSS above the process's RSS before the trainer was built (CPU), or peak "
+          "torch.cuda.max_memory_allocated (GPU). Losses: the first steps' total losses of ours against the "
+          "tool's in the same convention (relative difference; float32).", "",
+          "Conventions (ours is configured to follow each tool's convention in its pair):", ""]
+    md += [f"- **{k}**: {v['doc']}" for k, v in CONVENTIONS.items()]
+    md += ["", "dictionary_learning's TopKTrainer is stepped from step=1: at step=0 it replaces b_dec by the first "
+           "batch's geometric median (an initialisation, not a training step), which would break the identical start. "
+           "Its AuxK and SAELens's AuxK are inactive here (no latent is dead this early), as is ours (aux='none')."]
+    (Path(a.out + ".md")).write_text("\n".join(md) + "\n")
+    Path(a.out + ".json").write_text(json.dumps(dict(command=cmd, machine=m, args=vars(a), rows=rows,
+                                                     runs=runs, wall_s=wall_s), indent=1))
+    print(table)
+
+
+def render_only(path: str, out: str):
+    "Rewrite OUT.md (and OUT.json) from a saved JSON without re-running anything."
+    d = json.loads(Path(path).read_text())
+    a = argparse.Namespace(**{**d["args"], "out": out})
+    write_results(a, d["runs"], d["command"], d["machine"], d.get("wall_s", float("nan")))
+
+
+
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""The fast paths of sae_tutorial.sae / losses (cfg.fast, the default) against independent references.
+
+test_fast_pkg.py checks fast == plain for every architecture; here: the TopK decode against an explicit loop
+over rows, float32 and leading dimensions, several training steps, and the L1 penalties without abs against
+losses.l1_penalty / l1_wdec_penalty. Run: python -m pytest -q tests/test_fast_paths.py
+"""
+import pytest
+import torch
+
+from sae_tutorial.losses import LossConfig, l1_penalty, l1_wdec_penalty, sparsity_penalty
+from sae_tutorial.sae import SAEConfig, make_sae
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _pair(arch, d_in=12, exp=4.0, k=5, seed=0, **kw):
+    torch.manual_seed(seed)
+    plain = make_sae(SAEConfig(d_in=d_in, expansion_factor=exp, architecture=arch, k=k, fast=False, **kw),
+                     dtype=torch.float64)
+    with torch.no_grad():  # non-trivial biases so every term of the gradient is exercised
+        plain.b_enc.normal_(0, 0.1); plain.b_dec.normal_(0, 0.3)
+    fast = make_sae(SAEConfig(d_in=d_in, expansion_factor=exp, architecture=arch, k=k, fast=True, **kw),
+                    dtype=torch.float64)
+    fast.load_state_dict(plain.state_dict())
+    return plain, fast
+
+
+def test_topk_fast_leading_dims_and_float32():
+    plain, fast = _pair("topk", d_in=16, exp=8.0, k=3)
+    plain, fast = plain.float(), fast.float()
+    x = torch.randn(2, 7, 16)
+    torch.testing.assert_close(fast(x).x_hat, plain(x).x_hat, rtol=1e-5, atol=1e-5)
+    assert fast(x).f.shape == (2, 7, 128) and fast(x).pre.shape == (2, 7, 128)
+
+
+def test_topk_sparse_decode_against_row_loop():
+    "x_hat[b] = b_dec + Σ_j vals[b,j] W_dec[idx[b,j]], written as an explicit loop (independent of both paths)."
+    _, fast = _pair("topk", d_in=10, exp=3.0, k=4)
+    x = torch.randn(6, 10, dtype=torch.float64)
+    out = fast(x)
+    for b in range(6):
+        idx = out.f[b].nonzero().flatten()
+        want = fast.b_dec + sum(out.f[b, i] * fast.W_dec[i] for i in idx.tolist())
+        torch.testing.assert_close(out.x_hat[b], want)
+    assert ((out.f > 0).sum(-1) <= 4).all()
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk"])
+def test_training_steps_match(arch):
+    "Five Adam steps with decoder renormalisation give the same weights on both paths."
+    plain, fast = _pair(arch, d_in=16, exp=4.0, k=4)
+    x = torch.randn(64, 16, dtype=torch.float64)
+    lcfg = LossConfig(sparsity="l1", sparsity_coeff=0.1)
+    for sae in (plain, fast):
+        opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
+        for _ in range(5):
+            out = sae(x)
+            loss = (out.x_hat - x).pow(2).sum(-1).mean() + 0.1 * sparsity_penalty(sae, out, lcfg)
+            opt.zero_grad(); loss.backward(); sae.remove_parallel_grad_(); opt.step(); sae.normalize_decoder_()
+    for (n, a), (_, b) in zip(plain.named_parameters(), fast.named_parameters()):
+        torch.testing.assert_close(b, a, rtol=1e-8, atol=1e-10, msg=lambda m: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk", "gated"])
+def test_nonneg_l1_penalties_match(arch):
+    "The fast L1 terms (no abs) have the values and parameter gradients of l1_penalty / l1_wdec_penalty."
+    _, fast = _pair(arch)
+    with torch.no_grad(): fast.W_dec.mul_(torch.rand(fast.W_dec.shape[0], 1, dtype=torch.float64) + 0.5)  # non-unit norms
+    x = torch.randn(2, 9, 12, dtype=torch.float64)
+    f_of = (lambda o: torch.relu(o.pre)) if arch == "gated" else (lambda o: o.f)
+    for name, ref in [("l1", lambda s, o: l1_penalty(f_of(o))), ("l1_wdec", lambda s, o: l1_wdec_penalty(f_of(o), s.W_dec))]:
+        grads, vals = [], []
+        for fn in (ref, lambda s, o: sparsity_penalty(s, o, LossConfig(sparsity=name))):
+            fast.zero_grad(set_to_none=True)
+            v = fn(fast, fast(x)); v.backward(); vals.append(v.detach())
+            grads.append({n: p.grad.clone() for n, p in fast.named_parameters() if p.grad is not None})
+        torch.testing.assert_close(vals[1], vals[0])
+        assert set(grads[0]) == set(grads[1])
+        for n in grads[0]: torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-9, atol=1e-12)
+    assert (f_of(fast(x)) >= 0).all()
+
+
+def test_l1_by_hand():
+    "A hand-worked l1_wdec: f = [[1, 0], [3, 2]], ‖W_dec rows‖ = [5, 2] -> ((5) + (15 + 4)) / 2 = 12."
+    sae = make_sae(SAEConfig(d_in=2, expansion_factor=1.0, normalize_decoder=False), dtype=torch.float64)
+    with torch.no_grad(): sae.W_dec.copy_(torch.tensor([[3., 4.], [0., 2.]]))
+    from sae_tutorial.sae import SAEOutput
+    out = SAEOutput(x_hat=torch.zeros(2, 2, dtype=torch.float64), f=torch.tensor([[1., 0.], [3., 2.]], dtype=torch.float64),
+                    pre=torch.zeros(2, 2, dtype=torch.float64))
+    assert sparsity_penalty(sae, out, LossConfig(sparsity="l1_wdec")).item() == pytest.approx(12.0)
+    assert sparsity_penalty(sae, out, LossConfig(sparsity="l1")).item() == pytest.approx(3.0)
+
+
+def test_usage_update_counts_by_hand():
+    "FeatureUsage.update's int32 counts: dtype long, equal to a hand count over the window; last_counts = this batch."
+    from sae_tutorial.train import FeatureUsage
+    torch.manual_seed(0)
+    fs = [torch.relu(torch.randn(7, 20) - 1.0) for _ in range(5)]
+    u = FeatureUsage(20, window=14)
+    for f in fs:
+        u.update(f)
+        assert u.counts.dtype == u.last_counts.dtype == torch.long
+        assert torch.equal(u.last_counts, (f > 0).long().sum(0))
+    assert torch.equal(u.counts, sum((f > 0).long().sum(0) for f in fs[-2:]))   # the window holds the last 2 batches
+
+
+@pytest.mark.parametrize("dead_threshold", [0.0, 0.05])
+def test_history_l0_is_mean_active_count(dead_threshold):
+    "train()'s logged L0 (from the usage counts when theta = 0) is the mean number of f_i > 0 per row, replayed by hand."
+    from sae_tutorial.train import TrainConfig, train
+    torch.manual_seed(0)
+    x = [torch.randn(16, 8) for _ in range(3)]
+    sae = make_sae(SAEConfig(d_in=8, expansion_factor=4))
+    ref = make_sae(SAEConfig(d_in=8, expansion_factor=4)); ref.load_state_dict(sae.state_dict())
+    res = train(sae, x, LossConfig(sparsity="l1", sparsity_coeff=1e-3),
+                TrainConfig(lr=1e-3, steps=3, progress=False, log_every=1, dead_threshold=dead_threshold))
+    # replay: the first step's L0 comes from the initial weights
+    want0 = (ref(x[0]).f > 0).sum(-1).double().mean().item()
+    assert res.history.l0[0] == pytest.approx(want0)
+    assert len(res.history.l0) == 3 and all(0 <= v <= 32 for v in res.history.l0)

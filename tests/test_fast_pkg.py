@@ -1,0 +1,104 @@
+"""SAEConfig(fast=True) (the default) gives the same outputs and gradients as fast=False (the plain autograd path).
+
+Reference: the plain path of sae_tutorial.sae / sae_tutorial.losses (dense matmuls, autograd) in float64, for every
+architecture, with and without a loss term on `pre`. Run: python -m pytest -q tests/test_fast_pkg.py
+"""
+import json
+
+import pytest
+import torch
+
+from sae_tutorial.losses import LossConfig, sae_loss
+from sae_tutorial.sae import SAE, SAEConfig, make_sae
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads(); torch.set_num_threads(1)   # tiny tensors: one thread is fastest
+    yield
+    torch.set_num_threads(n)
+
+
+LOSSES = {"recon": LossConfig(sparsity="none"), "l1": LossConfig(sparsity="l1", sparsity_coeff=0.3),
+          "l1_wdec": LossConfig(sparsity="l1_wdec", sparsity_coeff=0.3)}
+
+
+def _run(sae, x, lcfg, use_pre):
+    sae.zero_grad(set_to_none=True)
+    out = sae(x)
+    loss = sae_loss(sae, x, out, lcfg).total + (0.1 * out.pre.pow(2).sum() if use_pre else 0)
+    loss.backward()
+    return out, {n: p.grad.clone() for n, p in sae.named_parameters() if p.grad is not None}
+
+
+def _pair(arch, tied=False, d_in=12, exp=4, k=5):
+    torch.manual_seed(0)
+    plain = make_sae(SAEConfig(d_in=d_in, expansion_factor=exp, architecture=arch, k=k, tied=tied, fast=False),
+                     dtype=torch.float64)
+    with torch.no_grad():  # non-trivial biases and decoder norms so every term of every gradient is exercised
+        plain.b_enc.normal_(0, 0.1); plain.b_dec.normal_(0, 0.3)
+        plain.W_dec.mul_(torch.rand(plain.W_dec.shape[0], 1, dtype=torch.float64) + 0.5)
+    fast = make_sae(SAEConfig(d_in=d_in, expansion_factor=exp, architecture=arch, k=k, tied=tied, fast=True),
+                    dtype=torch.float64)
+    fast.load_state_dict(plain.state_dict())
+    return plain, fast
+
+
+@pytest.mark.parametrize("arch,tied", [("relu", False), ("relu", True), ("topk", False), ("batchtopk", False),
+                                       ("jumprelu", False), ("gated", False)])
+@pytest.mark.parametrize("loss", list(LOSSES))
+@pytest.mark.parametrize("use_pre", [False, True])
+def test_fast_equals_plain(arch, tied, loss, use_pre):
+    plain, fast = _pair(arch, tied)
+    x = torch.randn(3, 11, 12, dtype=torch.float64)
+    o1, g1 = _run(plain, x, LOSSES[loss], use_pre)
+    o2, g2 = _run(fast, x, LOSSES[loss], use_pre)
+    for a, b in zip(o1, o2):
+        if a is not None: torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
+    assert set(g1) == set(g2) and g1
+    for n in g1: torch.testing.assert_close(g2[n], g1[n], rtol=1e-9, atol=1e-12, msg=lambda m: f"grad {n}: {m}")
+
+
+def _graph(t):
+    "Names of every autograd node behind tensor t."
+    seen, todo = set(), [t.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen: continue
+        seen.add(node); todo += [n for n, _ in node.next_functions]
+    return " ".join(type(n).__name__ for n in seen)
+
+
+def test_fast_path_is_used():
+    "The two paths are different code (else the test above could not fail): their autograd graphs differ."
+    x = torch.randn(4, 12, dtype=torch.float64)
+    plain, fast = _pair("topk")
+    assert "TopKSparse" in _graph(fast(x).x_hat) and "TopKSparse" not in _graph(plain(x).x_hat)
+    for arch in ("relu", "jumprelu", "batchtopk"):
+        plain, fast = _pair(arch)
+        assert "EncodeCentered" in _graph(fast(x).x_hat) and "EncodeCentered" not in _graph(plain(x).x_hat)
+
+
+def test_one_row_input():
+    "x of shape [d_in] (no batch dimension) gives the same as the plain path."
+    for arch in ("relu", "topk"):
+        plain, fast = _pair(arch)
+        x = torch.randn(12, dtype=torch.float64)
+        for a, b in zip(plain(x), fast(x)):
+            if a is not None: assert b.shape == a.shape; torch.testing.assert_close(b, a)
+
+
+def test_save_load_keeps_fast_and_reads_old_cfg(tmp_path):
+    "cfg.json stores `fast`; a cfg.json written before `fast` existed loads with the default (True)."
+    _, fast = _pair("topk")
+    fast.cfg.fast = False
+    fast.save(tmp_path/"a")
+    d = json.loads((tmp_path/"a"/"cfg.json").read_text())
+    assert d["fast"] is False
+    assert SAE.load(tmp_path/"a").cfg.fast is False
+    del d["fast"]
+    (tmp_path/"a"/"cfg.json").write_text(json.dumps(d))
+    back = SAE.load(tmp_path/"a")
+    assert back.cfg.fast is True
+    x = torch.randn(5, 12, dtype=torch.float64)
+    torch.testing.assert_close(back(x).x_hat, fast(x).x_hat, rtol=1e-12, atol=1e-12)
