@@ -19,7 +19,7 @@ from sae_tutorial.sae import SAEConfig, make_sae  # noqa: E402
 
 def measure(arch, mode, x, steps):
     torch.manual_seed(0)
-    sae = make_sae(SAEConfig(d_in=x.shape[1], expansion_factor=8, architecture=arch, k=32, check_input=False))
+    sae = make_sae(SAEConfig(d_in=x.shape[1], expansion_factor=8, architecture=arch, k=32, check_input=False, fast=False))  # the plain step: what this page measures
     opt = torch.optim.Adam(sae.parameters(), lr=4e-4)
     lc = LossConfig(sparsity="none") if arch == "topk" else LossConfig(sparsity="l1", sparsity_coeff=5e-3)
     loss_fn = lambda x: sae_loss(sae, x, sae(x), lc).total
