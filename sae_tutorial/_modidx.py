@@ -215,6 +215,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                    'sae_tutorial/reproduce.py'),
                                         'sae_tutorial.reproduce.evaluate_sae': ( 'reproduction.html#evaluate_sae',
                                                                                  'sae_tutorial/reproduce.py'),
+                                        'sae_tutorial.reproduce.held_out_probe': ( 'reproduction.html#held_out_probe',
+                                                                                   'sae_tutorial/reproduce.py'),
                                         'sae_tutorial.reproduce.load_store': ('reproduction.html#load_store', 'sae_tutorial/reproduce.py'),
                                         'sae_tutorial.reproduce.plot_categories': ( 'reproduction.html#plot_categories',
                                                                                     'sae_tutorial/reproduce.py'),

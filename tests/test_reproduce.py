@@ -29,7 +29,7 @@ def test_stops_after_training_without_evaluating(interrupted_then_resumed):
 
 def test_resume_evaluates_without_retraining(interrupted_then_resumed):
     run, _, second, mtimes = interrupted_then_resumed
-    assert second.stages["data"] == "skipped"
+    assert second.stages["data_train"] == second.stages["data_eval"] == "skipped"
     assert all(second.stages[f"train/{p.parent.name}"] == "skipped" for p in mtimes)
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes   # weights untouched
     assert all(second.stages[f"eval/{p.parent.name}"] == "ran" for p in mtimes)
@@ -41,7 +41,7 @@ def test_run_folder_has_every_promised_file(interrupted_then_resumed):
     for name in ("relu", "topk", "topk_seed1", "topk_x1"):
         for f in ("sae.safetensors", "cfg.json", "train.json"): assert (run/"saes"/name/f).is_file(), (name, f)
         for f in ("metrics.json", "density.npy"): assert (run/"eval"/name/f).is_file(), (name, f)
-    for f in ("config.json", "metrics.json", "results.md", "analysis/analysis.json", "data/data.json",
+    for f in ("config.json", "metrics.json", "results.md", "analysis/analysis.json", "data_train/info.json", "data_eval/info.json", "data_train/tokenizer/tokenizer.json",
               "plots/repro_log_density.png", "plots/repro_training_curve.png", "plots/repro_universality.png",
               "plots/repro_feature_categories.png"):
         assert (run/f).is_file(), f
@@ -68,7 +68,7 @@ def test_explained_variance_matches_float64_numpy(interrupted_then_resumed):
     "Recompute the held-out EV of the saved TopK SAE with numpy float64 and compare with metrics.json."
     from sae_tutorial.sae import SAE
     run = interrupted_then_resumed[0]
-    train = load_store(run/"data"/"train"); ev_store = load_store(run/"data"/"eval", scale=train.scale)
+    train = load_store(run/"data_train"/"store"); ev_store = load_store(run/"data_eval"/"store", scale=train.scale)
     sae = SAE.load(run/"saes"/"topk")
     x = ev_store.get(np.arange(ev_store.n_rows)).double().numpy()
     with torch.no_grad(): x_hat = sae(torch.from_numpy(x).float()).x_hat.double().numpy()
@@ -80,7 +80,7 @@ def test_held_out_documents_are_disjoint(interrupted_then_resumed):
     docs = [f"d{i}" for i in range(25)]
     tr, ho = split_documents_by_index(docs, every=10)
     assert ho == ["d9", "d19"] and set(tr) | set(ho) == set(docs) and not set(tr) & set(ho)
-    data = json.loads((interrupted_then_resumed[0]/"data"/"data.json").read_text())
+    data = json.loads((interrupted_then_resumed[0]/"data_eval"/"info.json").read_text())
     assert data["train_docs"] + data["eval_docs"] == data["corpus_docs"]
 
 
@@ -113,14 +113,14 @@ def test_failed_stage_leaves_nothing_and_rerun_skips(tmp_path):
 
 
 def test_category_features_by_hand():
-    "Feature 0 fires only on category tokens, feature 1 everywhere, feature 2 on half the category."
-    f = torch.tensor([[2., 1., 1.], [2., 1., 0.], [0., 1., 0.], [0., 1., 0.]])
+    "Feature 0 fires only and always on category tokens, feature 2 on half of them, feature 1 everywhere."
+    f = torch.tensor([[2., 1., 1.], [2., 1., 0.], [0., 2., 0.], [0., 2., 0.]])
     lab = {"cat": torch.tensor([True, True, False, False])}
     d = category_features(f, lab, top=3, min_fires=1)["cat"]
     assert [x["feature"] for x in d["features"]] == [0, 2, 1]
     assert d["features"][0]["precision"] == pytest.approx(1.0) and d["features"][0]["recall"] == pytest.approx(1.0)
     assert d["features"][1]["precision"] == pytest.approx(1.0) and d["features"][1]["recall"] == pytest.approx(0.5)
-    assert d["features"][2]["precision"] == pytest.approx(0.5) and d["base_rate"] == pytest.approx(0.5)
+    assert d["features"][2]["precision"] == pytest.approx(1 / 3) and d["base_rate"] == pytest.approx(0.5)
 
 
 def test_splitting_families_by_hand():
