@@ -80,6 +80,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'sae_tutorial.corpus.read_shakespeare': ('corpus.html#read_shakespeare', 'sae_tutorial/corpus.py'),
                                      'sae_tutorial.corpus.read_sotu': ('corpus.html#read_sotu', 'sae_tutorial/corpus.py'),
                                      'sae_tutorial.corpus.read_wiki': ('corpus.html#read_wiki', 'sae_tutorial/corpus.py'),
+                                     'sae_tutorial.corpus.round_robin': ('corpus.html#round_robin', 'sae_tutorial/corpus.py'),
                                      'sae_tutorial.corpus.split_documents': ('corpus.html#split_documents', 'sae_tutorial/corpus.py'),
                                      'sae_tutorial.corpus.strip_gutenberg': ('corpus.html#strip_gutenberg', 'sae_tutorial/corpus.py'),
                                      'sae_tutorial.corpus.strip_hebrew_marks': ( 'corpus.html#strip_hebrew_marks',

@@ -1,0 +1,23 @@
+"Shared, cached objects for test_lm.py, test_corpus.py and test_activations.py (one model load per pytest process)."
+import functools, os
+os.environ["HF_HUB_OFFLINE"] = "1"          # these tests never touch the model hub
+import pytest, torch
+
+@functools.lru_cache(maxsize=None)
+def lm():
+    "The default offline model and tokenizer, on the CPU in float32."
+    from sae_tutorial.lm import load_lm
+    return load_lm("smollm2-135m", device="cpu")
+
+@functools.lru_cache(maxsize=None)
+def small_corpus():
+    "The corpus the ci-budget notebooks build (cached on disk after the first build)."
+    from sae_tutorial.corpus import build_corpus
+    return build_corpus(total_chars=300_000)
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    "One torch thread while these modules run (the dev machines' 2 cores are shared), restored afterwards."
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

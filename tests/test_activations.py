@@ -1,0 +1,141 @@
+"Harvested activations against an independent Hugging Face forward pass; masks, normalisation, stores."
+import functools, os
+import numpy as np, pytest, torch
+from lm_fixtures import lm, small_corpus, one_thread  # noqa: F401 (autouse fixture)
+from sae_tutorial.lm import EOT_ID, cache_dir
+from sae_tutorial.activations import (ActivationStore, HarvestConfig, KEPT, MASK_POS0, MASK_SPECIAL, MASK_NORM,
+                                      harvest_activations, hook_layer, norm_scale, sink_mask, tokenize_contexts)
+
+@functools.lru_cache(maxsize=None)
+def ref_model():
+    "A second, independent copy of the weights as a plain Hugging Face model (no TransformerLens)."
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(cache_dir()/"models"/"smollm2-135m", dtype=torch.float32).eval()
+
+@functools.lru_cache(maxsize=None)
+def contexts():
+    return tokenize_contexts(small_corpus(), lm().tokenizer, ctx_len=40, n_contexts=5)
+
+HF_MODULES = [("", 15), ("mlp", 3), ("self_attn", 7)]
+
+@functools.lru_cache(maxsize=None)
+def hf_reference():
+    "One full forward pass of the plain HF model: hidden_states, and forward-hook outputs of HF_MODULES."
+    got, handles = {}, []
+    for path, layer in HF_MODULES:
+        m = ref_model().model.layers[layer]
+        for part in filter(None, path.split(".")): m = getattr(m, part)
+        handles.append(m.register_forward_hook(
+            lambda mod, inp, out, key=(path, layer): got.__setitem__(key, out[0] if isinstance(out, tuple) else out)))
+    try:
+        with torch.inference_mode(): hs = ref_model()(contexts().tokens, output_hidden_states=True).hidden_states
+    finally:
+        for h in handles: h.remove()
+    return hs, got
+
+def hf_output(module_path: str, layer: int) -> torch.Tensor:
+    "Output of `model.layers[layer].<module_path>` ('' = the whole block) for all contexts, via a forward hook."
+    return hf_reference()[1][(module_path, layer)]
+
+@functools.lru_cache(maxsize=None)
+def ram_store():
+    return harvest_activations(lm().model, contexts(), HarvestConfig(batch_size=4, progress=False))
+
+def test_contexts_are_the_token_stream_cut_in_pieces():
+    c, tok = contexts(), lm().tokenizer
+    docs = small_corpus()
+    stream = []
+    for i, d in enumerate(docs[:30]):
+        if i: stream.append(EOT_ID)
+        stream += tok.encode(d.text, add_special_tokens=False)
+    body = c.tokens[:, 1:].flatten().tolist()
+    assert (c.tokens[:, 0] == EOT_ID).all() and body == stream[:len(body)]
+    assert c.source_of(0, 1) == docs[0].source and c.source_of(0, 0) is None
+
+def test_resid_post_equals_hf_hidden_states():
+    "blocks.15.hook_resid_post is hidden_states[16] of a full forward pass (entry 0 is the embedding)."
+    s, c = ram_store(), contexts()
+    hs = hf_reference()[0][16]
+    r = s.rows.long()
+    torch.testing.assert_close(s.get(np.arange(len(s)), normalize=False), hs[r[:, 0], r[:, 1]], rtol=1e-4, atol=1e-3)
+    # the same at the block output, read by a hook on the HF module
+    torch.testing.assert_close(hs, hf_output("", 15), rtol=0, atol=0)
+
+@pytest.mark.parametrize("hook,module,layer", [("blocks.3.hook_mlp_out", "mlp", 3), ("blocks.7.hook_attn_out", "self_attn", 7)])
+def test_other_hooks_equal_hf_modules(hook, module, layer):
+    c = contexts()
+    s = harvest_activations(lm().model, c, HarvestConfig(hook=hook, batch_size=5, progress=False, outlier_factor=None))
+    ref = hf_output(module, layer); r = s.rows.long()
+    torch.testing.assert_close(s.get(np.arange(len(s)), normalize=False), ref[r[:, 0], r[:, 1]], rtol=1e-4, atol=1e-3)
+
+def test_masked_positions_never_reach_batches():
+    "Match every batch row to the reference activations: none is position 0, a special token or a norm outlier."
+    s, c = ram_store(), contexts()
+    hs = hf_reference()[0][16]
+    flat = hs.flatten(0, 1); norms = flat.norm(dim=-1)
+    special = torch.isin(c.tokens.flatten(), torch.tensor(lm().tokenizer.all_special_ids + [EOT_ID]))
+    pos = torch.arange(c.tokens.shape[1]).repeat(c.tokens.shape[0])
+    med = norms[(pos > 0) & ~special].median()
+    seen = []
+    for x in s.batches(batch_size=50, seed=3, normalize=False):
+        j = torch.cdist(x, flat).argmin(dim=1)
+        assert (pos[j] > 0).all() and not special[j].any() and (norms[j] <= 10 * med * 1.01).all()
+        seen.append(j)
+    seen = torch.cat(seen)
+    assert len(seen) == len(s) == len(set(seen.tolist()))          # each kept row exactly once per epoch
+    assert (c.tokens == EOT_ID).sum() > c.tokens.shape[0]           # the test saw mid-context <|endoftext|> too
+    assert set(s.mask.unique().tolist()) >= {KEPT, MASK_POS0, MASK_SPECIAL}
+
+def test_batches_are_shuffled_across_contexts():
+    s = ram_store()
+    idx = np.random.default_rng(0).permutation(len(s))[:64]
+    ctx = s.rows[torch.from_numpy(idx), 0]
+    assert len(ctx.unique()) >= 4
+    b = next(iter(s.batches(batch_size=64, seed=0, normalize=False)))
+    torch.testing.assert_close(b, s.get(idx, normalize=False))
+
+def test_normalisation_factor_round_trips():
+    s = ram_store()
+    raw = s.get(np.arange(len(s)), normalize=False).double()
+    s_ref = float(np.sqrt(s.d_in / (raw ** 2).sum(1).mean().item()))       # float64 formula
+    assert abs(s.scale - s_ref) / s_ref < 1e-6
+    xs = torch.cat(list(s)).double()
+    assert abs((xs ** 2).sum(1).mean().item() - s.d_in) < 1e-3 * s.d_in
+    b = next(iter(s.batches(batch_size=32, seed=5)))
+    torch.testing.assert_close(b / s.scale, next(iter(s.batches(batch_size=32, seed=5, normalize=False))))
+
+def test_norm_scale_rejects_empty():
+    with pytest.raises(ValueError, match="empty"): norm_scale(0.0, 0, 8)
+
+def test_sink_mask_hand_example():
+    toks = torch.tensor([[0, 9, 9, 1, 9], [0, 9, 9, 9, 9]])
+    norms = torch.tensor([[500., 2., 3., 400., 4.], [600., 3., 100., 2., 3.]])
+    # kept candidates: 2,3,4,3,100,2,3 -> median 3 -> threshold 30: only the 100 is an outlier
+    assert sink_mask(toks, norms, special_ids=(0, 1)).tolist() == [[1, 0, 0, 2, 0], [1, 0, 3, 0, 0]]
+
+@pytest.mark.parametrize("dtype,tol", [("float16", 2e-3), ("bfloat16", 1e-2)])
+def test_disk_store_round_trip(tmp_path, dtype, tol):
+    ram = ram_store()
+    d = harvest_activations(lm().model, contexts(), HarvestConfig(batch_size=3, store="disk", dtype=dtype,
+                                                               path=str(tmp_path/"s"), progress=False))
+    assert (tmp_path/"s"/"acts.bin").stat().st_size == len(d) * d.d_in * 2
+    again = ActivationStore.load(tmp_path/"s")
+    idx = np.array([5, 0, len(d) - 1, 17])
+    torch.testing.assert_close(again.get(idx, normalize=False), ram.get(idx, normalize=False), rtol=tol, atol=tol * 50)
+    assert torch.equal(again.rows, ram.rows) and torch.equal(again.mask, ram.mask)
+    assert again.row_sources(idx) == ram.row_sources(idx) and torch.equal(again.row_tokens(idx), ram.row_tokens(idx))
+    assert abs(again.scale - ram.scale) / ram.scale < 1e-3
+    assert not list(tmp_path.glob(".s.*"))                          # no temporary folder left behind
+
+def test_disk_store_refuses_to_overwrite(tmp_path):
+    (tmp_path/"s").mkdir()
+    with pytest.raises(FileExistsError, match="delete it"):
+        harvest_activations(lm().model, contexts(), HarvestConfig(store="disk", path=str(tmp_path/"s"), progress=False))
+
+def test_bad_inputs_name_the_fix():
+    m = lm().model
+    with pytest.raises(ValueError, match="not a hook point"): harvest_activations(m, contexts(), hook="blocks.99.hook_resid_post")
+    with pytest.raises(ValueError, match="one of"): harvest_activations(m, contexts(), dtype="int8")
+    with pytest.raises(ValueError, match="fewer than"): tokenize_contexts(small_corpus()[:2], lm().tokenizer, 64, n_contexts=10_000)
+    with pytest.raises(IndexError): ram_store().get([len(ram_store())])
+    assert hook_layer("blocks.15.hook_resid_post") == 15 and hook_layer("hook_embed") is None
