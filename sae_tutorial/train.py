@@ -18,12 +18,12 @@ from .sae import SAE
 from .losses import LossConfig, sae_loss
 
 # %% auto #0
-__all__ = ['DECAYS', 'RESAMPLERS', 'HISTORY_KEYS', 'SparseFeatureData', 'TrainConfig', 'make_optimizer', 'make_scheduler',
-           'sparsity_coeff_at', 'FeatureUsage', 'ResampleEvent', 'reset_adam_rows_', 'resample_dead_features',
-           'TrainHistory', 'TrainResult', 'save_checkpoint', 'latest_checkpoint', 'Checkpoint', 'load_checkpoint',
-           'restore_rng', 'train']
+__all__ = ['DECAYS', 'RESAMPLERS', 'EXTRA_ENCODER_PARAMS', 'HISTORY_KEYS', 'SparseFeatureData', 'TrainConfig', 'make_optimizer',
+           'make_scheduler', 'sparsity_coeff_at', 'FeatureUsage', 'ResampleEvent', 'reset_adam_rows_',
+           'resample_dead_features', 'TrainHistory', 'TrainResult', 'save_checkpoint', 'latest_checkpoint',
+           'Checkpoint', 'load_checkpoint', 'restore_rng', 'train']
 
-# %% ../nbs/04_training.ipynb #41266ccc
+# %% ../nbs/04_training.ipynb #c0a9a8d3
 class SparseFeatureData:
     """Synthetic activations built from known sparse features (Sharkey et al. 2022).
 
@@ -40,7 +40,7 @@ class SparseFeatureData:
         w = decay ** torch.arange(n_features, dtype=torch.float64)
         self.p = (mean_active * w / w.sum()).clamp(max=1.0).float().to(device)          # [n_features]
         if correlated:
-            A = torch.randn(n_features, n_features, generator=g, dtype=torch.float64) / math.sqrt(n_features)
+            A = torch.randn(n_features, 8, generator=g, dtype=torch.float64) / math.sqrt(8)  # 8 latent factors
             C = A @ A.T + 0.5 * torch.eye(n_features, dtype=torch.float64)              # random covariance
             d = C.diagonal().rsqrt(); C = d[:, None] * C * d[None, :]                  # ... as a correlation
             self.L = torch.linalg.cholesky(C).float().to(device)                        # [n_features, n_features]
@@ -176,17 +176,20 @@ class FeatureUsage:
         self.last_fired, self.counts = s["last_fired"].to(dev), s["counts"].to(dev)
         self._chunks = deque((int(n), c.to(dev)) for n, c in zip(s["sizes"], s["chunks"]))
 
-# %% ../nbs/04_training.ipynb #5791c958
+# %% ../nbs/04_training.ipynb #9f96d5d1
 class ResampleEvent(NamedTuple):
     "One resampling of dead latents."
     step: int        # optimiser step before which it happened
     n_dead: int      # latents dead at that moment (all of them were resampled)
     method: str      # "anthropic" | "random"
 
+EXTRA_ENCODER_PARAMS = ("b_mag", "r_mag")   # Gated SAE's per-latent magnitude path: reset to 0 like b_enc
+
 @torch.no_grad()
 def reset_adam_rows_(optimizer: torch.optim.Optimizer, sae: SAE, idx: Tensor) -> None:
     "Zero Adam's moments for latents `idx` only: columns of W_enc, entries of b_enc, rows of W_dec."
-    for name, where in (("W_enc", (slice(None), idx)), ("b_enc", (idx,)), ("W_dec", (idx,))):
+    per_latent = [(n, (idx,)) for n in EXTRA_ENCODER_PARAMS]
+    for name, where in (("W_enc", (slice(None), idx)), ("b_enc", (idx,)), ("W_dec", (idx,)), *per_latent):
         p = getattr(sae, name, None)
         st = optimizer.state.get(p) if isinstance(p, torch.nn.Parameter) else None
         if not st: continue
@@ -202,8 +205,8 @@ def resample_dead_features(sae: SAE, dead: Tensor, x: Tensor | None = None, meth
     anthropic (Towards Monosemanticity): score each input of `x` [n, d_in] by its reconstruction loss,
     draw inputs with probability proportional to loss**2, and point dead latent i at the drawn input:
     W_dec[i] = unit(x_j - b_dec); W_enc[:, i] = W_dec[i] * enc_scale * mean alive encoder norm; b_enc[i] = 0.
-    random: the same but with uniformly random unit directions. Adam's moments of exactly those
-    rows/columns are zeroed when `optimizer` is given."""
+    random: the same but with uniformly random unit directions. Gated SAEs also get b_mag[i] = r_mag[i] = 0.
+    Adam's moments of exactly those rows/columns/entries are zeroed when `optimizer` is given."""
     idx = dead.nonzero().flatten()
     n = idx.numel()
     if n == 0: return idx
@@ -227,6 +230,8 @@ def resample_dead_features(sae: SAE, dead: Tensor, x: Tensor | None = None, meth
     if W_enc.data_ptr() != W_dec.data_ptr():                                  # tied SAEs share storage
         W_enc[:, idx] = (dirs * enc_scale * enc_norm).T.to(W_enc.dtype)
     b_enc[idx] = 0.0
+    for name in EXTRA_ENCODER_PARAMS:                                         # Gated: magnitude path = gate path
+        if isinstance(getattr(sae, name, None), torch.nn.Parameter): getattr(sae, name)[idx] = 0.0
     if optimizer is not None: reset_adam_rows_(optimizer, sae, idx)
     return idx
 
@@ -341,7 +346,7 @@ def restore_rng(ckpt: Checkpoint) -> None:
     "Set the global torch (cpu, cuda), python and numpy RNGs to the checkpoint's states."
     _set_rng_state(ckpt.rng_tensors, ckpt.rng_json)
 
-# %% ../nbs/04_training.ipynb #00be3b5f
+# %% ../nbs/04_training.ipynb #19c37ce7
 def _check_batch(x, d_in: int, batch_idx: int) -> Tensor:
     if not isinstance(x, Tensor): raise TypeError(f"Batch {batch_idx} is a {type(x).__name__}; expected a Tensor [batch, d_in={d_in}].")
     if x.ndim != 2 or x.shape[1] != d_in:
@@ -418,10 +423,12 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
                     resamples.append(ResampleEvent(step, n_dead, cfg.resample))
             lr, coeff = optimizer.param_groups[0]["lr"], sparsity_coeff_at(step, loss_cfg.sparsity_coeff, cfg.sparsity_warmup_steps)
             dead = usage.dead_mask()
-            out = sae(x)
-            losses = sae_loss(sae, x, out, loss_cfg, sparsity_coeff=coeff, dead_mask=dead)
-            optimizer.zero_grad(set_to_none=True)
-            losses.total.backward()
+            with torch.enable_grad():       # even if the data generator yields from inside torch.no_grad()
+                try: out = sae(x)
+                except ValueError as e: raise ValueError(f"Step {step}, batch index {bi}: {e}") from e
+                losses = sae_loss(sae, x, out, loss_cfg, sparsity_coeff=coeff, dead_mask=dead)
+                optimizer.zero_grad(set_to_none=True)
+                losses.total.backward()
             sae.remove_parallel_grad_()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm or float("inf"))
             if not bool(torch.isfinite(losses.total) & torch.isfinite(grad_norm)):   # one host sync per step

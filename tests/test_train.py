@@ -184,17 +184,36 @@ def test_sparsity_coefficient_warmup_is_linear():
     assert res.history.sparsity_coeff == pytest.approx([0.4 * min(1, (s + 1) / 8) for s in range(12)])
 
 # ---------------------------------------------------------------- bad data
-def test_nan_batch_stops_training_before_the_weights_change():
+@pytest.mark.parametrize("check_input", [True, False])
+def test_nan_batch_stops_training_before_the_weights_change(check_input):
+    "The SAE's own input check (ValueError) or, with it off, the trainer's loss/grad check (FloatingPointError)."
     clean = list(_data().batches(32, n_batches=20, seed=1))
     bad = [x.clone() for x in clean]; bad[7][3, 2] = float("nan")
     cfg = TrainConfig(lr=1e-3, steps=20, progress=False)
-    sae = _sae()
-    with pytest.raises(FloatingPointError, match="batch index 7"):
+    sae = _sae(check_input=check_input)
+    with pytest.raises(ValueError if check_input else FloatingPointError, match="batch index 7"):
         train(sae, bad, LossConfig(), cfg)
-    ref = train(_sae(), clean[:7], LossConfig(), TrainConfig(lr=1e-3, steps=20, progress=False))   # the 7 good steps
+    ref = train(_sae(check_input=check_input), clean[:7], LossConfig(), TrainConfig(lr=1e-3, steps=20, progress=False))
     assert ref.steps == 7
     for (n, a), b in zip(ref.sae.named_parameters(), sae.parameters()):
         assert torch.isfinite(b).all() and torch.equal(a, b), n
+
+@pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk", "jumprelu", "gated"])
+def test_every_architecture_trains_and_resamples(arch):
+    "Loss goes down for every architecture; resampling touches only the dead latents' entries."
+    extra = {"k": 4} if "topk" in arch else {}
+    sae = _sae(architecture=arch, **extra)
+    loss_cfg = LossConfig(sparsity="jumprelu_l0" if arch == "jumprelu" else "l1", sparsity_coeff=1e-3,
+                          aux="gated" if arch == "gated" else "none", aux_coeff=1.0)
+    res = train(sae, _data().batches(64, seed=1), loss_cfg, TrainConfig(lr=3e-3, steps=80, progress=False, log_every=20))
+    assert np.mean(res.history.recon[-10:]) < 0.7 * np.mean(res.history.recon[:10])
+    dead = torch.zeros(sae.cfg.d_sae, dtype=torch.bool); dead[[0, 3]] = True
+    before = {n: p.detach().clone() for n, p in sae.named_parameters()}
+    resample_dead_features(sae, dead, _data().sample(128), "anthropic")
+    for n, p in sae.named_parameters():
+        if n in ("W_dec", "b_enc", "b_mag", "r_mag"): assert torch.equal(p[~dead], before[n][~dead]), n
+        elif n == "W_enc": assert torch.equal(p[:, ~dead], before[n][:, ~dead]), n
+        else: assert torch.equal(p, before[n]), n          # b_dec, log_threshold untouched
 
 def test_wrong_shape_names_expected_and_actual():
     with pytest.raises(ValueError, match=r"\(8, 15\).*d_in=16"):
