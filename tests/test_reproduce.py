@@ -43,7 +43,7 @@ def test_run_folder_has_every_promised_file(interrupted_then_resumed):
         for f in ("metrics.json", "density.npy"): assert (run/"eval"/name/f).is_file(), (name, f)
     for f in ("config.json", "metrics.json", "results.md", "analysis/analysis.json", "data_train/info.json", "data_eval/info.json", "data_train/tokenizer/tokenizer.json",
               "plots/repro_log_density.png", "plots/repro_training_curve.png", "plots/repro_universality.png",
-              "plots/repro_feature_categories.png"):
+              "plots/repro_feature_categories.png", "dashboard/dashboards.html"):
         assert (run/f).is_file(), f
     assert not list(run.glob(".*")), "temporary stage folders were left behind"
 
