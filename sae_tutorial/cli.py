@@ -81,3 +81,21 @@ def main(argv: list[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     parser.print_help()
     return 0 if ns.command is None and not argv else 2
+
+# %% ../nbs/90_cli.ipynb #4562da93
+def _repro(stop_after: str | None):
+    "The configs and runner of the reproduction subcommands (notebook 07)."
+    from sae_tutorial.reproduce import ReproConfig, reproduce_cli
+    def run(cfg):
+        if stop_after is not None: cfg.stop_after = stop_after
+        return reproduce_cli(cfg)
+    return [ReproConfig], run
+
+@command("reproduce", "end-to-end SAEs on SmolLM2-135M (notebook 07): data, train, evaluate, analyses; --preset ci|cpu|gpu")
+def _reproduce(): return _repro(None)
+
+@command("train", "harvest activations and train the SAEs of a reproduction config, then stop (resumable)")
+def _train(): return _repro("train")
+
+@command("evaluate", "evaluate a reproduction's SAEs on held-out text (training first if needed), then stop")
+def _evaluate(): return _repro("eval")

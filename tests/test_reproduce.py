@@ -1,0 +1,134 @@
+"""End-to-end reproduction at the ci preset (offline): files, metrics fields, resume after training, CLI."""
+import json, shutil
+from pathlib import Path
+import numpy as np
+import pytest
+import torch
+
+from sae_tutorial.reproduce import (ReproConfig, reproduce, METRIC_FIELDS, PRESETS, run_stage, stage_done, stage_key,
+                                    split_documents_by_index, load_store, category_features, splitting_families)
+
+
+@pytest.fixture(scope="module")
+def interrupted_then_resumed(tmp_path_factory):
+    "A ci run stopped after training, then the same command again: (run_dir, first result, second result, mtimes)."
+    run = tmp_path_factory.mktemp("repro")/"run"
+    cfg = ReproConfig(preset="ci", run_dir=str(run), progress=False)
+    first = reproduce(ReproConfig(preset="ci", run_dir=str(run), progress=False, stop_after="train"))
+    mtimes = {p: p.stat().st_mtime_ns for p in run.glob("saes/*/sae.safetensors")}
+    second = reproduce(cfg)
+    return run, first, second, mtimes
+
+
+def test_stops_after_training_without_evaluating(interrupted_then_resumed):
+    run, first, _, mtimes = interrupted_then_resumed
+    assert first.metrics == {} and first.analysis is None
+    assert len(mtimes) == 4                                   # relu, topk, topk_seed1, topk_x1
+    assert all(v == "ran" for k, v in first.stages.items() if k.startswith("train/"))
+
+
+def test_resume_evaluates_without_retraining(interrupted_then_resumed):
+    run, _, second, mtimes = interrupted_then_resumed
+    assert second.stages["data_train"] == second.stages["data_eval"] == "skipped"
+    assert all(second.stages[f"train/{p.parent.name}"] == "skipped" for p in mtimes)
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes   # weights untouched
+    assert all(second.stages[f"eval/{p.parent.name}"] == "ran" for p in mtimes)
+    assert second.stages["analysis"] == "ran"
+
+
+def test_run_folder_has_every_promised_file(interrupted_then_resumed):
+    run = interrupted_then_resumed[0]
+    for name in ("relu", "topk", "topk_seed1", "topk_x1"):
+        for f in ("sae.safetensors", "cfg.json", "train.json"): assert (run/"saes"/name/f).is_file(), (name, f)
+        for f in ("metrics.json", "density.npy"): assert (run/"eval"/name/f).is_file(), (name, f)
+    for f in ("config.json", "metrics.json", "results.md", "analysis/analysis.json", "data_train/info.json", "data_eval/info.json", "data_train/tokenizer/tokenizer.json",
+              "plots/repro_log_density.png", "plots/repro_training_curve.png", "plots/repro_universality.png",
+              "plots/repro_feature_categories.png", "dashboard/dashboards.html"):
+        assert (run/f).is_file(), f
+    assert not list(run.glob(".*")), "temporary stage folders were left behind"
+
+
+def test_metrics_json_has_every_field(interrupted_then_resumed):
+    run = interrupted_then_resumed[0]
+    metrics = json.loads((run/"metrics.json").read_text())
+    assert set(metrics) == {"relu", "topk", "topk_seed1", "topk_x1"}
+    for name, m in metrics.items():
+        assert [k for k in METRIC_FIELDS if k not in m] == [], name
+        assert m["fvu"] == pytest.approx(1 - m["explained_variance"])
+        assert sum(m["log10_density_hist"]["counts"]) + m["log10_density_hist"]["dead"] == m["d_sae"]
+    for name in ("relu", "topk"):                              # main SAEs: the language-model metrics are measured
+        m = metrics[name]
+        assert all(isinstance(m[k], float) for k in ("ce_clean", "ce_sae", "ce_zero_abl", "ce_loss_recovered", "kl_sae"))
+        assert m["ce_loss_recovered"] == pytest.approx((m["ce_zero_abl"] - m["ce_sae"]) / (m["ce_zero_abl"] - m["ce_clean"]))
+        assert m["kl_sae"] >= 0
+    assert 0 < metrics["topk"]["l0"] <= PRESETS["ci"]["k"]              # TopK: at most k active latents per token
+
+
+def test_explained_variance_matches_float64_numpy(interrupted_then_resumed):
+    "Recompute the held-out EV of the saved TopK SAE with numpy float64 and compare with metrics.json."
+    from sae_tutorial.sae import SAE
+    run = interrupted_then_resumed[0]
+    train = load_store(run/"data_train"/"store"); ev_store = load_store(run/"data_eval"/"store", scale=train.scale)
+    sae = SAE.load(run/"saes"/"topk")
+    x = ev_store.get(np.arange(ev_store.n_rows)).double().numpy()
+    with torch.no_grad(): x_hat = sae(torch.from_numpy(x).float()).x_hat.double().numpy()
+    ev = 1 - ((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+    assert json.loads((run/"metrics.json").read_text())["topk"]["explained_variance"] == pytest.approx(ev, abs=1e-4)
+
+
+def test_held_out_documents_are_disjoint(interrupted_then_resumed):
+    docs = [f"d{i}" for i in range(25)]
+    tr, ho = split_documents_by_index(docs, every=10)
+    assert ho == ["d9", "d19"] and set(tr) | set(ho) == set(docs) and not set(tr) & set(ho)
+    data = json.loads((interrupted_then_resumed[0]/"data_eval"/"info.json").read_text())
+    assert data["train_docs"] + data["eval_docs"] == data["corpus_docs"]
+
+
+def test_cli_resumes_and_prints_table(interrupted_then_resumed, capsys):
+    from sae_tutorial.cli import main
+    run = interrupted_then_resumed[0]
+    assert main(["reproduce", "--preset", "ci", "--run-dir", str(run), "--progress", "false"]) == 0
+    out = capsys.readouterr().out
+    assert "| SAE |" in out and "| topk |" in out and "skipped" in out
+
+
+def test_cli_failure_is_clear_and_nonzero(tmp_path, capsys):
+    from sae_tutorial.cli import main
+    assert main(["reproduce", "--preset", "laptop", "--run-dir", str(tmp_path/"r")]) == 1
+    err = capsys.readouterr().err
+    assert "preset='laptop' is unknown" in err and "ci, cpu, gpu" in err
+
+
+def test_failed_stage_leaves_nothing_and_rerun_skips(tmp_path):
+    def boom(tmp): (tmp/"half.txt").write_text("x"); raise RuntimeError("disk full")
+    with pytest.raises(RuntimeError): run_stage(tmp_path/"s", "k1", boom, log=lambda m: None)
+    assert list(tmp_path.iterdir()) == []                   # no partial folder, no temporary left
+    calls = []
+    run_stage(tmp_path/"s", "k1", lambda t: calls.append(1), log=lambda m: None)
+    run_stage(tmp_path/"s", "k1", lambda t: calls.append(1), log=lambda m: None)
+    assert calls == [1] and stage_done(tmp_path/"s", "k1")
+    run_stage(tmp_path/"s", "k2", lambda t: calls.append(2), log=lambda m: None)   # changed config: recomputed
+    assert calls == [1, 2] and stage_done(tmp_path/"s", "k2") and not stage_done(tmp_path/"s", "k1")
+    assert stage_key(a=1, b=[2]) == stage_key(b=[2], a=1) != stage_key(a=1, b=[3])
+
+
+def test_category_features_by_hand():
+    "Feature 0 fires only and always on category tokens, feature 2 on half of them, feature 1 everywhere."
+    f = torch.tensor([[2., 1., 1.], [2., 1., 0.], [0., 2., 0.], [0., 2., 0.]])
+    lab = {"cat": torch.tensor([True, True, False, False])}
+    d = category_features(f, lab, top=3, min_fires=1)["cat"]
+    assert [x["feature"] for x in d["features"]] == [0, 2, 1]
+    assert d["features"][0]["precision"] == pytest.approx(1.0) and d["features"][0]["recall"] == pytest.approx(1.0)
+    assert d["features"][1]["precision"] == pytest.approx(1.0) and d["features"][1]["recall"] == pytest.approx(0.5)
+    assert d["features"][2]["precision"] == pytest.approx(1 / 3) and d["base_rate"] == pytest.approx(0.5)
+
+
+def test_splitting_families_by_hand():
+    "Two large features near small feature 0, one near small feature 1: only feature 0 forms a family."
+    e = torch.eye(4)
+    W_small = e[:2]
+    W_large = torch.stack([e[0] + 0.5 * e[2], e[0] - 0.5 * e[2], e[1], e[3]])
+    W_large = W_large / W_large.norm(dim=1, keepdim=True)
+    fams = splitting_families(W_small, W_large, torch.ones(2), torch.ones(4))
+    assert len(fams) == 1 and fams[0]["parent"] == 0 and sorted(fams[0]["children"]) == [0, 1]
+    assert fams[0]["cos"][0] == pytest.approx(1 / np.sqrt(1.25), abs=1e-3)
