@@ -99,3 +99,14 @@ def _train(): return _repro("train")
 
 @command("evaluate", "evaluate a reproduction's SAEs on held-out text (training first if needed), then stop")
 def _evaluate(): return _repro("eval")
+
+# %% ../nbs/90_cli.ipynb #3d3294cf
+@command("dashboard", "write the feature dashboards of a saved SAE over a disk activation store to one offline HTML file (notebook 08)")
+def _dashboard():
+    from sae_tutorial.dashboard import DashboardRunConfig, DashboardConfig, dashboard_cli
+    return [DashboardRunConfig, DashboardConfig], dashboard_cli
+
+@command("exercises", "write workshop exercise notebooks (stubs with hints + checks) from the marked notebooks")
+def _exercises():
+    from sae_tutorial.exercises import ExercisesConfig, exercises_cli
+    return [ExercisesConfig], exercises_cli
