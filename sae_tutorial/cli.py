@@ -31,11 +31,12 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, prefix: str = "") -
         tp = _base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        kw: dict[str, Any] = dict(dest=prefix + f.name, default=default,
+        kw: dict[str, Any] = dict(dest=prefix + f.name, default=default, metavar=f.name.upper(),
                                   help=f.metadata.get("help", "") + f" (default: {default!r})")
-        if tp is bool: kw["type"] = _parse_bool
+        if tp is bool: kw.update(type=_parse_bool, metavar="true|false")
         elif tp in (int, float, str): kw["type"] = tp
-        elif typing.get_origin(tp) is typing.Literal: kw["choices"] = list(typing.get_args(tp))
+        elif typing.get_origin(tp) is typing.Literal:
+            kw.update(choices=list(typing.get_args(tp)), metavar="|".join(map(str, typing.get_args(tp))))
         else: continue   # tuples, nested configs: settable from Python only
         if default is None and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             kw["required"] = True
