@@ -13,7 +13,7 @@ BIN           := $(VENV)/bin
 STAMP         := $(VENV)/.installed
 export PATH   := $(abspath $(BIN)):$(PATH)
 
-.PHONY: venv test reproduce readme sync clean-venv
+.PHONY: venv test reproduce reproduce-toy readme sync clean-venv
 
 venv: $(STAMP)
 
@@ -30,11 +30,14 @@ test: $(STAMP)
 	SAE_TUTORIAL_BUDGET=ci $(BIN)/nbdev-test --n-workers 2 --timing
 	SAE_TUTORIAL_BUDGET=ci $(BIN)/python -m pytest -q tests
 
-## make reproduce: the main job at the cpu budget (override with SAE_TUTORIAL_BUDGET=gpu).
-## Until the language-model reproduction lands (notebook 07), it runs the toy-model reproduction.
+## make reproduce: the main job, notebook 07's pipeline at the cpu preset (PRESET=ci|cpu|gpu):
+## corpus -> SmolLM2-135M activations -> ReLU+L1 and TopK SAEs -> held-out evaluation -> runs/smollm2-135m-$(PRESET)/.
+## Resumable: run it again after an interruption. `make reproduce-toy` runs the toy-model reproduction (notebook 01).
+PRESET ?= cpu
 reproduce: $(STAMP)
-	@echo "make reproduce: the language-model reproduction (notebook 07) has not landed yet;"
-	@echo "running the toy-model reproduction (notebook 01) at budget $${SAE_TUTORIAL_BUDGET:-cpu}; figures go to images/."
+	$(BIN)/sae-tutorial reproduce --preset $(PRESET)
+
+reproduce-toy: $(STAMP)
 	SAE_TUTORIAL_BUDGET=$${SAE_TUTORIAL_BUDGET:-cpu} $(BIN)/sae-tutorial toy
 
 readme: $(STAMP)
