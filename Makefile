@@ -36,6 +36,8 @@ test: $(STAMP)
 PRESET ?= cpu
 reproduce: $(STAMP)
 	$(BIN)/sae-tutorial reproduce --preset $(PRESET)
+	@echo "redrawing notebook 07's figures from the finished run"
+	SAE_TUTORIAL_BUDGET=$(PRESET) $(BIN)/nbdev-test nbs/07_reproduction.ipynb --do-print --timing
 
 reproduce-toy: $(STAMP)
 	SAE_TUTORIAL_BUDGET=$${SAE_TUTORIAL_BUDGET:-cpu} $(BIN)/sae-tutorial toy
