@@ -2,14 +2,15 @@
 
 # %% ../nbs/00_core.ipynb #4b7b89b7
 from __future__ import annotations
-import os, random, tempfile
+import errno, os, random, shutil, tempfile
+from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
 import torch
 
 # %% auto #0
 __all__ = ['BUDGETS', 'budget', 'per_budget', 'get_device', 'seed_everything', 'check_finite', 'project_root', 'images_dir',
-           'save_figure', 'cache_dir']
+           'save_figure', 'cache_dir', 'atomic_folder', 'atomic_file']
 
 # %% ../nbs/00_core.ipynb #11a57b6a
 BUDGETS = ("ci", "cpu", "gpu")
@@ -88,3 +89,66 @@ def cache_dir() -> Path:
     base = os.environ.get("SAE_TUTORIAL_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home()/".cache"))/"sae_tutorial"
     d = Path(base); d.mkdir(parents=True, exist_ok=True)
     return d
+
+# %% ../nbs/00_core.ipynb #cbcfaf53
+def _pid_alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
+
+def _clear_stale(final: Path) -> None:
+    "Remove temporary siblings `.{name}.tmp-{pid}-*` left by processes that no longer run (a killed earlier try)."
+    for t in final.parent.glob(f".{final.name}.tmp-*"):
+        try: pid = int(t.name[len(final.name) + 6:].split("-")[0])
+        except ValueError: continue
+        if pid != os.getpid() and not _pid_alive(pid):
+            shutil.rmtree(t, ignore_errors=True) if t.is_dir() else t.unlink(missing_ok=True)
+
+def _disk_full_hint(e: OSError, final: Path) -> OSError:
+    if e.errno != errno.ENOSPC: return e
+    return OSError(errno.ENOSPC, f"No space left on the device while writing {final}. Nothing was published and the "
+                   f"partial files were removed; free some space or write to a larger disk "
+                   f"(a `path=` argument, or SAE_TUTORIAL_CACHE for the cache).")
+
+@contextmanager
+def atomic_folder(final, overwrite: bool = False):
+    """Yield a fresh temporary folder next to `final`; when the block ends without error, rename it to `final`
+    in one step. On any error (disk full included) the temporary folder is removed and `final` is untouched.
+    `overwrite=True` replaces an existing `final`; otherwise an existing `final` raises `FileExistsError`."""
+    final = Path(final); final.parent.mkdir(parents=True, exist_ok=True)
+    _clear_stale(final)
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"{final} exists; delete it or choose another path.")
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-{os.getpid()}-"))
+    os.chmod(tmp, 0o755)
+    try:
+        yield tmp
+        if final.exists():                              # overwrite: move the old one aside, then swap
+            old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-{os.getpid()}-old"))
+            os.replace(final, old/"x"); os.replace(tmp, final); shutil.rmtree(old, ignore_errors=True)
+        else: os.replace(tmp, final)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        err = _disk_full_hint(e, final)
+        if err is e: raise
+        raise err from e
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True); raise
+
+@contextmanager
+def atomic_file(path, mode: str = "w", **kw):
+    "Open a temporary file next to `path` for writing; rename it onto `path` when the block ends without error."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    _clear_stale(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-")
+    try:
+        with os.fdopen(fd, mode, **kw) as f: yield f
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        err = _disk_full_hint(e, path)
+        if err is e: raise
+        raise err from e
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True); raise

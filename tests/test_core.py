@@ -33,3 +33,35 @@ def test_ci_budget_never_writes_images(monkeypatch):
 def test_device_env_override(monkeypatch):
     monkeypatch.setenv("SAE_TUTORIAL_DEVICE", "cpu")
     assert get_device() == torch.device("cpu")
+
+
+def test_atomic_folder_survives_sigkill_and_clears_the_debris(tmp_path):
+    "A writer killed with SIGKILL mid-write publishes nothing; the next writer removes its temporary folder."
+    import signal, subprocess, sys, time
+    from sae_tutorial.core import atomic_folder
+    final = tmp_path / "store"
+    code = ("import sys, time; from sae_tutorial.core import atomic_folder\n"
+            "with atomic_folder(sys.argv[1]) as t:\n"
+            "    (t/'part.bin').write_bytes(b'x' * 1000); print('writing', flush=True); time.sleep(60)\n")
+    p = subprocess.Popen([sys.executable, "-c", code, str(final)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "writing"
+    p.send_signal(signal.SIGKILL); p.wait()
+    debris = list(tmp_path.glob(".store.tmp-*"))
+    assert not final.exists() and len(debris) == 1 and (debris[0] / "part.bin").exists()
+    with atomic_folder(final) as t:
+        (t / "done.txt").write_text("ok")
+    assert (final / "done.txt").read_text() == "ok"
+    assert list(tmp_path.glob(".store.tmp-*")) == []
+
+
+def test_atomic_folder_overwrite_keeps_old_until_new_is_complete(tmp_path):
+    from sae_tutorial.core import atomic_folder
+    final = tmp_path / "ckpt"
+    with atomic_folder(final) as t: (t / "v").write_text("1")
+    try:
+        with atomic_folder(final, overwrite=True) as t:
+            (t / "v").write_text("2"); raise RuntimeError("killed half-way")
+    except RuntimeError: pass
+    assert (final / "v").read_text() == "1"
+    with atomic_folder(final, overwrite=True) as t: (t / "v").write_text("2")
+    assert (final / "v").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
