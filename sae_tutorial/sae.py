@@ -20,7 +20,7 @@ from .core import check_finite
 __all__ = ['ARCHITECTURES', 'CHECKPOINT_FORMAT', 'SAE_CLASSES', 'SAEConfig', 'SAEOutput', 'SAE', 'ReLUSAE', 'TiedReLUSAE',
            'TopKSAE', 'BatchTopKSAE', 'rectangle', 'JumpReLUFunction', 'StepFunction', 'jumprelu', 'step',
            'JumpReLUSAE', 'GatedSAE', 'sae_class', 'make_sae', 'geometric_median', 'init_b_dec_', 'load_config',
-           'EncodeCentered', 'TopKSparse']
+           'EncodeCentered', 'TopKSparse', 'ReLUSparse']
 
 # %% ../nbs/02_sae.ipynb #bbbcc703
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated")
@@ -448,6 +448,41 @@ class _ByFeature:
                                per_sample_weights=weights.reshape(-1)[self.order])
 
 
+def _active_backward(needs, xc, W_enc, W_dec, vals, idx, g_xhat, g_vals, g_pre):
+    """Gradients (x, W_enc, b_enc, W_dec, b_dec) when row b's f is non-zero only at idx[b] [B, k] with values
+    vals [B, k] >= 0: every product touches the k active latents per row; a gradient on `pre` adds its dense part."""
+    need_x, need_We, need_be, need_Wd, need_bd = needs
+    B, k = idx.shape
+    d_sae = W_dec.shape[0]
+    gv = torch.zeros_like(vals) if g_vals is None else g_vals.clone()   # dL/dvals   [B, k]
+    gW_dec, by_feat = None, None
+    gb_dec = torch.zeros_like(xc[0])
+    if g_xhat is not None:
+        crow = torch.arange(0, B * k + 1, k, device=idx.device)
+        with warnings.catch_warnings():    # "sparse CSR support is in beta": sampled_addmm is what we need here
+            warnings.simplefilter("ignore")
+            pattern = torch.sparse_csr_tensor(crow, idx.reshape(-1), torch.zeros_like(vals).reshape(-1),
+                                              (B, d_sae), check_invariants=False)
+            gv += torch.sparse.sampled_addmm(pattern, g_xhat, W_dec.T).values().view(B, k)  # g[b] · W_dec[idx[b,j]]
+        if need_Wd:
+            by_feat = _ByFeature(idx, d_sae)
+            gW_dec = by_feat.sum_rows(g_xhat, vals)                         # Σ_b f[b,i] g[b]   [d_sae, d_in]
+        gb_dec += g_xhat.sum(0)
+    gp = gv * (vals > 0)                                                   # dL/dpre at the active pairs (ReLU)
+    gb_enc = torch.zeros_like(W_enc[0]).index_add_(0, idx.reshape(-1), gp.reshape(-1))
+    gW_enc = None
+    if need_We:
+        by_feat = by_feat or _ByFeature(idx, d_sae)
+        gW_enc = by_feat.sum_rows(xc, gp).T.contiguous()                  # [d_in, d_sae]
+    gxc = F.embedding_bag(idx, W_enc.T, mode="sum", per_sample_weights=gp) if need_x else None
+    if g_pre is not None:                                                  # a loss used pre: its dense part
+        gb_enc += g_pre.sum(0)
+        if need_We: gW_enc += xc.T @ g_pre
+        if need_x: gxc = gxc + g_pre @ W_enc.T
+    gb_dec -= W_enc @ gb_enc                                               # b_dec enters as x - b_dec
+    return gxc, gW_enc, gb_enc if need_be else None, gW_dec, gb_dec if need_bd else None
+
+
 class TopKSparse(torch.autograd.Function):
     "(x_hat, vals, idx, pre) of a TopK SAE; the decode and the whole backward touch only the k active latents per row."
 
@@ -466,36 +501,50 @@ class TopKSparse(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_xhat, g_vals, _g_idx, g_pre):
         xc, W_enc, W_dec, vals, idx = ctx.saved_tensors
-        need_x, need_We, need_be, need_Wd, need_bd, _ = ctx.needs_input_grad
-        B, k = idx.shape
-        d_sae = W_dec.shape[0]
-        gv = torch.zeros_like(vals) if g_vals is None else g_vals.clone()   # dL/dvals   [B, k]
-        gW_dec, by_feat = None, None
-        gb_dec = torch.zeros_like(xc[0])
+        return (*_active_backward(ctx.needs_input_grad[:5], xc, W_enc, W_dec, vals, idx, g_xhat, g_vals, g_pre), None)
+
+# %% ../nbs/02_sae.ipynb #a3ffb839
+class ReLUSparse(torch.autograd.Function):
+    """(x_hat, vals, idx, pre) of a ReLU SAE for x [B, d_in]. If no row has more than `max_active` positive
+    pre-activations, f's non-zeros are vals [B, k] at idx [B, k] (k = the most in any row) and the decode and
+    backward are `_active_backward`'s; otherwise idx is empty [B, 0], vals is the dense f [B, d_sae] and the
+    decode and backward are the dense products."""
+
+    @staticmethod
+    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, max_active: int):
+        xc = x - b_dec
+        pre = torch.addmm(b_enc, xc, W_enc)                                    # [B, d_sae]
+        k = int((pre > 0).sum(-1).max()) if pre.numel() else 0                 # the busiest row's count (host sync)
+        if k <= max_active:
+            top, idx = pre.topk(max(k, 1), dim=-1, sorted=False)               # every positive entry of every row
+            vals = top.relu_()
+            x_hat = F.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum").add_(b_dec)
+        else:
+            vals, idx = F.relu(pre), torch.empty((pre.shape[0], 0), dtype=torch.long, device=pre.device)
+            x_hat = torch.addmm(b_dec, vals, W_dec)
+        ctx.mark_non_differentiable(idx)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(xc, W_enc, W_dec, vals, idx)
+        return x_hat, vals, idx, pre
+
+    @staticmethod
+    def backward(ctx, g_xhat, g_vals, _g_idx, g_pre):
+        xc, W_enc, W_dec, vals, idx = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:5]
+        if idx.shape[1]: return (*_active_backward(needs, xc, W_enc, W_dec, vals, idx, g_xhat, g_vals, g_pre), None)
+        need_x, need_We, need_be, need_Wd, need_bd = needs                      # dense: f = vals [B, d_sae]
+        gf = torch.zeros_like(vals) if g_vals is None else g_vals.clone()
+        gW_dec, gb_dec = None, torch.zeros_like(xc[0])
         if g_xhat is not None:
-            crow = torch.arange(0, B * k + 1, k, device=idx.device)
-            with warnings.catch_warnings():    # "sparse CSR support is in beta": sampled_addmm is what we need here
-                warnings.simplefilter("ignore")
-                pattern = torch.sparse_csr_tensor(crow, idx.reshape(-1), torch.zeros_like(vals).reshape(-1),
-                                                  (B, d_sae), check_invariants=False)
-                gv += torch.sparse.sampled_addmm(pattern, g_xhat, W_dec.T).values().view(B, k)  # g[b] · W_dec[idx[b,j]]
-            if need_Wd:
-                by_feat = _ByFeature(idx, d_sae)
-                gW_dec = by_feat.sum_rows(g_xhat, vals)                         # Σ_b f[b,i] g[b]   [d_sae, d_in]
+            gf.addmm_(g_xhat, W_dec.T)
+            gW_dec = vals.T @ g_xhat if need_Wd else None
             gb_dec += g_xhat.sum(0)
-        gp = gv * (vals > 0)                                                   # dL/dpre at the top k (ReLU)
-        gb_enc = torch.zeros_like(W_enc[0]).index_add_(0, idx.reshape(-1), gp.reshape(-1))
-        gW_enc = None
-        if need_We:
-            by_feat = by_feat or _ByFeature(idx, d_sae)
-            gW_enc = by_feat.sum_rows(xc, gp).T.contiguous()                  # [d_in, d_sae]
-        gxc = F.embedding_bag(idx, W_enc.T, mode="sum", per_sample_weights=gp) if need_x else None
-        if g_pre is not None:                                                  # a loss used pre: its dense part
-            gb_enc += g_pre.sum(0)
-            if need_We: gW_enc += xc.T @ g_pre
-            if need_x: gxc = gxc + g_pre @ W_enc.T
-        gb_dec -= W_enc @ gb_enc                                               # b_dec enters as x - b_dec
-        return (gxc, gW_enc, gb_enc if need_be else None, gW_dec, gb_dec if need_bd else None, None)
+        gp = gf.mul_(vals > 0)                                                 # through the ReLU
+        if g_pre is not None: gp += g_pre
+        gb_enc = gp.sum(0)
+        gb_dec -= W_enc @ gb_enc
+        return (gp @ W_enc.T if need_x else None, xc.T @ gp if need_We else None, gb_enc if need_be else None,
+                gW_dec, gb_dec if need_bd else None, None)
 
 # %% ../nbs/02_sae.ipynb #cefb4c77
 def _pre_acts(self: SAE, x: Tensor) -> Tensor:
@@ -513,4 +562,16 @@ def _topk_forward(self: TopKSAE, x: Tensor) -> SAEOutput:
     f = torch.zeros_like(pre).scatter_(-1, idx, vals)
     return SAEOutput(x_hat.reshape(x.shape), f.reshape(*lead, -1), pre.reshape(*lead, -1))
 
-SAE.pre_acts, TopKSAE.forward = _pre_acts, _topk_forward
+X
+
+def _relu_forward(self: ReLUSAE, x: Tensor) -> SAEOutput:
+    "cfg.fast: ReLUSparse (decode and gradients from the active latents once few fire); else the plain path."
+    if not self.cfg.fast: return SAE.forward(self, x)
+    x = self._check(x)
+    lead = x.shape[:-1]
+    x_hat, vals, idx, pre = ReLUSparse.apply(x.reshape(-1, x.shape[-1]), self.W_enc, self.b_enc, self.W_dec,
+                                             self.b_dec, int(self.sparse_max_density * self.cfg.d_sae))
+    f = torch.zeros_like(pre).scatter_(-1, idx, vals) if idx.shape[1] else vals
+    return SAEOutput(x_hat.reshape(x.shape), f.reshape(*lead, -1), pre.reshape(*lead, -1))
+
+SAE.pre_acts, TopKSAE.forward, ReLUSAE.forward = _pre_acts, _topk_forward, _relu_forward

@@ -74,7 +74,9 @@ def test_fast_path_is_used():
     x = torch.randn(4, 12, dtype=torch.float64)
     plain, fast = _pair("topk")
     assert "TopKSparse" in _graph(fast(x).x_hat) and "TopKSparse" not in _graph(plain(x).x_hat)
-    for arch in ("relu", "jumprelu", "batchtopk"):
+    plain, fast = _pair("relu")
+    assert "ReLUSparse" in _graph(fast(x).x_hat) and "ReLUSparse" not in _graph(plain(x).x_hat)
+    for arch in ("jumprelu", "batchtopk"):
         plain, fast = _pair(arch)
         assert "EncodeCentered" in _graph(fast(x).x_hat) and "EncodeCentered" not in _graph(plain(x).x_hat)
 
@@ -102,3 +104,39 @@ def test_save_load_keeps_fast_and_reads_old_cfg(tmp_path):
     assert back.cfg.fast is True
     x = torch.randn(5, 12, dtype=torch.float64)
     torch.testing.assert_close(back(x).x_hat, fast(x).x_hat, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+@pytest.mark.parametrize("density", [0.0, 0.5, 1.0])
+@pytest.mark.parametrize("loss", list(LOSSES))
+@pytest.mark.parametrize("use_pre", [False, True])
+def test_relu_sparse_branch_equals_plain(monkeypatch, tied, density, loss, use_pre):
+    """ReLUSparse in both branches: density 0 forces the dense branch, 1.0 the sparse one for every batch, 0.5 mixes
+    them by batch. b_enc is shifted down so that rows fire different, small numbers of latents."""
+    from sae_tutorial.sae import ReLUSAE
+    monkeypatch.setattr(ReLUSAE, "sparse_max_density", density)
+    plain, fast = _pair("relu", tied)
+    for s in (plain, fast):
+        with torch.no_grad(): s.b_enc.sub_(0.6)
+    x = torch.randn(3, 11, 12, dtype=torch.float64)
+    fired = (plain(x).f > 0).sum(-1)
+    assert 0 < fired.max() < plain.cfg.d_sae and fired.min() < fired.max()   # rows differ: some carry zero padding
+    o1, g1 = _run(plain, x, LOSSES[loss], use_pre)
+    o2, g2 = _run(fast, x, LOSSES[loss], use_pre)
+    for a, b in zip(o1, o2):
+        if a is not None: torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
+    assert set(g1) == set(g2) and g1
+    for n in g1: torch.testing.assert_close(g2[n], g1[n], rtol=1e-9, atol=1e-12, msg=lambda m: f"grad {n}: {m}")
+
+
+def test_relu_sparse_branch_is_chosen_by_density(monkeypatch):
+    "The switch: sparse (idx has k = busiest row's count columns) below the density limit, dense (idx empty) above it."
+    from sae_tutorial.sae import ReLUSAE, ReLUSparse
+    _, fast = _pair("relu")
+    x = torch.randn(20, 12, dtype=torch.float64)
+    k = int((fast(x).f > 0).sum(-1).max())
+    args = (x, fast.W_enc, fast.b_enc, fast.W_dec, fast.b_dec)
+    assert ReLUSparse.apply(*args, k)[2].shape == (20, k)
+    assert ReLUSparse.apply(*args, k - 1)[2].shape == (20, 0)
+    monkeypatch.setattr(ReLUSAE, "sparse_max_density", 1.0)
+    assert "ReLUSparse" in _graph(fast(x).x_hat)
