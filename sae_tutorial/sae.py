@@ -562,7 +562,7 @@ def _topk_forward(self: TopKSAE, x: Tensor) -> SAEOutput:
     f = torch.zeros_like(pre).scatter_(-1, idx, vals)
     return SAEOutput(x_hat.reshape(x.shape), f.reshape(*lead, -1), pre.reshape(*lead, -1))
 
-X
+ReLUSAE.sparse_max_density = 1 / 8        # ReLUSparse's switch: sparse when the busiest row fires <= d_sae/8 (CPU crossover ~1/6)
 
 def _relu_forward(self: ReLUSAE, x: Tensor) -> SAEOutput:
     "cfg.fast: ReLUSparse (decode and gradients from the active latents once few fire); else the plain path."
