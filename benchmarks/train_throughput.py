@@ -70,7 +70,7 @@ def make_data(n: int, d_in: int, seed: int = 0) -> torch.Tensor:
     directions (about 20 of 4*d_in active, exponential magnitudes) plus a shared offset and noise."""
     g = torch.Generator().manual_seed(seed)
     n_true = 4 * d_in
-    D = torch.randn(n_true, d_in, generator=g)
+    D = torch.randn(n_true, d_in, generator=g)   # the hidden directions (true_directions repeats this draw)
     D /= D.norm(dim=1, keepdim=True)
     p = 20 / n_true
     active = torch.rand(n, n_true, generator=g) < p
@@ -89,6 +89,69 @@ def make_init(d_in: int, d_sae: int, seed: int = 1) -> dict[str, torch.Tensor]:
     W_dec /= W_dec.norm(dim=1, keepdim=True)
     return dict(W_enc=W_dec.T.contiguous(), b_enc=torch.zeros(d_sae), W_dec=W_dec.contiguous(),
                 b_dec=torch.zeros(d_in))
+
+
+def true_directions(d_in: int, seed: int = 0) -> torch.Tensor:
+    "The 4*d_in hidden unit directions [4*d_in, d_in] that make_data(seed=seed) sums."
+    D = torch.randn(4 * d_in, d_in, generator=torch.Generator().manual_seed(seed))
+    return D / D.norm(dim=1, keepdim=True)
+
+
+def make_sparse_init(x: torch.Tensor, d_sae: int, target_l0: float, seed: int = 1) -> dict[str, torch.Tensor]:
+    """Weights like a ReLU SAE part-way through training, where most of a run's steps are spent: the first
+    4*d_in decoder rows are the data's hidden directions, the rest random unit rows; W_enc = W_dec.T,
+    b_dec = the data mean, and one shared b_enc = -t with t chosen so that a token fires `target_l0` latents on
+    average. Every tool starts from these same weights, so the comparison stays like for like."""
+    d_in = x.shape[1]
+    init = make_init(d_in, d_sae, seed)
+    D = true_directions(d_in)
+    W_dec = init["W_dec"].clone()
+    W_dec[:D.shape[0]] = D
+    b_dec = x.mean(0)
+    pre = (x[:2048] - b_dec) @ W_dec.T                              # [2048, d_sae] with b_enc = 0
+    t = float(pre.flatten().kthvalue(int(pre.numel() * (1 - target_l0 / d_sae))).values)
+    return dict(W_enc=W_dec.T.contiguous(), b_enc=torch.full((d_sae,), -t), W_dec=W_dec, b_dec=b_dec)
+
+
+def start_l0(arch: str, init: dict, x: torch.Tensor, k: int) -> dict:
+    "Active latents per token at the start weights: the mean and the busiest token (ReLU), or k (TopK)."
+    if arch != "relu": return dict(mean=float(k), max=k)
+    n = torch.cat([(((xb - init["b_dec"]) @ init["W_enc"] + init["b_enc"]) > 0).sum(-1).float()
+                   for xb in x.split(2048)])
+    return dict(mean=float(n.mean()), max=int(n.max()))
+
+
+def matmul_ceiling(B: int, d_in: int, d_sae: int, device: str, dtype=torch.float32, reps: int = 20) -> dict:
+    """The encoder's product [B, d_in] @ [d_in, d_sae] timed alone on `device` (median of `reps` after warm-up,
+    three input sets rotated so the cache is not what is timed): the rate a step's dense work can reach."""
+    xs = [torch.randn(B, d_in, device=device, dtype=dtype) for _ in range(3)]
+    Ws = [torch.randn(d_in, d_sae, device=device, dtype=dtype) for _ in range(3)]
+    for i in range(3): xs[i] @ Ws[i]
+    torch.cuda.synchronize()
+    ts = []
+    for i in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record(); xs[i % 3] @ Ws[i % 3]; b.record(); b.synchronize()
+        ts.append(a.elapsed_time(b) / 1e3)
+    t = statistics.median(ts)
+    return dict(dtype=str(dtype), seconds=t, tflops=2 * B * d_in * d_sae / t / 1e12,
+                tf32=torch.backends.cuda.matmul.allow_tf32)
+
+
+def step_flops(row: dict, a, l0: dict) -> dict:
+    """Multiply-add work of one step, counted two ways (x 2 FLOPs each).
+    dense: what a dense step must do, 10*B*d_in*d_sae (encoder forward and W_enc's gradient; decoder forward,
+    W_dec's gradient and f's gradient; x needs none). algorithm: what this row's code path must do: the dense count,
+    or for ours (fast) on a sparse path 2*B*d_in*d_sae (the encoder) + 8*B*k*d_in (decode, f's gradient at the
+    active pairs, W_dec's and W_enc's gradients from them), k = TopK's k or, for ReLU, the busiest token's count."""
+    B, D, S = a.batch, a.d_in, a.d_in * a.expansion
+    dense = 10 * B * D * S
+    algo = dense
+    if row["tool"] == "ours" and row["variant"] == "fast":
+        k = a.k if row["arch"] == "topk" else l0["max"]
+        if row["arch"] == "topk" or k <= S / 8:                     # ReLUSAE.sparse_max_density
+            algo = 2 * B * D * S + 8 * B * k * D
+    return dict(dense=dense, algorithm=algo)
 
 
 class PeakRSS:
@@ -278,7 +341,7 @@ def worker(a) -> dict:
     n_batches = data.shape[0] // a.batch
     batches = [data[i * a.batch:(i + 1) * a.batch] for i in range(n_batches)]
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    res = {"tool": a.tool, "arch": a.arch, "convention": a.convention, "variant": a.variant,
+    res = {"tool": a.tool, "arch": a.arch, "convention": a.convention, "variant": a.variant, "start": a.start,
            "torch": torch.__version__, "threads": torch.get_num_threads(),
            "loadavg_start": os.getloadavg()[0]}
 
@@ -330,44 +393,47 @@ def machine() -> dict:
                 python=platform.python_version(), torch=torch.__version__)
 
 
-def jobs_for(archs, tools, variants):
-    """(tool, arch, convention, variant) runs; each other tool is paired with ours (every variant) in its convention."""
+def jobs_for(archs, tools, variants, starts=("init",)):
+    """(tool, arch, convention, variant, start) runs; each other tool is paired with ours (every variant) in its
+    convention. The `sparse` start applies to ReLU only: a TopK step does the same work from any weights."""
     convs = [t for t in tools if t != "ours"] or ["dictionary_learning"]
     jobs = []
     for arch in archs:
-        for conv in convs:
-            if conv in tools:
-                jobs.append((conv, arch, conv, "plain"))
-            if "ours" in tools:
-                jobs += [("ours", arch, conv, v) for v in variants]
+        for start in (starts if arch == "relu" else [s for s in starts if s == "init"] or ["init"]):
+            for conv in convs:
+                if conv in tools:
+                    jobs.append((conv, arch, conv, "plain", start))
+                if "ours" in tools:
+                    jobs += [("ours", arch, conv, v, start) for v in variants]
     return jobs
 
 
-def run_one(a, job, data_path, init_path, check):
-    tool, arch, conv, variant = job
+def run_one(a, job, data_path, init_paths, check):
+    tool, arch, conv, variant, start = job
     py = str(OTHER_PY) if tool != "ours" else sys.executable
-    cmd = [py, str(Path(__file__).resolve()), "--worker", "--tool", tool, "--arch", arch,
-           "--convention", conv, "--variant", variant, "--data", str(data_path), "--init", str(init_path),
+    cmd = [py, str(Path(__file__).resolve()), "--worker", "--tool", tool, "--arch", arch, "--start", start,
+           "--convention", conv, "--variant", variant, "--data", str(data_path), "--init", str(init_paths[start]),
            "--device", a.device, "--batch", str(a.batch), "--steps", str(a.steps), "--warmup", str(a.warmup),
            "--check-steps", str(a.check_steps if check else 0), "--threads", str(a.threads),
            "--lr", str(a.lr), "--l1", str(a.l1), "--k", str(a.k)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), WANDB_MODE="disabled", TQDM_DISABLE="1")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+               WANDB_MODE="disabled", TQDM_DISABLE="1")
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode != 0:
-        return {"tool": tool, "arch": arch, "convention": conv, "variant": variant,
+        return {"tool": tool, "arch": arch, "convention": conv, "variant": variant, "start": start,
                 "error": p.stderr.strip().splitlines()[-5:]}
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 def summarise(runs, a) -> tuple[list[dict], str]:
-    keyf = lambda r: (r["arch"], r["convention"], r["tool"], r["variant"])
+    keyf = lambda r: (r["arch"], r.get("start", "init"), r["convention"], r["tool"], r["variant"])
     groups: dict = {}
     for r in runs:
         groups.setdefault(keyf(r), []).append(r)
     rows = []
     for key, rs in groups.items():
         ok = [r for r in rs if "error" not in r]
-        row = dict(arch=key[0], convention=key[1], tool=key[2], variant=key[3], n=len(ok))
+        row = dict(arch=key[0], start=key[1], convention=key[2], tool=key[3], variant=key[4], n=len(ok))
         if not ok:
             row["error"] = rs[0]["error"]
             rows.append(row)
@@ -379,6 +445,13 @@ def summarise(runs, a) -> tuple[list[dict], str]:
                    rss_peak_mb=statistics.median(r["rss_peak_mb"] for r in ok),
                    losses=next((r["losses"] for r in ok if r.get("losses")), None),
                    versions=ok[0]["versions"])
+        l0 = getattr(a, "l0", {}).get(f"{row['arch']}/{row['start']}")
+        if l0: row["l0"] = l0
+        if getattr(a, "ceiling", None) and l0:
+            fl = step_flops(row, a, l0)
+            row.update(flops=fl, tflops_algorithm=fl["algorithm"] / a.batch * row["tokens_per_s"] / 1e12,
+                       tflops_dense=fl["dense"] / a.batch * row["tokens_per_s"] / 1e12)
+            row["pct_of_ceiling"] = 100 * row["tflops_algorithm"] / a.ceiling["tflops"]
         rows.append(row)
     # pair: loss agreement + speedup of ours over the tool in the same convention
     for row in rows:
@@ -386,7 +459,7 @@ def summarise(runs, a) -> tuple[list[dict], str]:
             continue
         for o in rows:
             if o["tool"] == "ours" and o["arch"] == row["arch"] and o["convention"] == row["convention"] \
-                    and "error" not in o:
+                    and o["start"] == row["start"] and "error" not in o:
                 o["speedup_vs_" + row["tool"]] = o["tokens_per_s"] / row["tokens_per_s"]
                 o["cpu_speedup_vs_" + row["tool"]] = o["tokens_per_cpu_s"] / row["tokens_per_cpu_s"]
                 if o.get("losses") and row.get("losses"):
@@ -395,19 +468,26 @@ def summarise(runs, a) -> tuple[list[dict], str]:
 
 
 def render(rows, a) -> str:
-    lines = ["| arch | convention | tool | tokens/s (median) | min–max over rounds | tokens per CPU-second | "
-             "peak mem above baseline (MB) | speedup of ours (wall / CPU) | first steps' losses: max rel. diff to tool |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
-    for r in sorted(rows, key=lambda r: (r["arch"], r["convention"], r["tool"] == "ours", r["variant"])):
+    gpu = bool(getattr(a, "ceiling", None))
+    lines = ["| arch | start: L0 mean / busiest | convention | tool | tokens/s (median) | min–max over rounds | "
+             "tokens per CPU-second | peak mem above baseline (MB) | speedup of ours (wall / CPU) | "
+             "first steps' losses: max rel. diff to tool |" + (" TFLOP/s: algorithm / dense count | % of matmul ceiling |" if gpu else ""),
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if gpu else "")]
+    for r in sorted(rows, key=lambda r: (r["arch"], r.get("start", "init"), r["convention"], r["tool"] == "ours", r["variant"])):
         name = r["tool"] + (f" ({r['variant']})" if r["tool"] == "ours" else "")
+        l0 = r.get("l0")
+        start = r.get("start", "init") + (f": {l0['mean']:.0f} / {l0['max']}" if l0 else "")
         if "error" in r:
-            lines.append(f"| {r['arch']} | {r['convention']} | {name} | error: {' / '.join(r['error'])[:120]} | | | | | |")
+            lines.append(f"| {r['arch']} | {start} | {r['convention']} | {name} | error: {' / '.join(r['error'])[:120]} | | | | | |"
+                         + (" | |" if gpu else ""))
             continue
         sp = next((f"{v:.2f}× / {r['cpu_' + k]:.2f}×" for k, v in r.items() if k.startswith("speedup_vs_")), "")
         ld = f"{r['max_rel_loss_diff']:.1e}" if "max_rel_loss_diff" in r else ""
-        lines.append(f"| {r['arch']} | {r['convention']} | {name} | {r['tokens_per_s']:,.0f} | "
+        fl = (f" {r['tflops_algorithm']:.1f} / {r['tflops_dense']:.1f} | {r['pct_of_ceiling']:.0f} % |"
+              if "pct_of_ceiling" in r else (" | |" if gpu else ""))
+        lines.append(f"| {r['arch']} | {start} | {r['convention']} | {name} | {r['tokens_per_s']:,.0f} | "
                      f"{r['tps_min']:,.0f}–{r['tps_max']:,.0f} | {r['tokens_per_cpu_s']:,.0f} | {r['mem_train_mb']:,.0f} | "
-                     f"{sp} | {ld} |")
+                     f"{sp} | {ld} |" + fl)
     return "\n".join(lines)
 
 
@@ -420,6 +500,11 @@ def main():
     ap.add_argument("--data")
     ap.add_argument("--init")
     ap.add_argument("--arch", default="relu")
+    ap.add_argument("--start", default="init", help=argparse.SUPPRESS)
+    ap.add_argument("--starts", default="init,sparse",
+                    help="init = fresh weights (half the ReLU latents fire); sparse = part-way-trained-like ReLU weights "
+                         "(see make_sparse_init; ReLU only)")
+    ap.add_argument("--sparse-l0", type=float, default=32, help="mean active latents per token of the sparse start")
     ap.add_argument("--archs", default="relu,topk")
     ap.add_argument("--tools", default="ours,saelens,dictionary_learning")
     ap.add_argument("--variants", default="plain,fast", help="variants of ours: plain = SAEConfig(fast=False), fast = SAEConfig(fast=True) (the default)")
@@ -457,20 +542,32 @@ def main():
 
     tmp = Path(tempfile.mkdtemp(prefix="sae_bench_"))
     n_batches = 4
-    save_file({"x": make_data(n_batches * a.batch, a.d_in)}, str(tmp / "data.safetensors"))
-    save_file(make_init(a.d_in, a.d_in * a.expansion), str(tmp / "init.safetensors"))
-    jobs = jobs_for(a.archs.split(","), tools, a.variants.split(","))
+    x = make_data(n_batches * a.batch, a.d_in)
+    save_file({"x": x}, str(tmp / "data.safetensors"))
+    starts = a.starts.split(",")
+    inits = {"init": make_init(a.d_in, a.d_in * a.expansion)}
+    if "sparse" in starts: inits["sparse"] = make_sparse_init(x, a.d_in * a.expansion, a.sparse_l0)
+    init_paths = {}
+    for name, init in inits.items():
+        init_paths[name] = tmp / f"init_{name}.safetensors"
+        save_file(init, str(init_paths[name]))
+    a.l0 = {f"{arch}/{st}": start_l0(arch, inits[st], x, a.k) for arch in a.archs.split(",") for st in inits}
+    a.ceiling = matmul_ceiling(a.batch, a.d_in, a.d_in * a.expansion, a.device) if gpu else None
+    if gpu: print(f"matmul ceiling: {a.ceiling}", file=sys.stderr, flush=True)
+    jobs = jobs_for(a.archs.split(","), tools, a.variants.split(","), starts)
     runs = []
     t0 = time.time()
+    cmd = "python " + " ".join([str(Path(__file__).relative_to(ROOT))] + sys.argv[1:])
     for rnd in range(a.rounds):  # interleaved: every job once per round
         for job in jobs:
-            r = run_one(a, job, tmp / "data.safetensors", tmp / "init.safetensors", check=(rnd == 0))
+            r = run_one(a, job, tmp / "data.safetensors", init_paths, check=(rnd == 0))
             r["round"] = rnd
             runs.append(r)
             msg = r.get("error") or f"{r['tokens_per_s']:,.0f} tok/s, {r['mem_train_mb']:,.0f} MB"
             print(f"round {rnd} {job}: {msg}", file=sys.stderr, flush=True)
-    cmd = "python " + " ".join([str(Path(__file__).relative_to(ROOT))] + sys.argv[1:])
+            Path(a.out + ".partial.json").write_text(json.dumps(dict(command=cmd, args=vars(a), runs=runs)))
     write_results(a, runs, cmd, machine(), time.time() - t0)
+    Path(a.out + ".partial.json").unlink(missing_ok=True)
 
 
 def write_results(a, runs, cmd, m, wall_s):
@@ -479,6 +576,12 @@ def write_results(a, runs, cmd, m, wall_s):
             f"device {a.device}. d_in {a.d_in}, d_sae {a.d_in * a.expansion}, batch {a.batch} tokens, "
             f"{a.warmup} warm-up + {a.steps} timed steps per run (tokens/s from the median step), {a.rounds} "
             f"interleaved rounds (A B A B ...), median shown; {a.threads} torch threads. Wall time {wall_s:.0f} s.")
+    if getattr(a, "ceiling", None):
+        c = a.ceiling
+        note += (f" Matmul ceiling measured in this run: the encoder's product [{a.batch}, {a.d_in}] @ [{a.d_in}, "
+                 f"{a.d_in * a.expansion}] alone in {c['dtype']} (TF32 {'on' if c['tf32'] else 'off'}) took "
+                 f"{c['seconds'] * 1e3:.2f} ms = {c['tflops']:.1f} TFLOP/s; '% of matmul ceiling' is a row's "
+                 "algorithm TFLOP/s over that (step_flops in the script says how each row's work is counted).")
     loads = [r["loadavg_start"] for r in runs if "loadavg_start" in r]
     if loads:
         note += (f" 1-minute load average during the runs: median {statistics.median(loads):.1f} "
@@ -510,7 +613,7 @@ def render_only(path: str, out: str):
     "Rewrite OUT.md (and OUT.json) from a saved JSON without re-running anything."
     d = json.loads(Path(path).read_text())
     a = argparse.Namespace(**{**d["args"], "out": out})
-    write_results(a, d["runs"], d["command"], d["machine"], d.get("wall_s", float("nan")))
+    write_results(a, d["runs"], d["command"], d.get("machine") or machine(), d.get("wall_s", float("nan")))
 
 
 

@@ -566,6 +566,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'sae_tutorial.sae._ByFeature.__init__': ('sae.html#_byfeature.__init__', 'sae_tutorial/sae.py'),
                                   'sae_tutorial.sae._ByFeature.sum_rows': ('sae.html#_byfeature.sum_rows', 'sae_tutorial/sae.py'),
                                   'sae_tutorial.sae._active_backward': ('sae.html#_active_backward', 'sae_tutorial/sae.py'),
+                                  'sae_tutorial.sae._own_maths': ('sae.html#_own_maths', 'sae_tutorial/sae.py'),
                                   'sae_tutorial.sae._pre_acts': ('sae.html#_pre_acts', 'sae_tutorial/sae.py'),
                                   'sae_tutorial.sae._read_safetensors': ('sae.html#_read_safetensors', 'sae_tutorial/sae.py'),
                                   'sae_tutorial.sae._relu_forward': ('sae.html#_relu_forward', 'sae_tutorial/sae.py'),

@@ -433,48 +433,57 @@ class EncodeCentered(torch.autograd.Function):
 
 # %% ../nbs/02_sae.ipynb #adc19df3
 class _ByFeature:
-    "The active (row, latent) pairs idx [B, k] grouped by latent, to sum row vectors per latent with embedding_bag."
+    """The active pairs (rows[n], cols[n]) of f grouped by latent (cols), to sum row vectors per latent with
+    embedding_bag. `piece`: on a GPU each latent's bag is cut into pieces of at most `piece` pairs, summed in
+    parallel and then added up, so a latent that fires in every row does not leave a few threads summing
+    thousands of rows alone (the default: 64 on a GPU, whole bags on a CPU)."""
 
-    def __init__(self, idx: Tensor, d_sae: int):
-        flat = idx.reshape(-1)
-        self.order = torch.argsort(flat)                                         # pairs sorted by latent
-        counts = torch.bincount(flat, minlength=d_sae)                           # rows in which each latent fired
+    def __init__(self, rows: Tensor, cols: Tensor, d_sae: int, piece: int | None = None):
+        self.d_sae = d_sae
+        order = torch.argsort(cols)                                              # pairs sorted by latent
+        counts = torch.bincount(cols, minlength=d_sae)                           # rows in which each latent fired
         self.offsets = torch.cumsum(counts, 0) - counts                          # start of each latent's bag
-        self.rows = torch.div(self.order, idx.shape[1], rounding_mode="floor")   # batch row of each sorted pair
+        self.rows, self.order = rows[order], order                               # batch row of each sorted pair
+        piece = piece if piece is not None else (64 if cols.is_cuda else 0)
+        self.piece_latent = None
+        if piece:
+            latent = cols[order]                                                 # latent of each sorted pair
+            pos = torch.arange(len(cols), device=cols.device) - self.offsets[latent]   # place within its bag
+            self.offsets = (pos % piece == 0).nonzero().squeeze(1)               # piece starts (one host sync)
+            self.piece_latent = latent[self.offsets]
 
     def sum_rows(self, src: Tensor, weights: Tensor) -> Tensor:
-        "out[i] = Σ_{(b,j): idx[b,j] = i} weights[b,j] · src[b]   -> [d_sae, src.shape[1]]"
-        return F.embedding_bag(self.rows, src, self.offsets, mode="sum",
-                               per_sample_weights=weights.reshape(-1)[self.order])
+        "out[i] = Σ_{n: cols[n] = i} weights[n] · src[rows[n]]   -> [d_sae, src.shape[1]]"
+        out = F.embedding_bag(self.rows, src, self.offsets, mode="sum", per_sample_weights=weights[self.order])
+        if self.piece_latent is None: return out
+        return out.new_zeros(self.d_sae, src.shape[1]).index_add_(0, self.piece_latent, out)
 
 
-def _active_backward(needs, xc, W_enc, W_dec, vals, idx, g_xhat, g_vals, g_pre):
-    """Gradients (x, W_enc, b_enc, W_dec, b_dec) when row b's f is non-zero only at idx[b] [B, k] with values
-    vals [B, k] >= 0: every product touches the k active latents per row; a gradient on `pre` adds its dense part."""
+def _active_backward(needs, xc, W_enc, W_dec, vals, rows, cols, crow, g_xhat, g_vals, g_pre):
+    """Gradients (x, W_enc, b_enc, W_dec, b_dec) when f's non-zeros are f[rows[n], cols[n]] = vals[n] >= 0, listed
+    row by row (row b's pairs are crow[b]:crow[b+1]): every product touches only these pairs; a gradient on `pre`
+    adds its dense part."""
     need_x, need_We, need_be, need_Wd, need_bd = needs
-    B, k = idx.shape
-    d_sae = W_dec.shape[0]
-    gv = torch.zeros_like(vals) if g_vals is None else g_vals.clone()   # dL/dvals   [B, k]
+    B, d_sae = xc.shape[0], W_dec.shape[0]
+    gv = torch.zeros_like(vals) if g_vals is None else g_vals.clone()   # dL/dvals   [n_pairs]
     gW_dec, by_feat = None, None
     gb_dec = torch.zeros_like(xc[0])
     if g_xhat is not None:
-        crow = torch.arange(0, B * k + 1, k, device=idx.device)
         with warnings.catch_warnings():    # "sparse CSR support is in beta": sampled_addmm is what we need here
             warnings.simplefilter("ignore")
-            pattern = torch.sparse_csr_tensor(crow, idx.reshape(-1), torch.zeros_like(vals).reshape(-1),
-                                              (B, d_sae), check_invariants=False)
-            gv += torch.sparse.sampled_addmm(pattern, g_xhat, W_dec.T).values().view(B, k)  # g[b] · W_dec[idx[b,j]]
+            pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros_like(vals), (B, d_sae), check_invariants=False)
+            gv += torch.sparse.sampled_addmm(pattern, g_xhat, W_dec.T).values()   # g[row] · W_dec[col] per pair
         if need_Wd:
-            by_feat = _ByFeature(idx, d_sae)
+            by_feat = _ByFeature(rows, cols, d_sae)
             gW_dec = by_feat.sum_rows(g_xhat, vals)                         # Σ_b f[b,i] g[b]   [d_sae, d_in]
         gb_dec += g_xhat.sum(0)
     gp = gv * (vals > 0)                                                   # dL/dpre at the active pairs (ReLU)
-    gb_enc = torch.zeros_like(W_enc[0]).index_add_(0, idx.reshape(-1), gp.reshape(-1))
+    gb_enc = torch.zeros_like(W_enc[0]).index_add_(0, cols, gp)
     gW_enc = None
     if need_We:
-        by_feat = by_feat or _ByFeature(idx, d_sae)
+        by_feat = by_feat or _ByFeature(rows, cols, d_sae)
         gW_enc = by_feat.sum_rows(xc, gp).T.contiguous()                  # [d_in, d_sae]
-    gxc = F.embedding_bag(idx, W_enc.T, mode="sum", per_sample_weights=gp) if need_x else None
+    gxc = F.embedding_bag(cols, W_enc.T, crow[:-1], mode="sum", per_sample_weights=gp) if need_x else None
     if g_pre is not None:                                                  # a loss used pre: its dense part
         gb_enc += g_pre.sum(0)
         if need_We: gW_enc += xc.T @ g_pre
@@ -501,37 +510,46 @@ class TopKSparse(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_xhat, g_vals, _g_idx, g_pre):
         xc, W_enc, W_dec, vals, idx = ctx.saved_tensors
-        return (*_active_backward(ctx.needs_input_grad[:5], xc, W_enc, W_dec, vals, idx, g_xhat, g_vals, g_pre), None)
+        B, k = idx.shape
+        ar = torch.arange(B * k, device=idx.device)
+        rows, crow = torch.div(ar, k, rounding_mode="floor"), torch.arange(0, B * k + 1, k, device=idx.device)
+        g = (*_active_backward(ctx.needs_input_grad[:5], xc, W_enc, W_dec, vals.reshape(-1), rows, idx.reshape(-1),
+                               crow, g_xhat, None if g_vals is None else g_vals.reshape(-1), g_pre), None)
+        return g
 
 # %% ../nbs/02_sae.ipynb #a3ffb839
 class ReLUSparse(torch.autograd.Function):
-    """(x_hat, vals, idx, pre) of a ReLU SAE for x [B, d_in]. If no row has more than `max_active` positive
-    pre-activations, f's non-zeros are vals [B, k] at idx [B, k] (k = the most in any row) and the decode and
-    backward are `_active_backward`'s; otherwise idx is empty [B, 0], vals is the dense f [B, d_sae] and the
-    decode and backward are the dense products."""
+    """(x_hat, vals, rows, cols, pre) of a ReLU SAE for x [B, d_in]. If at most `max_density` of f's entries are
+    non-zero, f[rows[n], cols[n]] = vals[n] (row by row) and the decode and backward are `_active_backward`'s;
+    otherwise rows and cols are empty, vals is the dense f [B, d_sae] and the decode and backward are dense."""
 
     @staticmethod
-    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, max_active: int):
+    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, max_density: float):
         xc = x - b_dec
         pre = torch.addmm(b_enc, xc, W_enc)                                    # [B, d_sae]
-        k = int((pre > 0).sum(-1).max()) if pre.numel() else 0                 # the busiest row's count (host sync)
-        if k <= max_active:
-            top, idx = pre.topk(max(k, 1), dim=-1, sorted=False)               # every positive entry of every row
-            vals = top.relu_()
-            x_hat = F.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum").add_(b_dec)
+        fired = pre > 0
+        n_pairs = int(fired.sum())                                             # one host sync
+        if n_pairs <= max_density * pre.numel():
+            rows, cols = fired.nonzero(as_tuple=True)                          # f's non-zeros, row by row
+            vals = pre[fired]                                                  # [n_pairs], same order
+            crow = torch.zeros(len(x) + 1, dtype=torch.long, device=x.device)
+            crow[1:] = torch.bincount(rows, minlength=len(x)).cumsum(0)
+            x_hat = F.embedding_bag(cols, W_dec, crow[:-1], mode="sum", per_sample_weights=vals).add_(b_dec)
         else:
-            vals, idx = F.relu(pre), torch.empty((pre.shape[0], 0), dtype=torch.long, device=pre.device)
+            vals, crow = F.relu(pre), None
+            rows = cols = torch.empty(0, dtype=torch.long, device=x.device)
             x_hat = torch.addmm(b_dec, vals, W_dec)
-        ctx.mark_non_differentiable(idx)
+        ctx.mark_non_differentiable(rows, cols)
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(xc, W_enc, W_dec, vals, idx)
-        return x_hat, vals, idx, pre
+        ctx.save_for_backward(xc, W_enc, W_dec, vals, rows, cols, crow)
+        return x_hat, vals, rows, cols, pre
 
     @staticmethod
-    def backward(ctx, g_xhat, g_vals, _g_idx, g_pre):
-        xc, W_enc, W_dec, vals, idx = ctx.saved_tensors
+    def backward(ctx, g_xhat, g_vals, _g_rows, _g_cols, g_pre):
+        xc, W_enc, W_dec, vals, rows, cols, crow = ctx.saved_tensors
         needs = ctx.needs_input_grad[:5]
-        if idx.shape[1]: return (*_active_backward(needs, xc, W_enc, W_dec, vals, idx, g_xhat, g_vals, g_pre), None)
+        if vals.dim() == 1:
+            return (*_active_backward(needs, xc, W_enc, W_dec, vals, rows, cols, crow, g_xhat, g_vals, g_pre), None)
         need_x, need_We, need_be, need_Wd, need_bd = needs                      # dense: f = vals [B, d_sae]
         gf = torch.zeros_like(vals) if g_vals is None else g_vals.clone()
         gW_dec, gb_dec = None, torch.zeros_like(xc[0])
@@ -552,9 +570,14 @@ def _pre_acts(self: SAE, x: Tensor) -> Tensor:
     if not self.cfg.fast: return (x - self.b_dec) @ self.W_enc + self.b_enc
     return EncodeCentered.apply(x.reshape(-1, x.shape[-1]), self.W_enc, self.b_enc, self.b_dec).reshape(*x.shape[:-1], -1)
 
+def _own_maths(self: SAE, cls: type) -> bool:
+    "True if `self`'s class keeps `cls`'s pre_acts, activation and decode (a subclass rewriting one gets the plain path)."
+    t = type(self)
+    return t.pre_acts is SAE.pre_acts and t.activation is cls.activation and t.decode is SAE.decode
+
 def _topk_forward(self: TopKSAE, x: Tensor) -> SAEOutput:
     "cfg.fast: x_hat and every gradient from the k active latents per row (TopKSparse); else the plain path."
-    if not self.cfg.fast: return SAE.forward(self, x)
+    if not (self.cfg.fast and _own_maths(self, TopKSAE)): return SAE.forward(self, x)
     x = self._check(x)
     lead = x.shape[:-1]
     x_hat, vals, idx, pre = TopKSparse.apply(x.reshape(-1, x.shape[-1]), self.W_enc, self.b_enc, self.W_dec,
@@ -562,16 +585,18 @@ def _topk_forward(self: TopKSAE, x: Tensor) -> SAEOutput:
     f = torch.zeros_like(pre).scatter_(-1, idx, vals)
     return SAEOutput(x_hat.reshape(x.shape), f.reshape(*lead, -1), pre.reshape(*lead, -1))
 
-ReLUSAE.sparse_max_density = 1 / 8        # ReLUSparse's switch: sparse when the busiest row fires <= d_sae/8 (CPU crossover ~1/6)
+ReLUSAE.sparse_max_density = None   # ReLUSparse's switch; None: 1/8 of f's entries on a CPU, 1/32 on a GPU (measured crossovers)
 
 def _relu_forward(self: ReLUSAE, x: Tensor) -> SAEOutput:
-    "cfg.fast: ReLUSparse (decode and gradients from the active latents once few fire); else the plain path."
-    if not self.cfg.fast: return SAE.forward(self, x)
+    "cfg.fast: ReLUSparse (decode and gradients from f's non-zeros once few latents fire); else the plain path."
+    if not (self.cfg.fast and _own_maths(self, ReLUSAE)): return SAE.forward(self, x)
     x = self._check(x)
     lead = x.shape[:-1]
-    x_hat, vals, idx, pre = ReLUSparse.apply(x.reshape(-1, x.shape[-1]), self.W_enc, self.b_enc, self.W_dec,
-                                             self.b_dec, int(self.sparse_max_density * self.cfg.d_sae))
-    f = torch.zeros_like(pre).scatter_(-1, idx, vals) if idx.shape[1] else vals
+    density = self.sparse_max_density
+    if density is None: density = 1 / 32 if x.is_cuda else 1 / 8
+    x_hat, vals, rows, cols, pre = ReLUSparse.apply(x.reshape(-1, x.shape[-1]), self.W_enc, self.b_enc, self.W_dec,
+                                                    self.b_dec, density)
+    f = torch.zeros_like(pre).index_put_((rows, cols), vals) if vals.dim() == 1 else vals
     return SAEOutput(x_hat.reshape(x.shape), f.reshape(*lead, -1), pre.reshape(*lead, -1))
 
 SAE.pre_acts, TopKSAE.forward, ReLUSAE.forward = _pre_acts, _topk_forward, _relu_forward

@@ -130,13 +130,50 @@ def test_relu_sparse_branch_equals_plain(monkeypatch, tied, density, loss, use_p
 
 
 def test_relu_sparse_branch_is_chosen_by_density(monkeypatch):
-    "The switch: sparse (idx has k = busiest row's count columns) below the density limit, dense (idx empty) above it."
+    "The switch: f's non-zeros as pairs at or below the density limit, the dense f (rows/cols empty) above it."
     from sae_tutorial.sae import ReLUSAE, ReLUSparse
     _, fast = _pair("relu")
     x = torch.randn(20, 12, dtype=torch.float64)
-    k = int((fast(x).f > 0).sum(-1).max())
+    f = fast(x).f
+    n, total = int((f > 0).sum()), f.numel()
     args = (x, fast.W_enc, fast.b_enc, fast.W_dec, fast.b_dec)
-    assert ReLUSparse.apply(*args, k)[2].shape == (20, k)
-    assert ReLUSparse.apply(*args, k - 1)[2].shape == (20, 0)
+    x_hat, vals, rows, cols, _ = ReLUSparse.apply(*args, (n + 0.5) / total)
+    assert vals.shape == rows.shape == cols.shape == (n,)
+    torch.testing.assert_close(vals, f[rows, cols]); assert (vals > 0).all()
+    assert ReLUSparse.apply(*args, (n - 0.5) / total)[1].shape == f.shape
     monkeypatch.setattr(ReLUSAE, "sparse_max_density", 1.0)
     assert "ReLUSparse" in _graph(fast(x).x_hat)
+
+
+def test_relu_sparse_when_nothing_fires(monkeypatch):
+    "No latent fires in any row: the sparse branch has no pairs, x_hat = b_dec, and the gradients match the plain path."
+    from sae_tutorial.sae import ReLUSAE
+    monkeypatch.setattr(ReLUSAE, "sparse_max_density", 1.0)
+    plain, fast = _pair("relu")
+    for s in (plain, fast):
+        with torch.no_grad(): s.b_enc.fill_(-1e3)
+    x = torch.randn(5, 12, dtype=torch.float64)
+    o1, g1 = _run(plain, x, LOSSES["l1"], False)
+    o2, g2 = _run(fast, x, LOSSES["l1"], False)
+    torch.testing.assert_close(o2.x_hat, fast.b_dec.expand(5, 12))
+    for n in g1: torch.testing.assert_close(g2[n], g1[n], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("piece", [0, 1, 3, 64])
+def test_by_feature_pieces_sum_the_same(piece):
+    """_ByFeature.sum_rows, whole bags or cut into pieces (the GPU layout), against a float64 loop over the pairs;
+    one latent fires in every row (the unbalanced case the pieces are for) and some never fire."""
+    from sae_tutorial.sae import _ByFeature
+    g = torch.Generator().manual_seed(0)
+    B, k, d_sae, d = 40, 4, 30, 6
+    idx = torch.stack([torch.randperm(d_sae - 5, generator=g)[:k] for _ in range(B)])
+    idx[:, 0] = 7                                                  # latent 7 in every row; 25..29 never
+    idx[:, 1:][idx[:, 1:] == 7] = 8
+    src = torch.randn(B, d, dtype=torch.float64, generator=g)
+    w = torch.randn(B, k, dtype=torch.float64, generator=g)
+    ref = torch.zeros(d_sae, d, dtype=torch.float64)
+    for b in range(B):
+        for j in range(k): ref[idx[b, j]] += w[b, j] * src[b]
+    rows = torch.arange(B).repeat_interleave(k)
+    out = _ByFeature(rows, idx.reshape(-1), d_sae, piece=piece).sum_rows(src, w.reshape(-1))
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)

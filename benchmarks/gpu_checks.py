@@ -1,0 +1,161 @@
+#!/usr/bin/env python
+"""Checks that need a CUDA GPU, in one short run (results: benchmarks/gpu_checks.md / .json).
+
+    python benchmarks/gpu_checks.py --out benchmarks/gpu_checks
+
+1. fast == plain on the GPU: outputs and every gradient of SAEConfig(fast=True) against fast=False, in float64
+   (tolerance 1e-9 relative) and at the benchmark size in float32 (relative error reported), for ReLU (both
+   ReLUSparse branches), TopK, BatchTopK and JumpReLU.
+2. Determinism: the same seed trained twice on the GPU (50 steps of `train`), bit-identical or not, with the
+   default settings and with torch.use_deterministic_algorithms(True) + CUBLAS_WORKSPACE_CONFIG=:4096:8
+   (each in a fresh subprocess, since the workspace setting must come before CUDA starts).
+3. ReLUSparse's switch on the GPU: forward + backward time of the dense and the sparse branch at 768 x 24576,
+   batch 4096, as the busiest token's active count grows (the CPU crossover is about d_sae/6).
+"""
+from __future__ import annotations
+
+import argparse, json, os, statistics, subprocess, sys, time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from sae_tutorial.losses import LossConfig, sae_loss          # noqa: E402
+from sae_tutorial.sae import SAEConfig, make_sae, ReLUSAE      # noqa: E402
+
+
+def grads(sae, x, lcfg):
+    sae.zero_grad(set_to_none=True)
+    out = sae(x)
+    (sae_loss(sae, x, out, lcfg).total + 0.01 * out.pre.pow(2).mean()).backward()
+    return out, {n: p.grad.clone() for n, p in sae.named_parameters() if p.grad is not None}
+
+
+def rel(a, b):
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+
+
+def check_fast_equals_plain(dev):
+    rows = []
+    cases = [("relu", 1.0), ("relu", 0.0), ("topk", None), ("batchtopk", None), ("jumprelu", None)]
+    for dtype, d_in, exp, B in [(torch.float64, 64, 8, 512), (torch.float32, 768, 32, 4096)]:
+        for arch, density in cases:
+            if density is not None: ReLUSAE.sparse_max_density = density
+            torch.manual_seed(0)
+            saes = [make_sae(SAEConfig(d_in=d_in, expansion_factor=exp, architecture=arch, k=32, fast=f),
+                             device=dev, dtype=dtype) for f in (False, True)]
+            with torch.no_grad():
+                saes[0].b_enc.fill_(-0.15 if arch == "relu" else 0.0); saes[0].b_dec.normal_(0, 0.1)
+            saes[1].load_state_dict(saes[0].state_dict())
+            x = torch.randn(B, d_in, device=dev, dtype=dtype)
+            lc = LossConfig(sparsity="l1" if arch == "relu" else "none", sparsity_coeff=1e-3)
+            (o1, g1), (o2, g2) = grads(saes[0], x, lc), grads(saes[1], x, lc)
+            worst = max([rel(o2.x_hat, o1.x_hat), rel(o2.f, o1.f)] + [rel(g2[n], g1[n]) for n in g1])
+            busiest = int((o1.f > 0).sum(-1).max())
+            rows.append(dict(dtype=str(dtype).split(".")[1], size=f"{d_in}x{d_in * exp}, B={B}",
+                             arch=arch + ("" if density is None else f" ({'sparse' if density else 'dense'} branch)"),
+                             busiest=busiest, max_rel_err=worst, ok=worst < (1e-9 if dtype == torch.float64 else 1e-4)))
+            print(rows[-1], flush=True)
+    ReLUSAE.sparse_max_density = 1 / 8
+    return rows
+
+
+DET_CODE = r'''
+import sys, torch, json
+sys.path.insert(0, sys.argv[1])
+from sae_tutorial.core import seed_everything
+from sae_tutorial.sae import SAEConfig, make_sae
+from sae_tutorial.losses import LossConfig
+from sae_tutorial.train import TrainConfig, train
+if sys.argv[2] == "1": torch.use_deterministic_algorithms(True)
+out = {}
+for arch in ("topk", "relu"):
+    ws = []
+    for rep in range(2):
+        seed_everything(0)
+        sae = make_sae(SAEConfig(d_in=768, expansion_factor=8, architecture=arch, k=32), device="cuda")
+        g = torch.Generator(device="cuda").manual_seed(1)
+        data = [torch.randn(4096, 768, device="cuda", generator=g) for _ in range(4)]
+        train(sae, (data[i % 4] for i in range(50)), LossConfig(sparsity="l1" if arch == "relu" else "none",
+              sparsity_coeff=1e-3), TrainConfig(steps=50, lr=1e-3, progress=False, device="cuda"))
+        ws.append({n: p.detach().clone() for n, p in sae.named_parameters()})
+    out[arch] = dict(bit_identical=all(torch.equal(ws[0][n], ws[1][n]) for n in ws[0]),
+                     max_abs_diff=max(float((ws[0][n] - ws[1][n]).abs().max()) for n in ws[0]))
+print(json.dumps(out))
+'''
+
+
+def check_determinism():
+    res = {}
+    for det in ("0", "1"):
+        env = dict(os.environ)
+        if det == "1": env["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+        t = time.perf_counter()
+        p = subprocess.run([sys.executable, "-c", DET_CODE, str(ROOT), det], capture_output=True, text=True, env=env)
+        key = "deterministic_algorithms" if det == "1" else "default"
+        res[key] = (json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0
+                    else {"error": p.stderr.strip().splitlines()[-3:]})
+        res[key]["seconds"] = time.perf_counter() - t
+        print(key, res[key], flush=True)
+    return res
+
+
+def time_cuda(fn, reps=10):
+    for _ in range(3): fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record(); fn(); b.record(); b.synchronize(); ts.append(a.elapsed_time(b) / 1e3)
+    return statistics.median(ts)
+
+
+def check_relu_switch(dev):
+    d_in, exp, B = 768, 32, 4096
+    torch.manual_seed(0)
+    sae = make_sae(SAEConfig(d_in=d_in, expansion_factor=exp, architecture="relu"), device=dev)
+    x = torch.randn(B, d_in, device=dev)
+    lc = LossConfig(sparsity="l1", sparsity_coeff=1e-3)
+    pre0 = ((x - sae.b_dec) @ sae.W_enc).detach()
+    rows = []
+
+    def step():
+        sae.zero_grad(set_to_none=True)
+        out = sae(x)
+        sae_loss(sae, x, out, lc).total.backward()
+    for frac in (0.005, 0.02, 0.05, 0.1, 0.2, 0.4):
+        t = float(pre0.flatten().kthvalue(int(pre0.numel() * (1 - frac))).values)
+        with torch.no_grad(): sae.b_enc.fill_(-t)
+        busiest = int(((pre0 - t) > 0).sum(-1).max())
+        r = dict(mean_density=frac, busiest=busiest, busiest_frac=busiest / sae.cfg.d_sae)
+        for name, dens in (("dense", 0.0), ("sparse", 1.0)):
+            ReLUSAE.sparse_max_density = dens
+            r[name + "_ms"] = 1e3 * time_cuda(step)
+        rows.append(r); print(r, flush=True)
+    ReLUSAE.sparse_max_density = 1 / 8
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "gpu_checks"))
+    ap.add_argument("--only", default="equal,determinism,switch")
+    a = ap.parse_args()
+    if not torch.cuda.is_available(): sys.exit("gpu_checks.py needs a CUDA GPU.")
+    dev = "cuda"
+    res = dict(gpu=torch.cuda.get_device_name(0), torch=torch.__version__, command="python " + " ".join(sys.argv))
+    t0 = time.perf_counter()
+    if "equal" in a.only: res["fast_equals_plain"] = check_fast_equals_plain(dev)
+    Path(a.out + ".json").write_text(json.dumps(res, indent=1))
+    if "determinism" in a.only: res["determinism"] = check_determinism()
+    Path(a.out + ".json").write_text(json.dumps(res, indent=1))
+    if "switch" in a.only: res["relu_switch"] = check_relu_switch(dev)
+    res["wall_s"] = time.perf_counter() - t0
+    Path(a.out + ".json").write_text(json.dumps(res, indent=1))
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()

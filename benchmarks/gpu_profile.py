@@ -1,0 +1,147 @@
+#!/usr/bin/env python
+"""Where a fast TopK / sparse-ReLU training step spends its GPU time, and what the sparse pieces could cost instead.
+
+    python benchmarks/gpu_profile.py --out benchmarks/gpu_profile
+
+1. torch.profiler over 10 `train` steps (TopK k=32 and ReLU at the benchmark's sparse start) at 768 x 24576,
+   batch 4096, float32: the kernels sorted by GPU time.
+2. Each sparse piece of the TopK backward timed alone against alternatives computing the same thing
+   (checked equal to 1e-4 relative first): the decode, dL/dvals at the active pairs, W_dec's gradient, and topk.
+"""
+from __future__ import annotations
+
+import argparse, json, statistics, sys, time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from sae_tutorial.losses import LossConfig                     # noqa: E402
+from sae_tutorial.sae import SAEConfig, make_sae, _ByFeature   # noqa: E402
+from sae_tutorial.train import TrainConfig, train              # noqa: E402
+from train_throughput import make_data, make_sparse_init, make_init  # noqa: E402
+
+
+DEV = "cuda"
+
+
+def sync():
+    if DEV == "cuda": torch.cuda.synchronize()
+
+
+def time_cuda(fn, reps=20):
+    if DEV != "cuda":
+        t = time.perf_counter(); fn(); return (time.perf_counter() - t) * 1e3
+    for _ in range(3): fn()
+    sync()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record(); fn(); b.record(); b.synchronize(); ts.append(a.elapsed_time(b))
+    return statistics.median(ts)
+
+
+def profile_steps(arch, init, x, lcfg, steps=10):
+    d_in, d_sae = init["W_enc"].shape
+    sae = make_sae(SAEConfig(d_in=d_in, expansion_factor=d_sae / d_in, architecture=arch, k=32,
+                             normalize_decoder=False), device=DEV)
+    with torch.no_grad():
+        for n, v in init.items(): getattr(sae, n).copy_(v)
+    batches = list(x.to(DEV).split(len(x) // 4))
+    cfg = TrainConfig(lr=4e-4, steps=steps, decay="constant", warmup_steps=0, clip_grad_norm=1.0, progress=False,
+                      log_every=steps, device=DEV)
+    train(sae, (batches[i % len(batches)] for i in range(5)), lcfg, TrainConfig(**{**cfg.__dict__, "steps": 5}))
+    sync()
+    t = time.perf_counter()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA,
+                                            torch.profiler.ProfilerActivity.CPU]) as prof:
+        train(sae, (batches[i % len(batches)] for i in range(steps)), lcfg, cfg)
+        sync()
+    wall = (time.perf_counter() - t) / steps * 1e3
+    ka = prof.key_averages()
+    kern = torch.autograd.DeviceType.CUDA
+    rows = sorted(({"name": e.key[:90], "gpu_ms_per_step": e.self_device_time_total / 1e3 / steps, "calls": e.count / steps}
+                   for e in ka if e.device_type == kern), key=lambda r: -r["gpu_ms_per_step"])
+    ops = sorted(({"name": e.key[:60], "gpu_ms_per_step": e.device_time_total / 1e3 / steps, "calls": e.count / steps}
+                  for e in ka if e.device_type != kern and e.device_time_total > 0 and e.key.startswith("aten::")),
+                 key=lambda r: -r["gpu_ms_per_step"])
+    total = sum(r["gpu_ms_per_step"] for r in rows)
+    return dict(arch=arch, wall_ms_per_step_profiled=wall, gpu_kernel_ms_per_step=total, top=rows[:25], ops=ops[:25])
+
+
+def pieces(B=4096, D=768, S=24576, k=32):
+    torch.manual_seed(0)
+    x = torch.randn(B, D, device=DEV); W = torch.randn(D, S, device=DEV) / D ** 0.5
+    W_dec = torch.randn(S, D, device=DEV) / D ** 0.5; g = torch.randn(B, D, device=DEV)
+    pre = x @ W
+    top, idx = pre.topk(k, dim=-1, sorted=False); vals = top.relu()
+    res = {}
+    res["encoder addmm [B,D]@[D,S]"] = time_cuda(lambda: torch.addmm(torch.zeros(S, device=DEV), x, W))
+    res["topk(k) of pre [B,S]"] = time_cuda(lambda: pre.topk(k, dim=-1, sorted=False))
+    res["topk via bf16 pre"] = time_cuda(lambda: pre.to(torch.bfloat16).topk(k, dim=-1, sorted=False))
+    res["f dense = zeros.scatter"] = time_cuda(lambda: torch.zeros_like(pre).scatter_(-1, idx, vals))
+    # decode
+    ref = F.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum")
+    alt = torch.bmm(vals[:, None, :], W_dec[idx]).squeeze(1)
+    res["decode: embedding_bag"] = time_cuda(lambda: F.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum"))
+    res["decode: bmm(vals, W_dec[idx])"] = time_cuda(lambda: torch.bmm(vals[:, None, :], W_dec[idx]))
+    res["decode match"] = float((alt - ref).norm() / ref.norm())
+    # dL/dvals at active pairs
+    crow = torch.arange(0, B * k + 1, k, device=DEV)
+
+    def sddmm():
+        pattern = torch.sparse_csr_tensor(crow, idx.reshape(-1), torch.zeros_like(vals).reshape(-1), (B, S),
+                                          check_invariants=False)
+        return torch.sparse.sampled_addmm(pattern, g, W_dec.T).values().view(B, k)
+    gv_ref = sddmm()
+    gv_alt = torch.bmm(W_dec[idx], g[:, :, None]).squeeze(-1)
+    res["gv: sampled_addmm (CSR)"] = time_cuda(sddmm)
+    res["gv: bmm(W_dec[idx], g)"] = time_cuda(lambda: torch.bmm(W_dec[idx], g[:, :, None]))
+    res["gv match"] = float((gv_alt - gv_ref).norm() / gv_ref.norm())
+    # W_dec gradient: sum over active pairs of vals * g[row]
+    bf = _ByFeature(idx, S)
+    gw_ref = bf.sum_rows(g, vals)
+    rows_ = torch.arange(B, device=DEV).repeat_interleave(k)
+    res["_ByFeature build"] = time_cuda(lambda: _ByFeature(idx, S))
+    res["gW_dec: embedding_bag by feature"] = time_cuda(lambda: bf.sum_rows(g, vals))
+    res["gW_dec: index_add_ of vals*g[rows]"] = time_cuda(
+        lambda: torch.zeros(S, D, device=DEV).index_add_(0, idx.reshape(-1), g[rows_] * vals.reshape(-1, 1)))
+
+    def csr_mm():
+        fT = torch.sparse_coo_tensor(torch.stack([idx.reshape(-1), rows_]), vals.reshape(-1), (S, B)).coalesce()
+        return torch.sparse.mm(fT, g)
+    res["gW_dec: sparse COO f.T @ g"] = time_cuda(csr_mm)
+    alt_w = torch.zeros(S, D, device=DEV).index_add_(0, idx.reshape(-1), g[rows_] * vals.reshape(-1, 1))
+    res["gW_dec match"] = float((alt_w - gw_ref).norm() / gw_ref.norm())
+    res["gW_enc transpose-copy [S,D]->[D,S]"] = time_cuda(lambda: gw_ref.T.contiguous())
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "gpu_profile"))
+    ap.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU, to check the script runs")
+    a = ap.parse_args()
+    global DEV
+    if a.dry_run: DEV = "cpu"
+    res = dict(gpu=torch.cuda.get_device_name(0) if DEV == "cuda" else None, torch=torch.__version__)
+    res["pieces_ms"] = pieces(*((256, 64, 512) if a.dry_run else ())); print(json.dumps(res["pieces_ms"], indent=1), flush=True)
+    Path(a.out + ".json").write_text(json.dumps(res, indent=1))
+    B, D, S = (256, 64, 512) if a.dry_run else (4096, 768, 24576)
+    x = make_data(4 * B, D)
+    for arch, init in (("topk", make_init(D, S)), ("relu", make_sparse_init(x, S, 32))):
+        lc = LossConfig(sparsity="l1_wdec" if arch == "relu" else "none", sparsity_coeff=5e-3 if arch == "relu" else 0)
+        res["profile_" + arch] = profile_steps(arch, init, x, lc)
+        r = res["profile_" + arch]
+        print(f"\n{arch}: {r['wall_ms_per_step_profiled']:.2f} ms/step wall (profiled), GPU kernels {r['gpu_kernel_ms_per_step']:.2f}")
+        for t in r["top"][:14]: print(f"  {t['gpu_ms_per_step']:7.3f} ms  x{t['calls']:.1f}  {t['name']}")
+        print("  aten ops (GPU time incl. children):")
+        for t in r["ops"][:16]: print(f"  {t['gpu_ms_per_step']:7.3f} ms  x{t['calls']:.1f}  {t['name']}")
+        Path(a.out + ".json").write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
