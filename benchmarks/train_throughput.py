@@ -142,15 +142,16 @@ def step_flops(row: dict, a, l0: dict) -> dict:
     """Multiply-add work of one step, counted two ways (x 2 FLOPs each).
     dense: what a dense step must do, 10*B*d_in*d_sae (encoder forward and W_enc's gradient; decoder forward,
     W_dec's gradient and f's gradient; x needs none). algorithm: what this row's code path must do: the dense count,
-    or for ours (fast) on a sparse path 2*B*d_in*d_sae (the encoder) + 8*B*k*d_in (decode, f's gradient at the
-    active pairs, W_dec's and W_enc's gradients from them), k = TopK's k or, for ReLU, the busiest token's count."""
+    or for ours (fast) on a sparse path 2*B*d_in*d_sae (the encoder) + 8*n*d_in for the n non-zeros of f (decode,
+    f's gradient at them, W_dec's and W_enc's gradients from them): n = B*k for TopK, B*(mean L0) for ReLU, whose
+    sparse path runs when at most 1/32 (GPU) or 1/8 (CPU) of f is non-zero (ReLUSAE.sparse_max_density)."""
     B, D, S = a.batch, a.d_in, a.d_in * a.expansion
     dense = 10 * B * D * S
     algo = dense
     if row["tool"] == "ours" and row["variant"] == "fast":
-        k = a.k if row["arch"] == "topk" else l0["max"]
-        if row["arch"] == "topk" or k <= S / 8:                     # ReLUSAE.sparse_max_density
-            algo = 2 * B * D * S + 8 * B * k * D
+        limit = 1 / 32 if a.device.startswith("cuda") else 1 / 8
+        if row["arch"] == "topk" or l0["mean"] / S <= limit:
+            algo = 2 * B * D * S + 8 * B * l0["mean"] * D
     return dict(dense=dense, algorithm=algo)
 
 
