@@ -143,9 +143,10 @@ def load_lm(name: str = "smollm2-135m", device=None, dtype=None) -> LoadedLM:
             have = "; ".join(f"{k!r}: {v['about']}" for k, v in LOCAL_MODELS.items())
             why = "the Hugging Face hub is not reachable (or HF_HUB_OFFLINE is set)" if kw else f"the hub said: {e}"
             near = difflib.get_close_matches(name, list(LOCAL_MODELS), n=1, cutoff=0.6)
+            guess = f"Did you mean {near[0]!r}? " if near else ""
             raise ValueError(
-                f"Model {name!r} is not available: {why}, and it is not in the local Hugging Face cache. "
-                + (f"Did you mean {near[0]!r}? " if near else "") + f"Available offline: {have}. To use {name!r}, connect to the hub (and unset HF_HUB_OFFLINE), or "
+                f"Model {name!r} is not available: {why}, and it is not in the local Hugging Face cache. {guess}"
+                f"Available offline: {have}. To use {name!r}, connect to the hub (and unset HF_HUB_OFFLINE), or "
                 f"download it once where the hub is reachable (`huggingface-cli download {name}`) and copy the "
                 f"cache, or pass a local folder holding config.json and the weights.") from None
     from transformers.utils import logging as hf_logging
