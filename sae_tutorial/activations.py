@@ -2,7 +2,7 @@
 
 # %% ../nbs/06b_activations.ipynb #71e60fe9
 from __future__ import annotations
-import json, math, os, re, shutil, tempfile, time
+import contextlib, difflib, json, math, os, re, tempfile, time
 from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Iterator, NamedTuple
@@ -10,12 +10,12 @@ import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
-from .core import cache_dir, check_finite
+from .core import atomic_folder, cache_dir, check_finite
 from .lm import EOT_ID
 
 # %% auto #0
 __all__ = ['KEPT', 'MASK_POS0', 'MASK_SPECIAL', 'MASK_NORM', 'MASK_NAMES', 'Contexts', 'tokenize_contexts', 'sink_mask',
-           'norm_scale', 'HarvestConfig', 'hook_layer', 'ActivationStore', 'harvest_activations',
+           'norm_scale', 'HarvestConfig', 'hook_layer', 'check_hook', 'ActivationStore', 'harvest_activations',
            'variance_explained_by']
 
 # %% ../nbs/06b_activations.ipynb #d1cba087
@@ -100,6 +100,24 @@ def hook_layer(hook: str) -> int | None:
     "The block index of a hook name ('blocks.15.hook_resid_post' -> 15), None for hooks outside blocks."
     m = re.match(r"blocks\.(\d+)\.", hook); return int(m.group(1)) if m else None
 
+def check_hook(model, hook: str) -> str:
+    """Return `hook` if it is a hook point of `model`; else a ValueError that says how many layers the model has
+    (for a block index out of range) or lists the closest valid names and the hook kinds every block offers."""
+    names = list(model.hook_dict)
+    if hook in model.hook_dict: return hook
+    layers = sorted({l for l in map(hook_layer, names) if l is not None})
+    n_layers = getattr(getattr(model, "cfg", None), "n_layers", None) or (layers[-1] + 1 if layers else 0)
+    layer, kinds = hook_layer(hook), sorted(h[len("blocks.0."):] for h in names if h.startswith("blocks.0.hook_"))
+    if layer is not None and layer >= n_layers:
+        mid = re.sub(r"^blocks\.\d+\.", f"blocks.{n_layers // 2}.", hook)
+        raise ValueError(f"Hook {hook!r} is not a hook point of this model: layer {layer} is out of range, the model "
+                         f"has {n_layers} layers (blocks.0 to blocks.{n_layers - 1}); the middle one is {mid!r}.")
+    close = difflib.get_close_matches(hook, names, n=5, cutoff=0.6)
+    raise ValueError(f"Hook {hook!r} is not a hook point of this model. " +
+                     (f"Closest names: {close}. " if close else "") +
+                     f"Each block blocks.L (L = 0..{n_layers - 1}) has {kinds} and more; "
+                     f"all {len(names)} names are in model.hook_dict.")
+
 # %% ../nbs/06b_activations.ipynb #e03544c1
 class ActivationStore:
     """Harvested activations of the kept positions, in RAM or on disk, with their provenance.
@@ -168,14 +186,48 @@ class ActivationStore:
 
     @classmethod
     def load(cls, path) -> "ActivationStore":
-        "Open a disk store written by `harvest_activations(..., HarvestConfig(store='disk'))`."
+        """Open a disk store written by `harvest_activations(..., HarvestConfig(store='disk'))`. Every file is checked
+        against meta.json first (sizes, shapes, the kept rows), so a truncated or damaged store is a clear error,
+        never a half-loaded store."""
         path = Path(path)
         if not (path/"meta.json").exists():
             raise FileNotFoundError(f"{path} is not an activation store (no meta.json); harvest one with store='disk'.")
-        meta = json.loads((path/"meta.json").read_text())
-        ld = lambda n: torch.from_numpy(np.load(path/f"{n}.npy"))
-        return cls(meta, ld("tokens"), ld("doc_index"), json.loads((path/"doc_sources.json").read_text()),
-                   ld("mask"), ld("norms"), ld("rows"), None, path)
+        fix = f"The store is damaged: delete it (rm -r {path}) and harvest it again."
+        try: meta = json.loads((path/"meta.json").read_text())
+        except (ValueError, UnicodeDecodeError) as e: raise ValueError(f"{path/'meta.json'} is not valid JSON ({e}). {fix}") from None
+        bad = [k for k, t in _META_KEYS.items() if not isinstance(meta, dict) or not isinstance(meta.get(k), t)]
+        if bad: raise ValueError(f"{path/'meta.json'} lacks or mistypes {bad}. {fix}")
+        if (meta["dtype"] not in _DTYPES or min(meta["d_in"], meta["n_rows"], meta["ctx_len"], meta["n_contexts"]) < 1
+                or not (math.isfinite(meta["scale"]) and meta["scale"] > 0)):
+            raise ValueError(f"{path/'meta.json'} holds impossible values (dtype {meta['dtype']!r}, d_in {meta['d_in']}, "
+                             f"n_rows {meta['n_rows']}, scale {meta['scale']}). {fix}")
+        missing = [n for n in _STORE_FILES if not (path/n).is_file()]
+        if missing: raise FileNotFoundError(f"The activation store {path} lacks {missing}. {fix}")
+        n_rows, d_in, shape = meta["n_rows"], meta["d_in"], (meta["n_contexts"], meta["ctx_len"])
+        want, got = n_rows * d_in * np.dtype(_DTYPES[meta["dtype"]][1]).itemsize, (path/"acts.bin").stat().st_size
+        if got != want:
+            raise ValueError(f"{path/'acts.bin'} holds {got:,} bytes, but meta.json promises {n_rows:,} rows x d_in={d_in} "
+                             f"in {meta['dtype']} = {want:,} bytes: the file is truncated or damaged. {fix}")
+        def ld(n, shape, kind):
+            try: a = np.load(path/f"{n}.npy", allow_pickle=False)     # never unpickle
+            except (ValueError, OSError, EOFError) as e: raise ValueError(f"{path/(n + '.npy')} cannot be read ({e}). {fix}") from None
+            if a.shape != shape or a.dtype.kind not in kind:
+                raise ValueError(f"{path/(n + '.npy')} is {a.dtype}{list(a.shape)}, expected shape {list(shape)} "
+                                 f"(dtype kind {kind!r}). {fix}")
+            return torch.from_numpy(a)
+        tokens, doc_index, mask = ld("tokens", shape, "iu"), ld("doc_index", shape, "i"), ld("mask", shape, "u")
+        norms, rows = ld("norms", shape, "f"), ld("rows", (n_rows, 2), "i")
+        try: doc_sources = json.loads((path/"doc_sources.json").read_text())
+        except (ValueError, UnicodeDecodeError) as e: raise ValueError(f"{path/'doc_sources.json'} is not valid JSON ({e}). {fix}") from None
+        if not isinstance(doc_sources, list) or int(doc_index.max()) >= len(doc_sources):
+            raise ValueError(f"{path/'doc_sources.json'} does not name every document of doc_index.npy. {fix}")
+        if not torch.equal(rows.long(), (mask == KEPT).nonzero().long()):
+            raise ValueError(f"{path/'rows.npy'} is not the list of kept positions in mask.npy. {fix}")
+        return cls(meta, tokens, doc_index, doc_sources, mask, norms, rows, None, path)
+
+_STORE_FILES = ("meta.json", "acts.bin", "tokens.npy", "doc_index.npy", "mask.npy", "norms.npy", "rows.npy", "doc_sources.json")
+_META_KEYS = {"d_in": int, "n_rows": int, "hook": str, "dtype": str, "scale": (int, float), "normalize": bool,
+              "train_batch_size": int, "seed": int, "ctx_len": int, "n_contexts": int}
 
 # %% ../nbs/06b_activations.ipynb #2ce68cb9
 def harvest_activations(model, contexts: Contexts, cfg: HarvestConfig | None = None, special_ids=None,
@@ -184,9 +236,7 @@ def harvest_activations(model, contexts: Contexts, cfg: HarvestConfig | None = N
     cfg = cfg or HarvestConfig(**kwargs)
     if cfg.dtype not in _DTYPES: raise ValueError(f"dtype {cfg.dtype!r} is not supported; use one of {list(_DTYPES)}.")
     if cfg.store not in ("ram", "disk"): raise ValueError(f"store must be 'ram' or 'disk', got {cfg.store!r}.")
-    if cfg.hook not in model.hook_dict:
-        near = [h for h in model.hook_dict if h.split(".")[-1] == cfg.hook.split(".")[-1]][:5]
-        raise ValueError(f"Hook {cfg.hook!r} is not a hook point of this model; e.g. {near or list(model.hook_dict)[:5]}.")
+    check_hook(model, cfg.hook)
     if special_ids is None:
         tok = getattr(model, "tokenizer", None)
         special_ids = sorted(set(getattr(tok, "all_special_ids", [])) | {EOT_ID})
@@ -199,38 +249,40 @@ def harvest_activations(model, contexts: Contexts, cfg: HarvestConfig | None = N
     tdt, ndt = _DTYPES[cfg.dtype]
     mask = torch.empty((n_ctx, T), dtype=torch.uint8); norms = torch.empty((n_ctx, T), dtype=torch.float32)
     rows, n_rows, sq_sum, d_in = [], 0, 0.0, None
-    if cfg.store == "disk":
+    if cfg.store == "disk":                          # the store appears complete or not at all (core.atomic_folder)
         final = Path(cfg.path or cache_dir()/"activations"/f"{cfg.hook}-{time.strftime('%Y%m%d-%H%M%S')}")
         if final.exists(): raise FileExistsError(f"{final} exists; pass another HarvestConfig.path or delete it.")
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
-        fout = open(tmp/"acts.bin", "wb")
-    else: chunks = []
-    bar = tqdm(total=n_ctx * T, unit="tok", unit_scale=True, desc=f"harvest {cfg.hook}", disable=not cfg.progress,
-               mininterval=10.0)
-    try:
-        with torch.inference_mode():
-            for i in range(0, n_ctx, cfg.batch_size):
-                tb = tokens[i:i + cfg.batch_size]
-                _, cache = model.run_with_cache(tb.to(dev), names_filter=cfg.hook, stop_at_layer=stop)
-                a = cache[cfg.hook]                                   # [b, T, d_in]
-                if a.ndim != 3: raise ValueError(f"Hook {cfg.hook!r} gives shape {tuple(a.shape)}; need [batch, pos, d_in].")
-                check_finite(a, f"activations at {cfg.hook}")
-                d_in = a.shape[-1]
-                nb = a.float().norm(dim=-1).cpu()
-                mb = sink_mask(tb, nb, special_ids, cfg.outlier_factor)
-                norms[i:i + len(tb)], mask[i:i + len(tb)] = nb, mb
-                keep = (mb == KEPT)
-                kept = a[keep.to(a.device)].to(tdt).cpu()             # [n_kept, d_in], storage dtype
-                sq_sum += float((kept.double() ** 2).sum())
-                ci, pi = keep.nonzero(as_tuple=True)
-                rows.append(torch.stack([ci + i, pi], 1).to(torch.int32))
-                n_rows += len(kept)
-                if cfg.store == "disk":
-                    fout.write((kept.view(torch.int16) if cfg.dtype == "bfloat16" else kept).numpy().tobytes())
-                else: chunks.append(kept)
-                bar.update(tb.numel())
-        bar.close()
+        publish = atomic_folder(final)
+    else: publish, chunks = contextlib.nullcontext(), []
+    with publish as tmp:
+        fout = open(tmp/"acts.bin", "wb") if tmp is not None else None
+        bar = tqdm(total=n_ctx * T, unit="tok", unit_scale=True, desc=f"harvest {cfg.hook}", disable=not cfg.progress,
+                   mininterval=10.0)
+        try:
+            with torch.inference_mode():
+                for i in range(0, n_ctx, cfg.batch_size):
+                    tb = tokens[i:i + cfg.batch_size]
+                    _, cache = model.run_with_cache(tb.to(dev), names_filter=cfg.hook, stop_at_layer=stop)
+                    a = cache[cfg.hook]                                   # [b, T, d_in]
+                    if a.ndim != 3: raise ValueError(f"Hook {cfg.hook!r} gives shape {tuple(a.shape)}; need [batch, pos, d_in].")
+                    check_finite(a, f"activations at {cfg.hook}")
+                    d_in = a.shape[-1]
+                    nb = a.float().norm(dim=-1).cpu()
+                    mb = sink_mask(tb, nb, special_ids, cfg.outlier_factor)
+                    norms[i:i + len(tb)], mask[i:i + len(tb)] = nb, mb
+                    keep = (mb == KEPT)
+                    kept = a[keep.to(a.device)].to(tdt).cpu()             # [n_kept, d_in], storage dtype
+                    sq_sum += float((kept.double() ** 2).sum())
+                    ci, pi = keep.nonzero(as_tuple=True)
+                    rows.append(torch.stack([ci + i, pi], 1).to(torch.int32))
+                    n_rows += len(kept)
+                    if fout is not None:
+                        fout.write((kept.view(torch.int16) if cfg.dtype == "bfloat16" else kept).numpy().tobytes())
+                    else: chunks.append(kept)
+                    bar.update(tb.numel())
+        finally:
+            bar.close()
+            if fout is not None: fout.close()
         if n_rows == 0: raise ValueError("Every position was masked; use longer contexts or check the outlier rule.")
         meta = dict(d_in=d_in, n_rows=n_rows, hook=cfg.hook, dtype=cfg.dtype, scale=norm_scale(sq_sum, n_rows, d_in),
                     normalize=cfg.normalize, train_batch_size=cfg.train_batch_size, seed=cfg.seed,
@@ -238,21 +290,14 @@ def harvest_activations(model, contexts: Contexts, cfg: HarvestConfig | None = N
                     model=getattr(getattr(model, "cfg", None), "model_name", None),
                     mask_counts={MASK_NAMES[k]: int((mask == k).sum()) for k in MASK_NAMES})
         rows = torch.cat(rows)
-        if cfg.store == "ram":
+        if tmp is None:
             return ActivationStore(meta, tokens, contexts.doc_index, list(contexts.doc_sources), mask, norms, rows,
                                    torch.cat(chunks))
-        fout.close()
         for n, t in [("tokens", tokens), ("doc_index", contexts.doc_index), ("mask", mask), ("norms", norms), ("rows", rows)]:
-            np.save(tmp/f"{n}.npy", t.numpy())
+            np.save(tmp/f"{n}.npy", t.numpy(), allow_pickle=False)
         (tmp/"doc_sources.json").write_text(json.dumps(list(contexts.doc_sources)))
-        (tmp/"meta.json").write_text(json.dumps(meta, indent=1))
-        os.replace(tmp, final)                                        # the store appears complete or not at all
-        return ActivationStore.load(final)
-    except BaseException:
-        bar.close()
-        if cfg.store == "disk":
-            fout.close(); shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp/"meta.json").write_text(json.dumps(meta, indent=1))     # written last
+    return ActivationStore.load(final)
 
 # %% ../nbs/06b_activations.ipynb #24ed70b3
 def variance_explained_by(x: Tensor, u: Tensor) -> float:

@@ -6,7 +6,7 @@ import gzip, hashlib, io, json, os, random, re, sysconfig, tarfile, tempfile, un
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Iterable, NamedTuple
-from .core import cache_dir
+from .core import atomic_file, cache_dir
 from .lm import PinnedArchive, fetch_archive
 
 # %% auto #0
@@ -223,6 +223,15 @@ def _read_hf(cfg: CorpusConfig) -> Iterable[str]:
         if t and t.strip(): yield t; n += len(t)
         if n >= cfg.hf_max_chars: break
 
+def _read_cache(path: Path) -> Corpus:
+    "Read a cached corpus; a damaged file is an error naming it (never a silently shorter corpus)."
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            return Corpus(Document(r["text"], r["source"]) for r in map(json.loads, f))
+    except (OSError, EOFError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"The cached corpus {path} is damaged ({type(e).__name__}: {e}). Delete it (rm {path}) "
+                         f"and run again to rebuild it, or pass cache=False.") from e
+
 def build_corpus(cfg: CorpusConfig | None = None, cache: bool = True, **kwargs) -> Corpus:
     "Build (or read from the cache) the corpus described by `cfg` (or by `CorpusConfig(**kwargs)`)."
     cfg = cfg or CorpusConfig(**kwargs)
@@ -233,9 +242,7 @@ def build_corpus(cfg: CorpusConfig | None = None, cache: bool = True, **kwargs) 
         if not Path(f).is_file(): raise ValueError(f"Corpus file {f} does not exist; pass paths to UTF-8 text files.")
     path = cache_dir()/"corpus"/f"{cfg.key()}.jsonl.gz"
     if cache and path.exists():
-        with gzip.open(path, "rt", encoding="utf-8") as f:
-            corpus = Corpus(Document(r["text"], r["source"]) for r in map(json.loads, f))
-        corpus.cfg = cfg; return corpus
+        corpus = _read_cache(path); corpus.cfg = cfg; return corpus
     docs = []
     total_share = sum(cfg.sources.values()) or 1.0
     for i, (name, share) in enumerate(sorted(cfg.sources.items())):
@@ -248,14 +255,13 @@ def build_corpus(cfg: CorpusConfig | None = None, cache: bool = True, **kwargs) 
     if cfg.hf_dataset:
         docs += _take(_read_hf(cfg), f"hf:{cfg.hf_dataset}", cfg.hf_max_chars, cfg.max_doc_chars, random.Random(cfg.seed))
     if not docs:
-        raise ValueError("The corpus is empty: give some sources a positive share, or pass files= / hf_dataset=.")
+        empty = [str(f) for f in cfg.files if not Path(f).read_text(encoding="utf-8").strip()]
+        raise ValueError("The corpus is empty: " + (f"the files {empty} hold no text; " if empty else "") +
+                         "give some sources a positive share, or pass files= (non-empty UTF-8 text) / hf_dataset=.")
     random.Random(cfg.seed).shuffle(docs)                 # interleave sources
-    if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".corpus.")
-        with os.fdopen(fd, "wb") as raw, gzip.open(raw, "wt", encoding="utf-8") as f:
+    if cache:                                              # complete or absent, never half-written (disk full included)
+        with atomic_file(path, "wb") as raw, gzip.open(raw, "wt", encoding="utf-8") as f:
             for d in docs: f.write(json.dumps({"source": d.source, "text": d.text}, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
     corpus = Corpus(docs); corpus.cfg = cfg
     return corpus
 

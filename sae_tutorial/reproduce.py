@@ -4,23 +4,24 @@
 
 # %% ../nbs/07_reproduction.ipynb #53a9d162
 from __future__ import annotations
-import hashlib, itertools, json, math, os, re, shutil, signal, tempfile, time
+import hashlib, itertools, json, math, os, re, signal, time
 from dataclasses import dataclass, asdict, fields, replace
 from pathlib import Path
 from typing import NamedTuple
 import numpy as np
 import torch
 from torch import Tensor
-from .core import get_device, project_root, seed_everything
+from .core import atomic_file, atomic_folder, get_device, project_root, seed_everything
 
 # %% auto #0
 __all__ = ['PRESETS', 'METRIC_FIELDS', 'PLACES', 'CATEGORIES', 'TARGET_EV', 'TARGET_CE', 'TARGET_L0', 'PLOTS', 'ReproConfig',
            'stage_key', 'stage_done', 'run_stage', 'write_json_atomic', 'split_documents_by_index', 'held_out_probe',
            'load_store', 'data_key', 'build_data', 'SAESpec', 'sae_specs', 'train_configs', 'epoch_batches',
-           'spliced_ce', 'sae_replacement', 'eval_token_set', 'CurvePoint', 'train_sae', 'density_hist', 'evaluate_sae',
-           'encode_rows', 'universality', 'splitting_families', 'category_labels', 'category_features', 'top_examples',
-           'ReproResult', 'results_table', 'write_dashboard', 'reproduce', 'reproduce_cli', 'plot_density',
-           'plot_curve', 'plot_universality', 'plot_splitting', 'plot_categories']
+           'spliced_ce', 'sae_replacement', 'eval_token_set', 'CurvePoint', 'train_sae', 'density_hist',
+           'check_sae_fits_store', 'evaluate_sae', 'encode_rows', 'universality', 'splitting_families',
+           'category_labels', 'category_features', 'top_examples', 'ReproResult', 'results_table', 'write_dashboard',
+           'reproduce', 'reproduce_cli', 'plot_density', 'plot_curve', 'plot_universality', 'plot_splitting',
+           'plot_categories']
 
 # %% ../nbs/07_reproduction.ipynb #7b71884d
 @dataclass
@@ -98,37 +99,28 @@ def stage_key(**deps) -> str:
     return hashlib.sha256(json.dumps(deps, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 def stage_done(folder, key: str) -> bool:
-    "True if `folder` holds a finished stage with this key."
+    "True if `folder` holds a finished stage with this key (an unreadable stage.json counts as not finished)."
     p = Path(folder)/"stage.json"
-    return p.exists() and json.loads(p.read_text()).get("key") == key
+    try: return p.exists() and json.loads(p.read_text()).get("key") == key
+    except (ValueError, AttributeError): return False
 
 def run_stage(folder, key: str, build, log=print) -> tuple[Path, bool]:
-    """Run `build(tmp_folder)` unless `folder` already holds this key; publish the result atomically.
+    """Run `build(tmp_folder)` unless `folder` already holds this key; publish the result atomically
+    (`core.atomic_folder`: a failed or killed build leaves no folder, a stale one of another key is replaced in one step).
     Returns (folder, ran)."""
     folder = Path(folder)
     if stage_done(folder, key):
         log(f"  {folder.name}: done earlier (key {key}), skipped"); return folder, False
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    for stale in folder.parent.glob(f".{folder.name}.*"): shutil.rmtree(stale, ignore_errors=True)  # a killed earlier try
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     t0 = time.time()
-    try:
+    with atomic_folder(folder, overwrite=True) as tmp:
         build(tmp)
         (tmp/"stage.json").write_text(json.dumps({"key": key, "seconds": round(time.time() - t0, 2)}))
-        if folder.exists():                        # stale output of another config
-            old = folder.with_name(f".{folder.name}.old"); shutil.rmtree(old, ignore_errors=True)
-            os.replace(folder, old); os.replace(tmp, folder); shutil.rmtree(old, ignore_errors=True)
-        else: os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True); raise
     return folder, True
 
 def write_json_atomic(path, obj) -> Path:
-    "Write JSON to `path` via a temporary file and a rename."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f: json.dump(obj, f, indent=1)
-    os.replace(tmp, path); return path
+    "Write JSON to `path` via a temporary file and a rename (`core.atomic_file`)."
+    with atomic_file(path, "w") as f: json.dump(obj, f, indent=1)
+    return Path(path)
 
 # %% ../nbs/07_reproduction.ipynb #35f5ecd4
 def split_documents_by_index(corpus, every: int = 10) -> tuple[list, list]:
@@ -334,9 +326,17 @@ def density_hist(density: Tensor, lo: float = -7.0, bins: int = 28) -> dict:
     counts, edges = np.histogram(alive.log10().clamp_min(lo).numpy(), bins=bins, range=(lo, 0.0))
     return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts], "dead": int((density == 0).sum())}
 
+def check_sae_fits_store(sae, store) -> None:
+    "Raise a ValueError naming both widths and the fix if the SAE's d_in is not the store's d_in."
+    if sae.cfg.d_in != store.d_in:
+        raise ValueError(f"The SAE expects d_in={sae.cfg.d_in} but the activation store ({store.hook!r}) holds "
+                         f"d_in={store.d_in} vectors: the SAE was trained on another hook or model. Evaluate it on a "
+                         f"store harvested at the hook it was trained on, or train a new SAE on this store.")
+
 def evaluate_sae(sae, spec: SAESpec, cfg: ReproConfig, eval_store, model=None) -> dict:
     "The metrics.json entry of one SAE (LM metrics when `model` is given)."
     from sae_tutorial.metrics import evaluate
+    check_sae_fits_store(sae, eval_store)
     dev = get_device(cfg.device)
     token_batches = None
     if model is not None:
@@ -362,6 +362,7 @@ def evaluate_sae(sae, spec: SAESpec, cfg: ReproConfig, eval_store, model=None) -
 @torch.no_grad()
 def encode_rows(sae, store, batch: int = 4096) -> Tensor:
     "Feature activations f [n_rows, d_sae] of every row of `store` (normalised as in training), on the CPU."
+    check_sae_fits_store(sae, store)
     dev = sae.W_dec.device
     return torch.cat([sae.encode(x.to(dev)).cpu() for x in store.batches(batch, shuffle=False)])
 
@@ -547,7 +548,7 @@ def reproduce(cfg: ReproConfig | None = None, log=print, **kwargs) -> ReproResul
         if not stage_done(folder, ekey): log(f"  evaluating {spec.name}")
         _, ran = run_stage(folder, ekey, build, log); done(f"eval/{spec.name}", ran)
         metrics[spec.name] = json.loads((folder/"metrics.json").read_text())
-        densities[spec.name] = torch.from_numpy(np.load(folder/"density.npy"))
+        densities[spec.name] = torch.from_numpy(np.load(folder/"density.npy", allow_pickle=False))
     write_json_atomic(run/"metrics.json", metrics)
     table = results_table(metrics)
     (run/"results.md").write_text(f"# {cfg.name}\n\nHeld-out text: {info['eval']['tokens']:,} tokens "
