@@ -124,6 +124,9 @@ def atomic_folder(final, overwrite: bool = False):
     os.chmod(tmp, 0o755)
     try:
         yield tmp
+        if final.exists() and not overwrite:            # appeared while we were building: keep it, drop ours
+            raise FileExistsError(f"{final} was created by someone else while this one was being built; "
+                                  "delete it or choose another path.")
         if final.exists():                              # overwrite: move the old one aside, then swap
             old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-{os.getpid()}-old"))
             os.replace(final, old/"x"); os.replace(tmp, final); shutil.rmtree(old, ignore_errors=True)
@@ -143,6 +146,8 @@ def atomic_file(path, mode: str = "w", **kw):
     _clear_stale(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-")
     try:
+        umask = os.umask(0); os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)                   # mkstemp makes 0600; a published file gets the usual mode
         with os.fdopen(fd, mode, **kw) as f: yield f
         os.replace(tmp, path)
     except OSError as e:

@@ -65,3 +65,24 @@ def test_atomic_folder_overwrite_keeps_old_until_new_is_complete(tmp_path):
     assert (final / "v").read_text() == "1"
     with atomic_folder(final, overwrite=True) as t: (t / "v").write_text("2")
     assert (final / "v").read_text() == "2" and sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+def test_atomic_folder_never_replaces_a_folder_that_appeared_meanwhile(tmp_path):
+    "overwrite=False: a folder published by someone else during our build is kept, ours is dropped, nothing is left."
+    from sae_tutorial.core import atomic_folder
+    final = tmp_path / "model"
+    with pytest.raises(FileExistsError, match="someone else"):
+        with atomic_folder(final) as t:
+            (t / "ours").write_text("1")
+            final.mkdir(); (final / "theirs").write_text("2")
+    assert sorted(p.name for p in final.iterdir()) == ["theirs"] and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_atomic_file_gets_the_usual_mode(tmp_path):
+    from sae_tutorial.core import atomic_file
+    umask = os.umask(0o022)
+    try:
+        with atomic_file(tmp_path / "run.json") as f: f.write("{}")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "run.json").stat().st_mode & 0o777 == 0o644
