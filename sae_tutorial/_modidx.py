@@ -352,6 +352,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                      'sae_tutorial.losses.LossOutput': ('losses.html#lossoutput', 'sae_tutorial/losses.py'),
                                      'sae_tutorial.losses._check_dead_mask': ('losses.html#_check_dead_mask', 'sae_tutorial/losses.py'),
                                      'sae_tutorial.losses._rows': ('losses.html#_rows', 'sae_tutorial/losses.py'),
+                                     'sae_tutorial.losses._same_shape': ('losses.html#_same_shape', 'sae_tutorial/losses.py'),
                                      'sae_tutorial.losses.aux_loss': ('losses.html#aux_loss', 'sae_tutorial/losses.py'),
                                      'sae_tutorial.losses.auxk_loss': ('losses.html#auxk_loss', 'sae_tutorial/losses.py'),
                                      'sae_tutorial.losses.dead_penalty': ('losses.html#dead_penalty', 'sae_tutorial/losses.py'),
