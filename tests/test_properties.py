@@ -5,9 +5,10 @@ numpy formula written here, or a true mathematical invariant (permutation, resca
 Hypothesis draws float32-representable values (what SAE activations are) including zeros, ties and
 extreme magnitudes. Example counts are kept small so the file runs in well under a minute on 2 shared cores.
 Run: SAE_TUTORIAL_BUDGET=ci python -m pytest -q tests/test_properties.py
+(SAE_TUTORIAL_HYPOTHESIS_X=20 multiplies every example count, for a deeper search before a release.)
 """
 from fractions import Fraction
-import math
+import math, os
 import numpy as np
 import pytest
 import torch
@@ -21,8 +22,10 @@ from sae_tutorial.metrics import (mse, explained_variance, fvu, cosine_sim, rela
                                   ReconstructionStats, l0, l1, feature_density, dead_fraction, utilization,
                                   SparsityStats, match_dictionaries, mmcs, ce_loss_recovered)
 
-FEW = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-SOME = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+_X = int(os.environ.get("SAE_TUTORIAL_HYPOTHESIS_X", "1"))   # e.g. 20 for a deeper (slower) search
+_HC = [HealthCheck.too_slow, HealthCheck.filter_too_much]
+FEW = settings(max_examples=30 * _X, deadline=None, suppress_health_check=_HC)
+SOME = settings(max_examples=60 * _X, deadline=None, suppress_health_check=_HC)
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
