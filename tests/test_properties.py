@@ -17,7 +17,7 @@ from hypothesis.extra.numpy import arrays
 
 from sae_tutorial.sae import SAEConfig, make_sae
 from sae_tutorial.losses import (reconstruction_loss, normalized_mse, l1_penalty, l1_wdec_penalty, smooth_l0_penalty,
-                                 hoyer_penalty, tanh_penalty, dead_penalty, diversity_penalty, LossConfig, sae_loss)
+                                 hoyer_penalty, tanh_penalty, jumprelu_l0_penalty, dead_penalty, diversity_penalty, LossConfig, sae_loss)
 from sae_tutorial.metrics import (mse, explained_variance, fvu, cosine_sim, relative_reconstruction_bias,
                                   ReconstructionStats, l0, l1, feature_density, dead_fraction, utilization,
                                   SparsityStats, match_dictionaries, mmcs, ce_loss_recovered)
@@ -204,6 +204,15 @@ def test_dead_penalty_is_numpy(d_sae, d_in, data):
     W = data.draw(arrays(np.float64, (d_sae, d_in), elements=f32(-10, 10)))
     dead = data.draw(arrays(np.bool_, (d_sae,)))
     assert float(dead_penalty(T(W), torch.tensor(dead))) == pytest.approx((W[dead]**2).sum(), rel=1e-12, abs=1e-300)
+
+@SOME
+@given(st.integers(1, 8), st.integers(1, 9), st.data())
+def test_jumprelu_l0_is_the_count_above_threshold(n, d_sae, data):
+    pre = data.draw(arrays(np.float64, (n, d_sae), elements=f32(-5, 5)))
+    theta = data.draw(arrays(np.float64, (d_sae,), elements=f32(2.0**-20, 5)))
+    got = float(jumprelu_l0_penalty(T(pre), T(theta)))
+    assert got == (pre > theta).sum(1).mean()                             # strict: pre == θ is off
+    assert 0 <= got <= d_sae
 
 # ---------------------------------------------------------------- TopK / BatchTopK activations
 def _check_topk_row(f_row, pre_row, k):
