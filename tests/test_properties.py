@@ -132,7 +132,7 @@ def test_l1_is_numpy_and_linear_in_f_and_coefficient(f, c):
     out = sae(x)
     a, b = (sae_loss(sae, x, out, LossConfig(sparsity="l1"), sparsity_coeff=s) for s in (1.0, c))
     assert float((b.total - b.recon).detach()) == pytest.approx(c * float((a.total - a.recon).detach()), rel=1e-12, abs=1e-300)
-    assert float(a.recon) == float(b.recon) and float(a.sparsity) == float(b.sparsity)
+    assert float(a.recon.detach()) == float(b.recon.detach()) and float(a.sparsity.detach()) == float(b.sparsity.detach())
 
 @SOME
 @given(sparse_codes(), st.data())
