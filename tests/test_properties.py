@@ -277,7 +277,7 @@ def test_sae_loss_invariant_to_batch_permutation(seed, arch, sparsity, B):
     perm = torch.randperm(B)
     a = sae_loss(sae, x, sae(x), cfg, dead_mask=dead)
     b = sae_loss(sae, x[perm], sae(x[perm]), cfg, dead_mask=dead)
-    for u, v in zip(a, b): assert float(u) == pytest.approx(float(v), rel=1e-10, abs=1e-12)
+    for u, v in zip(a, b): assert float(u.detach()) == pytest.approx(float(v.detach()), rel=1e-10, abs=1e-12)
 
 # ================================================================ metrics: reconstruction
 @SOME
