@@ -24,15 +24,22 @@ def _rows(t: Tensor) -> Tensor:
     "Flatten leading dimensions: [..., d] -> [n, d]."
     return t.reshape(-1, t.shape[-1])
 
+def _same_shape(x: Tensor, x_hat: Tensor) -> None:
+    if x.shape != x_hat.shape:
+        raise ValueError(f"x has shape {tuple(x.shape)} but x_hat has shape {tuple(x_hat.shape)}; pass the SAE's "
+                         "reconstruction of this very x (out = sae(x); out.x_hat).")
+
 def reconstruction_loss(x: Tensor, x_hat: Tensor) -> Tensor:
     "mean over the batch of ‖x - x_hat‖² (squared L2 norm summed over d_in)."
-    if x.shape != x_hat.shape: raise ValueError(f"x has shape {tuple(x.shape)} but x_hat has shape {tuple(x_hat.shape)}.")
+    _same_shape(x, x_hat)
     return (x - x_hat).pow(2).sum(-1).mean()
 
 def normalized_mse(x: Tensor, x_hat: Tensor, eps: float = 1e-12) -> Tensor:
-    "Σ‖x - x_hat‖² / Σ‖x - mean(x)‖² over the batch (fraction of variance unexplained)."
+    "Σ‖x - x_hat‖² / Σ‖x - mean(x)‖² over the batch; the denominator is floored at eps·Σ‖x‖² (a constant batch stays finite)."
+    _same_shape(x, x_hat)
     x, x_hat = _rows(x), _rows(x_hat)
-    return (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(eps)
+    floor = (eps * x.detach().pow(2).sum()).clamp_min(torch.finfo(x.dtype).tiny)   # relative: the loss is scale-free
+    return (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum().clamp_min(floor)
 
 # %% ../nbs/03_losses.ipynb #09fe16ab
 def l1_penalty(f: Tensor) -> Tensor:
@@ -41,6 +48,9 @@ def l1_penalty(f: Tensor) -> Tensor:
 
 def l1_wdec_penalty(f: Tensor, W_dec: Tensor) -> Tensor:
     "mean over the batch of Σ_i |f_i|·‖W_dec[i]‖ (W_dec: [d_sae, d_in])."
+    if f.shape[-1] != W_dec.shape[0]:
+        raise ValueError(f"f has {f.shape[-1]} latents but W_dec has {W_dec.shape[0]} rows; pass W_dec as "
+                         "[d_sae, d_in] (one row per latent; sae.W_dec, not its transpose).")
     return (f.abs() * W_dec.norm(dim=1)).sum(-1).mean()
 
 # %% ../nbs/03_losses.ipynb #68feb542

@@ -19,11 +19,13 @@ __all__ = ['mse', 'explained_variance', 'fvu', 'cosine_sim', 'relative_reconstru
            'ce_loss_recovered', 'splice_metrics']
 
 # %% ../nbs/05_metrics.ipynb #a4f4368b
-def _check_pair(x: Tensor, x_hat: Tensor, names=("x", "x_hat")) -> tuple[Tensor, Tensor]:
+def _check_pair(x: Tensor, x_hat: Tensor, names=("x", "x_hat"), allow_empty: bool = False) -> tuple[Tensor, Tensor]:
     "Both [batch, d] with equal shapes and finite values; returned as float64."
     if x.ndim != 2 or x.shape != x_hat.shape:
         raise ValueError(f"{names[0]} and {names[1]} must both be [batch, d_in] with the same shape; got "
                          f"{tuple(x.shape)} and {tuple(x_hat.shape)}. Flatten [batch, seq, d] activations with x.reshape(-1, d).")
+    if x.shape[0] == 0 and not allow_empty:
+        raise ValueError(f"{names[0]} has no rows (shape {tuple(x.shape)}); a metric needs at least one row.")
     return check_finite(x, names[0]).detach().double(), check_finite(x_hat, names[1]).detach().double()
 
 def mse(x: Tensor, x_hat: Tensor) -> float:
@@ -32,13 +34,19 @@ def mse(x: Tensor, x_hat: Tensor) -> float:
     return float(((x - x_hat)**2).mean())
 
 # %% ../nbs/05_metrics.ipynb #c76cd734
+def _zero_variance_error(n: int, constant: bool) -> ValueError:
+    "Explained variance divides by sum ||x - mean(x)||^2; say why that is 0 and what to do."
+    if constant:
+        return ValueError(f"x has zero variance: all {n} rows are the same vector, so explained variance (0/0) is "
+                          "undefined; evaluate on a batch with at least two distinct rows of x.")
+    return ValueError(f"x's variance over {n} rows underflows to 0 in float64 (its rows differ by less than ~1e-154); "
+                      "multiply x and x_hat by the same large factor (explained variance does not change).")
+
 def explained_variance(x: Tensor, x_hat: Tensor) -> float:
     "1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2, the mean taken over the rows of `x` (the dataset mean)."
     x, x_hat = _check_pair(x, x_hat)
-    total = ((x - x.mean(0))**2).sum()
-    if total <= 1e-12 * (x**2).sum() or total == 0:
-        raise ValueError(f"x has (numerically) zero variance around its mean over {x.shape[0]} rows, so explained "
-                         "variance is undefined; evaluate on a batch with more than one distinct input.")
+    total, constant = ((x - x.mean(0))**2).sum(), bool((x == x[0]).all())
+    if total == 0 or constant: raise _zero_variance_error(x.shape[0], constant)
     return float(1 - ((x - x_hat)**2).sum() / total)
 
 def fvu(x: Tensor, x_hat: Tensor) -> float:
@@ -48,8 +56,9 @@ def fvu(x: Tensor, x_hat: Tensor) -> float:
 # %% ../nbs/05_metrics.ipynb #a1b71fb9
 def _row_cos(x: Tensor, x_hat: Tensor) -> Tensor:
     "[batch] cosine of each row pair in float64; 1 where both rows are zero, 0 where exactly one is."
-    nx, nh = x.norm(dim=1), x_hat.norm(dim=1)
-    cos = (x * x_hat).sum(1) / (nx * nh).clamp_min(1e-300)
+    nx, nh = x.norm(dim=1, keepdim=True), x_hat.norm(dim=1, keepdim=True)
+    cos = ((x / nx.clamp_min(1e-300)) * (x_hat / nh.clamp_min(1e-300))).sum(1).clamp(-1, 1)   # rounding: |cos| <= 1
+    nx, nh = nx[:, 0], nh[:, 0]
     return torch.where((nx > 0) & (nh > 0), cos, ((nx == 0) & (nh == 0)).double())
 
 def cosine_sim(x: Tensor, x_hat: Tensor) -> float:
@@ -74,7 +83,7 @@ class ReconstructionMetrics(NamedTuple):
     explained_variance: float  # 1 - SSE / sum ||x - dataset mean||^2
     fvu: float                 # 1 - explained_variance
     cosine_sim: float          # mean over rows of cos(x, x_hat)
-    rel_bias: float            # gamma = E||x_hat||^2 / E[x_hat . x]; < 1 means shrinkage
+    rel_bias: float            # gamma = E||x_hat||^2 / E[x_hat . x]; < 1 means shrinkage (NaN if E[x_hat . x] <= 0)
 
 class ReconstructionStats:
     "Running float64 sums for `ReconstructionMetrics` over batches of `x`, `x_hat` [batch, d_in]."
@@ -82,14 +91,17 @@ class ReconstructionStats:
         self.n, self.d = 0, None
         self.mean = self.m2 = None       # [d_in] running mean and sum of squared deviations (Chan et al.)
         self.sse = self.sum_x2 = self.sum_xhat2 = self.sum_x_xhat = self.sum_cos = 0.0
+        self.first, self.constant = None, True   # [d_in] first row seen; are all rows so far equal to it?
 
     def update(self, x: Tensor, x_hat: Tensor) -> "ReconstructionStats":
-        x, x_hat = _check_pair(x, x_hat)
+        x, x_hat = _check_pair(x, x_hat, allow_empty=True)
         if self.d is not None and x.shape[1] != self.d:
             raise ValueError(f"this batch has d_in={x.shape[1]} but earlier batches had d_in={self.d}.")
         nb = x.shape[0]
         if nb == 0: return self
         mb = x.mean(0); m2b = ((x - mb)**2).sum(0)
+        if self.first is None: self.first = x[0].cpu()
+        self.constant = self.constant and bool((x == self.first.to(x.device)).all())
         if self.n == 0: self.d, self.mean, self.m2 = x.shape[1], mb.cpu(), m2b.cpu()
         else:
             delta, tot = mb.cpu() - self.mean, self.n + nb
@@ -104,16 +116,15 @@ class ReconstructionStats:
     def compute(self) -> ReconstructionMetrics:
         if self.n == 0: raise ValueError("no rows seen; call update(x, x_hat) with at least one batch first.")
         total = float(self.m2.sum())
-        if total <= 1e-12 * self.sum_x2 or total == 0:
-            raise ValueError(f"x has (numerically) zero variance around its mean over {self.n} rows, so explained "
-                             "variance is undefined; evaluate on more than one distinct input.")
+        if total == 0 or self.constant: raise _zero_variance_error(self.n, self.constant)
         ev = 1 - self.sse / total
         bias = self.sum_xhat2 / self.sum_x_xhat if self.sum_x_xhat > 0 else float("nan")
         return ReconstructionMetrics(self.n, self.sse / (self.n * self.d), ev, 1 - ev, self.sum_cos / self.n, bias)
 
 # %% ../nbs/05_metrics.ipynb #b90b58bc
-def _check_f(f: Tensor) -> Tensor:
+def _check_f(f: Tensor, allow_empty: bool = False) -> Tensor:
     if f.ndim != 2: raise ValueError(f"f must be [batch, d_sae]; got shape {tuple(f.shape)}. Flatten with f.reshape(-1, d_sae).")
+    if f.shape[0] == 0 and not allow_empty: raise ValueError(f"f has no rows (shape {tuple(f.shape)}); a metric needs at least one row.")
     return check_finite(f, "f").detach()
 
 def l0(f: Tensor) -> float:
@@ -129,13 +140,18 @@ def feature_density(f: Tensor) -> Tensor:
     return (_check_f(f) != 0).double().mean(0)
 
 # %% ../nbs/05_metrics.ipynb #6b0921e3
+def _check_density(density: Tensor) -> Tensor:
+    if density.ndim != 1:
+        raise ValueError(f"density must be a [d_sae] vector (e.g. feature_density(f)); got shape {tuple(density.shape)}.")
+    return check_finite(density, "density")
+
 def dead_fraction(density: Tensor) -> float:
     "Share of latents with zero density over the window the density was measured on."
-    return float((density == 0).double().mean())
+    return float((_check_density(density) == 0).double().mean())
 
 def utilization(density: Tensor, theta: float = 0.0) -> float:
     "Share of latents whose density over the window exceeds `theta` (theta=0: ever active)."
-    return float((density > theta).double().mean())
+    return float((_check_density(density) > theta).double().mean())
 
 # %% ../nbs/05_metrics.ipynb #ecc7ab34
 def plot_log_density(densities: dict[str, Tensor] | Tensor, ax=None, bins: int = 50, lo: float = -7.0):
@@ -169,7 +185,7 @@ class SparsityStats:
     def __init__(self, theta: float = 0.0):
         self.theta, self.n, self.counts, self.sum_l1 = theta, 0, None, 0.0
     def update(self, f: Tensor) -> "SparsityStats":
-        f = _check_f(f)
+        f = _check_f(f, allow_empty=True)
         if self.counts is not None and f.shape[1] != self.counts.shape[0]:
             raise ValueError(f"this batch has d_sae={f.shape[1]} but earlier batches had d_sae={self.counts.shape[0]}.")
         c = (f != 0).sum(0).cpu().long()
@@ -189,6 +205,12 @@ def _check_matrix(D: Tensor, name: str) -> Tensor:
         raise ValueError(f"{name} must be 2-D [n_directions, d] (one direction per row); got shape {tuple(D.shape)}.")
     return check_finite(D, name)
 
+def _unit_rows(D: Tensor) -> Tensor:
+    "D / ‖D‖ row by row in float64 (exactly, however small the norm); zero rows stay zero."
+    D = D.detach().double().cpu()
+    n = D.norm(dim=1, keepdim=True)
+    return torch.where(n > 0, D / torch.where(n > 0, n, torch.ones_like(n)), D)
+
 class DictionaryMatch(NamedTuple):
     "How well the rows of `D_learned` cover the rows of `D_true`."
     mmcs: float          # mean over D_true rows of the best cosine with any D_learned row
@@ -206,13 +228,12 @@ def match_dictionaries(D_true: Tensor,     # [n_true, d]  one true direction per
     if D_true.shape[1] != D_learned.shape[1]:
         raise ValueError(f"D_true has rows of length {D_true.shape[1]} but D_learned has {D_learned.shape[1]}; both need "
                          "one direction per ROW in the same space (pass W.T if your features are columns).")
-    if (D_true.norm(dim=1) == 0).any():
-        raise ValueError(f"D_true has {int((D_true.norm(dim=1) == 0).sum())} all-zero rows; a true direction needs a nonzero norm.")
-    A = torch.nn.functional.normalize(D_true.detach().double().cpu(), dim=1)
-    B = torch.nn.functional.normalize(D_learned.detach().double().cpu(), dim=1)   # zero rows stay zero
+    A, B = _unit_rows(D_true), _unit_rows(D_learned)            # float64 on CPU; zero rows stay zero
+    if (A.norm(dim=1) == 0).any():
+        raise ValueError(f"D_true has {int((A.norm(dim=1) == 0).sum())} all-zero rows; a true direction needs a nonzero norm.")
     vals, idx = [], []
     for s in range(0, A.shape[0], chunk):                       # bounded memory for big dictionaries
-        v, i = (A[s:s+chunk] @ B.T).max(dim=1); vals.append(v); idx.append(i)
+        v, i = (A[s:s+chunk] @ B.T).max(dim=1); vals.append(v.clamp(-1, 1)); idx.append(i)
     max_cos, best = torch.cat(vals), torch.cat(idx)
     return DictionaryMatch(float(max_cos.mean()), float((max_cos > threshold).double().mean()), max_cos, best, threshold)
 
@@ -312,8 +333,12 @@ def evaluate(sae, batches: Iterable[Tensor] | None = None, *, theta: float = 0.0
         if batches is not None:
             for i, x in enumerate(batches):
                 if max_batches is not None and i >= max_batches: break
-                x = x.to(dev, dt or x.dtype)
+                x = check_finite(x, f"batch {i} of `batches`").to(dev, dt or x.dtype)
                 x_hat, f = _sae_out(sae, x)
+                if not torch.isfinite(x_hat).all():
+                    raise ValueError(f"the SAE's x_hat has {int((~torch.isfinite(x_hat)).sum())} NaN/Inf entries on batch {i} "
+                                     "although x is finite: its weights are probably non-finite (a diverged run?); "
+                                     "check torch.isfinite(p).all() for p in sae.parameters().")
                 recon.update(x, x_hat)
                 if f is not None: sparse.update(f)
         lm = None
