@@ -5,22 +5,22 @@ interface, initialise it the way the papers do, and save it in a format anyone c
 
 # %% ../nbs/02_sae.ipynb #fef88c91
 from __future__ import annotations
-import json, math, warnings
+import hashlib, json, math, warnings
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
-from safetensors import SafetensorError
-from safetensors.torch import save_file, load_file
-from .core import check_finite
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file, load_file, save as save_safetensors
+from .core import check_finite, atomic_file
 
 # %% auto #0
 __all__ = ['ARCHITECTURES', 'CHECKPOINT_FORMAT', 'SAE_CLASSES', 'SAEConfig', 'SAEOutput', 'SAE', 'ReLUSAE', 'TiedReLUSAE',
            'TopKSAE', 'BatchTopKSAE', 'rectangle', 'JumpReLUFunction', 'StepFunction', 'jumprelu', 'step',
            'JumpReLUSAE', 'GatedSAE', 'sae_class', 'make_sae', 'geometric_median', 'init_b_dec_', 'load_config',
-           'EncodeCentered', 'TopKSparse', 'ReLUSparse']
+           'tensors_sha256', 'EncodeCentered', 'TopKSparse', 'ReLUSparse']
 
 # %% ../nbs/02_sae.ipynb #bbbcc703
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated")
@@ -168,6 +168,9 @@ class SAE(nn.Module):
 
     def decode(self, f: Tensor) -> Tensor:
         "x_hat = f @ W_dec + b_dec   [..., d_in]"
+        if f.dim() < 1 or f.shape[-1] != self.cfg.d_sae:
+            raise ValueError(f"f has shape {tuple(f.shape)}: expected last dimension {self.cfg.d_sae} (d_sae), got "
+                             f"{f.shape[-1] if f.dim() else 'a scalar'}.")
         return f @ self.W_dec + self.b_dec
 
     def forward(self, x: Tensor) -> SAEOutput:
@@ -195,11 +198,14 @@ class SAE(nn.Module):
 
     # --- save / load -------------------------------------------------------------------------------------
     def save(self, path) -> Path:
-        "Write folder `path` with `sae.safetensors` (the state dict) and `cfg.json` (the config). Returns the folder."
+        """Write folder `path` with `sae.safetensors` (the state dict) and `cfg.json` (the config). Returns the folder.
+        Each file is written whole or not at all; the weights file's metadata repeats the architecture and sizes
+        and holds a sha256 of the tensors, so `load` can tell a corrupt file or a cfg.json from another SAE."""
         path = Path(path); path.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
-        save_file(tensors, str(path/"sae.safetensors"), metadata={"format": CHECKPOINT_FORMAT})
-        (path/"cfg.json").write_text(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+        meta = {"format": CHECKPOINT_FORMAT, "sha256": tensors_sha256(tensors), **_identity(self.cfg)}
+        with atomic_file(path/"sae.safetensors", "wb") as fh: fh.write(save_safetensors(tensors, metadata=meta))
+        with atomic_file(path/"cfg.json") as fh: fh.write(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
         return path
 
     @classmethod
@@ -210,7 +216,7 @@ class SAE(nn.Module):
         if not issubclass(want, cls):
             raise ValueError(f"{Path(path)/'cfg.json'} describes architecture={cfg.architecture!r} (tied={cfg.tied}), "
                              f"which {cls.__name__}.load cannot return; use SAE.load or {want.__name__}.load.")
-        tensors = _read_safetensors(Path(path)/"sae.safetensors")
+        tensors, meta = _read_safetensors(Path(path)/"sae.safetensors")
         if dtype is None and "W_dec" in tensors: dtype = tensors["W_dec"].dtype   # default: the stored dtype
         sae = want(cfg, device=device, dtype=dtype)
         expected = {k: tuple(v.shape) for k, v in sae.state_dict().items()}
@@ -220,7 +226,9 @@ class SAE(nn.Module):
         problems += [f"{k!r} has shape {got[k]}, cfg.json implies {s}" for k, s in expected.items() if k in got and got[k] != s]
         if problems:
             raise ValueError(f"{Path(path)/'sae.safetensors'} does not match its cfg.json "
-                             f"(architecture={cfg.architecture!r}, d_in={cfg.d_in}, d_sae={cfg.d_sae}): " + "; ".join(problems))
+                             f"(architecture={cfg.architecture!r}, d_in={cfg.d_in}, d_sae={cfg.d_sae}): " + "; ".join(problems)
+                             + ". The two files come from different checkpoints; copy both from the same SAE.save folder.")
+        _check_identity(Path(path)/"sae.safetensors", meta, cfg)
         sae.load_state_dict(tensors)
         return sae
 
@@ -404,12 +412,38 @@ def load_config(path) -> SAEConfig:
     try: return SAEConfig.from_dict(d)
     except (TypeError, ValueError) as e: raise ValueError(f"{p}: {e}") from e
 
-def _read_safetensors(p: Path) -> dict:
+def tensors_sha256(tensors: dict) -> str:
+    "sha256 over the names and raw bytes of `tensors`, in name order (what SAE.save stores and SAE.load checks)."
+    h = hashlib.sha256()
+    for k in sorted(tensors):
+        h.update(k.encode()); h.update(tensors[k].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+def _identity(cfg: SAEConfig) -> dict:
+    "The fields that must agree between sae.safetensors' metadata and cfg.json (metadata values are strings)."
+    return {"architecture": cfg.architecture, "tied": str(cfg.tied), "d_in": str(cfg.d_in), "d_sae": str(cfg.d_sae)}
+
+def _read_safetensors(p: Path) -> tuple[dict, dict]:
+    "(tensors, metadata) of SAE.save's weights file; a truncated or corrupt file raises ValueError naming the fix."
     if not p.is_file():
         raise FileNotFoundError(f"{p} not found: an SAE checkpoint is a folder with cfg.json and sae.safetensors.")
-    try: return load_file(str(p))
+    try:
+        with safe_open(str(p), "pt") as fh: meta = fh.metadata() or {}
+        tensors = load_file(str(p))
     except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"{p} could not be read as safetensors (corrupt or truncated?): {e}") from e
+        raise ValueError(f"{p} could not be read as safetensors (corrupt or truncated?): {e}; "
+                         "save it again or copy the whole folder again.") from e
+    if "sha256" in meta and tensors_sha256(tensors) != meta["sha256"]:
+        raise ValueError(f"{p} is corrupt (checksum mismatch: its tensors are not the bytes SAE.save wrote); "
+                         "save or copy it again.")
+    return tensors, meta
+
+def _check_identity(p: Path, meta: dict, cfg: SAEConfig) -> None:
+    "Refuse weights whose metadata names another architecture or size than cfg.json (same-shaped ReLU/TopK, say)."
+    bad = [f"{k}: {meta[k]} in the weights, {v} in cfg.json" for k, v in _identity(cfg).items() if k in meta and meta[k] != v]
+    if bad:
+        raise ValueError(f"{p} was saved by a different SAE than its cfg.json describes ({'; '.join(bad)}): the two "
+                         "files come from different checkpoints; copy both from the same SAE.save folder.")
 
 # %% ../nbs/02_sae.ipynb #daba1555
 class EncodeCentered(torch.autograd.Function):
