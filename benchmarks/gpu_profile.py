@@ -101,21 +101,20 @@ def pieces(B=4096, D=768, S=24576, k=32):
     res["gv: sampled_addmm (CSR)"] = time_cuda(sddmm)
     res["gv: bmm(W_dec[idx], g)"] = time_cuda(lambda: torch.bmm(W_dec[idx], g[:, :, None]))
     res["gv match"] = float((gv_alt - gv_ref).norm() / gv_ref.norm())
-    # W_dec gradient: sum over active pairs of vals * g[row]
-    bf = _ByFeature(idx, S)
-    gw_ref = bf.sum_rows(g, vals)
+    # W_dec gradient: sum over active pairs of vals * g[row]; whole bags vs pieces of 64, balanced and with one
+    # latent firing in every row (as at TopK's init, where the data's mean direction wins everywhere)
     rows_ = torch.arange(B, device=DEV).repeat_interleave(k)
-    res["_ByFeature build"] = time_cuda(lambda: _ByFeature(idx, S))
-    res["gW_dec: embedding_bag by feature"] = time_cuda(lambda: bf.sum_rows(g, vals))
-    res["gW_dec: index_add_ of vals*g[rows]"] = time_cuda(
-        lambda: torch.zeros(S, D, device=DEV).index_add_(0, idx.reshape(-1), g[rows_] * vals.reshape(-1, 1)))
-
-    def csr_mm():
-        fT = torch.sparse_coo_tensor(torch.stack([idx.reshape(-1), rows_]), vals.reshape(-1), (S, B)).coalesce()
-        return torch.sparse.mm(fT, g)
-    res["gW_dec: sparse COO f.T @ g"] = time_cuda(csr_mm)
-    alt_w = torch.zeros(S, D, device=DEV).index_add_(0, idx.reshape(-1), g[rows_] * vals.reshape(-1, 1))
-    res["gW_dec match"] = float((alt_w - gw_ref).norm() / gw_ref.norm())
+    idx_hot = idx.clone(); idx_hot[:, 0] = 7; idx_hot[:, 1:][idx_hot[:, 1:] == 7] = 8
+    for name, ii in (("balanced", idx), ("one latent in every row", idx_hot)):
+        ref_w = None
+        for piece in (0, 64):
+            bf = _ByFeature(rows_, ii.reshape(-1), S, piece=piece)
+            out = bf.sum_rows(g, vals.reshape(-1))
+            ref_w = out if ref_w is None else ref_w
+            res[f"gW_dec ({name}): build + sum, piece={piece}"] = time_cuda(
+                lambda: _ByFeature(rows_, ii.reshape(-1), S, piece=piece).sum_rows(g, vals.reshape(-1)))
+        res[f"gW_dec ({name}) pieces match"] = float((out - ref_w).norm() / ref_w.norm())
+    gw_ref = ref_w
     res["gW_enc transpose-copy [S,D]->[D,S]"] = time_cuda(lambda: gw_ref.T.contiguous())
     return res
 
