@@ -380,6 +380,8 @@ def _read_checkpoint(path: Path, sae: SAE, optimizer, scheduler, usage: FeatureU
     if not isinstance(meta, dict) or any(k not in meta for k in need):
         raise bad(f"state.json lacks some of the fields {need}")
     files = meta.get("files") or {n: None for n in ("state.safetensors", "sae/cfg.json", "sae/sae.safetensors")}
+    if not isinstance(files, dict) or not all(w is None or (isinstance(w, list) and len(w) == 2) for w in files.values()):
+        raise bad("state.json's list of files is malformed")
     for name, want in files.items():                         # sizes first (a truncated file), then the sha256 (bit rot)
         p = path/name
         if not p.is_file(): raise bad(f"{name} is missing")
@@ -406,19 +408,21 @@ def _read_checkpoint(path: Path, sae: SAE, optimizer, scheduler, usage: FeatureU
                 _, i, name = k.split(".", 2); i = int(i)
                 if not 0 <= i < len(params) or (v.ndim and v.shape != params[i].shape):
                     raise ValueError(f"optimiser tensor {k} {tuple(v.shape)} fits no parameter of this SAE")
-        if set(meta["scheduler"]) != set(scheduler.state_dict()):
+        if not isinstance(meta["scheduler"], dict) or set(meta["scheduler"]) != set(scheduler.state_dict()):
             raise ValueError("its learning-rate schedule has a different form (warm-up or decay changed); "
                              "resume with the TrainConfig stored in state.json['train_cfg']")
         d_sae = usage.d_sae
         for k in ("last_fired", "counts"):
             if tuple(tensors[f"usage.{k}"].shape) != (d_sae,): raise ValueError(f"usage.{k} is not [{d_sae}]")
+        [int(n) for n in meta["usage"]["sizes"]]; int(meta["usage"]["tokens"]), int(meta["usage"]["window_tokens"])
         if tuple(tensors["usage.chunks"].shape) != (len(meta["usage"]["sizes"]), d_sae): raise ValueError("usage.chunks has the wrong shape")
         torch.Generator().set_state(tensors["rng.trainer"])                   # a scratch generator: checks the format only
         torch.Generator().set_state(tensors["rng.torch_cpu"])
         random.Random().setstate(_python_rng_state(meta["rng"])); np.random.RandomState().set_state(_numpy_rng_state(meta["rng"]))
         TrainHistory(**meta["history"]); [ResampleEvent(**e) for e in meta["resamples"]]
         int(meta["state"]["step"]), int(meta["state"]["batches_drawn"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as e: raise bad(f"{type(e).__name__}: {e}") from e
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+        raise bad(f"{type(e).__name__}: {e}") from e
     return meta, tensors, ck_sae
 
 def load_checkpoint(folder, sae: SAE, optimizer, scheduler, usage: FeatureUsage, generator: torch.Generator) -> Checkpoint:

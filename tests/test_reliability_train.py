@@ -116,12 +116,17 @@ def _truncate(p: Path): p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
 def _flip_byte(p: Path):
     b = bytearray(p.read_bytes()); b[-5] ^= 0xFF; p.write_bytes(bytes(b))   # same size: only the sha256 can tell
 
+def _edit_json(p: Path, change):
+    meta = json.loads(p.read_text()); change(meta); p.write_text(json.dumps(meta))
+
 DAMAGE = {
     "truncated state.safetensors": (lambda c: _truncate(c/"state.safetensors"), "state.safetensors has"),
     "flipped byte in the weights": (lambda c: _flip_byte(c/"sae"/"sae.safetensors"), "sha256"),
     "missing state.json": (lambda c: (c/"state.json").unlink(), "state.json is missing"),
     "state.json not JSON": (lambda c: (c/"state.json").write_text('{"state": {"st'), "not valid JSON"),
     "state.json without fields": (lambda c: (c/"state.json").write_text("{}"), "lacks"),
+    "state.json with a wrong type": (lambda c: _edit_json(c/"state.json", lambda m: m["usage"].update(sizes=["x"])), "ValueError"),
+    "state.json with a bad file list": (lambda c: _edit_json(c/"state.json", lambda m: m.update(files=[1])), "malformed"),
     "missing sae weights": (lambda c: (c/"sae"/"sae.safetensors").unlink(), "sae/sae.safetensors is missing"),
     "missing sae folder": (lambda c: __import__("shutil").rmtree(c/"sae"), "is missing"),
 }
