@@ -2,7 +2,7 @@
 
 # %% ../nbs/09_scaling.ipynb #bfc7bd99
 from __future__ import annotations
-import argparse, gc, itertools, json, math, os, socket, shutil, time, warnings
+import argparse, gc, itertools, json, math, os, socket, warnings
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
@@ -11,13 +11,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 from .sae import SAE, SAEConfig, BatchTopKSAE, make_sae
 from .losses import LossConfig, sae_loss
 from .activations import ActivationStore
-from .train import (TrainConfig, TrainHistory, TrainResult, ResampleEvent, FeatureUsage, HISTORY_KEYS,
-                                make_optimizer, make_scheduler, sparsity_coeff_at, resample_dead_features,
-                                save_checkpoint, load_checkpoint, _check_batch, _should_resample)
+from .train import TrainConfig, TrainResult, FeatureUsage, RankSync, train
 
 # %% auto #0
 __all__ = ['ACT_TENSORS_SAE', 'ACT_TENSORS_IN', 'MemoryEstimate', 'n_params', 'memory_estimate', 'activation_bytes',
@@ -142,14 +139,9 @@ class SyncedFeatureUsage(FeatureUsage):
     "FeatureUsage over the global batch: per-latent firing counts and the row count are summed over all ranks."
     @torch.no_grad()
     def update(self, f: Tensor) -> None:
-        c = (f > self.threshold).sum(0).long()                                 # [d_sae] local firings
-        buf = torch.cat([c, c.new_tensor([f.shape[0]])])
-        if dist.is_available() and dist.is_initialized(): dist.all_reduce(buf)  # global counts, global rows
-        c, n = buf[:-1], int(buf[-1])
-        if hasattr(FeatureUsage, "update_counts"): return FeatureUsage.update_counts(self, n, c)
-        # Until train.py exposes update_counts(n, c): a 0/1 stand-in for f with exactly c_i firing rows in column i.
-        fake = (torch.arange(n, device=c.device)[:, None] < c[None, :]).to(torch.float32) + self.threshold
-        FeatureUsage.update(self, fake)
+        buf = torch.cat([self.firings(f), torch.tensor([f.shape[0]], device=f.device)])   # [d_sae + 1]: firings, rows
+        if dist.is_available() and dist.is_initialized(): dist.all_reduce(buf)          # global counts, global rows
+        self.update_counts(int(buf[-1]), buf[:-1])
 
 # %% ../nbs/09_scaling.ipynb #bb2a05eb
 class DistInfo(NamedTuple):
@@ -201,123 +193,36 @@ def _gather_rows(x: Tensor) -> Tensor:
 def _broadcast_parameters(module: torch.nn.Module, src: int = 0) -> None:
     if _world()[1] == 1: return
     for t in itertools.chain(module.parameters(), module.buffers()): dist.broadcast(t.data, src)
+@torch.no_grad()
+def _all_reduce(t: Tensor) -> Tensor:
+    "Sum `t` over ranks in place and return it (the identity without a process group)."
+    if _world()[1] > 1: dist.all_reduce(t)
+    return t
 
 # %% ../nbs/09_scaling.ipynb #665cf5d2
 def train_ddp(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = None,
               train_cfg: TrainConfig | None = None, resume_from=None) -> TrainResult:
     """Data-parallel `train`: call it on every rank of an initialised process group, each with its own shard of
-    every global batch (equal sizes). Gradients are averaged by DistributedDataParallel; dead-latent counts are
-    all-reduced; resampling draws from the gathered global inputs with the same seed on every rank and rank 0's
-    result is broadcast; logged scalars are averaged over ranks; rank 0 writes checkpoints. With one process
-    (no process group) it is `train` with the same results."""
-    cfg, loss_cfg = train_cfg or TrainConfig(), loss_cfg or LossConfig()
+    every global batch (equal sizes). It is the training notebook's `train`, given a `RankSync` with the four
+    synchronisation points: the forward pass goes through DistributedDataParallel (gradients averaged during
+    backward); `reduce` is an all-reduce (dead-latent firing counts, the NaN/Inf check, logged scalars averaged
+    over ranks); `gather` collects the global inputs that resampling draws from, with the same seed on every rank;
+    `broadcast` copies rank 0's resampled weights. Rank 0 writes checkpoints. Without a process group it is `train`."""
+    cfg = train_cfg or TrainConfig()
     rank, world = _world()
     device = torch.device(cfg.device) if cfg.device else next(sae.parameters()).device
     sae.to(device)
-    if isinstance(sae, BatchTopKSAE) and world > 1:
+    if world == 1: return train(sae, batches, loss_cfg, cfg, resume_from)
+    if isinstance(sae, BatchTopKSAE):
         warnings.warn("BatchTopK selects the top k·b activations within each rank's b rows, not within the global batch: "
                       "data-parallel training is valid but not identical to one process with the global batch.")
-    dtype, d_in, d_sae = sae.W_dec.dtype, sae.W_dec.shape[1], sae.W_dec.shape[0]
-    n_steps = cfg.n_steps(batches)
     _broadcast_parameters(sae)                                              # start from rank 0's weights
-    model = (DistributedDataParallel(sae, device_ids=[device.index] if device.type == "cuda" else None)
-             if world > 1 else sae)
-    optimizer, params = make_optimizer(sae, cfg), [p for p in sae.parameters() if p.requires_grad]
-    scheduler = make_scheduler(optimizer, cfg, n_steps)
-    usage = SyncedFeatureUsage(d_sae, cfg.dead_window, cfg.dead_threshold, device)
-    gen = torch.Generator().manual_seed(cfg.seed)                           # the same seed on every rank
-    state = {"step": 0, "batches_drawn": 0}
-    history, resamples = TrainHistory(), []
-    ckpt = load_checkpoint(resume_from, sae, optimizer, scheduler, usage, gen) if resume_from is not None else None
-    if ckpt: state, history, resamples = ckpt.state, ckpt.history, ckpt.resamples
-    it = iter(batches)
-    for _ in itertools.islice(it, state["batches_drawn"]): pass
-    ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
-    bar = tqdm(total=n_steps, initial=state["step"], disable=not cfg.progress or rank != 0, desc=f"train SAE ×{world}",
-               dynamic_ncols=True)
-    pending, block_start, block_tokens = [], time.perf_counter(), 0
-
-    def next_batch():
-        x = next(it); i = state["batches_drawn"]; state["batches_drawn"] += 1
-        return _check_batch(x, d_in, i).to(device=device, dtype=dtype, non_blocking=True), i
-
-    def flush():
-        nonlocal block_start, block_tokens
-        if not pending: return
-        vals = torch.stack([torch.stack(p) for _, p, _, _ in pending]).double()
-        if world > 1: dist.all_reduce(vals); vals /= world                  # averages over ranks
-        vals = vals.cpu().tolist()
-        dt = max(time.perf_counter() - block_start, 1e-9); tps = block_tokens * world / dt
-        for (step, _, lr, c), v in zip(pending, vals):
-            history.step.append(step); history.lr.append(lr); history.sparsity_coeff.append(c); history.tokens_per_s.append(tps)
-            for k, x in zip(HISTORY_KEYS[:8], v): getattr(history, k).append(int(round(x)) if k == "dead" else x)
-        pending.clear(); block_start, block_tokens = time.perf_counter(), 0
-        bar.set_postfix(loss=f"{history.loss[-1]:.4g}", L0=f"{history.l0[-1]:.1f}", dead=history.dead[-1],
-                        tok_s=f"{tps:,.0f}", refresh=False)
-
-    sae.train()
-    try:
-        while state["step"] < n_steps:
-            step = state["step"]
-            try: x, bi = next_batch()
-            except StopIteration: break
-            if _should_resample(step, cfg, n_steps):
-                dead = usage.dead_mask()                                    # global statistics: the same on every rank
-                n_dead = int(dead.sum())
-                if n_dead:
-                    xs = [x]
-                    while world * sum(len(b) for b in xs) < cfg.resample_inputs and cfg.resample == "anthropic":
-                        try: xs.append(next_batch()[0])
-                        except StopIteration: break
-                    xg = torch.cat([_gather_rows(b) for b in xs])            # the global batches, in order
-                    idx = resample_dead_features(sae, dead, xg[:max(cfg.resample_inputs, world * len(x))], cfg.resample,
-                                                 optimizer, cfg.resample_enc_scale, gen)
-                    _broadcast_parameters(sae)                              # rank 0's new weights everywhere
-                    usage.revive_(idx)
-                    resamples.append(ResampleEvent(step, n_dead, cfg.resample))
-            lr, coeff = optimizer.param_groups[0]["lr"], sparsity_coeff_at(step, loss_cfg.sparsity_coeff, cfg.sparsity_warmup_steps)
-            dead = usage.dead_mask()
-            with torch.enable_grad():                                       # even if batches come from no_grad code
-                try: out = model(x)
-                except ValueError as e: raise ValueError(f"Step {step}, batch index {bi}, rank {rank}: {e}") from e
-                losses = sae_loss(sae, x, out, loss_cfg, sparsity_coeff=coeff, dead_mask=dead)
-                optimizer.zero_grad(set_to_none=True)
-                losses.total.backward()                                     # DDP averages the gradients here
-            sae.remove_parallel_grad_()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm or float("inf"))
-            ok = (torch.isfinite(losses.total) & torch.isfinite(grad_norm)).to(torch.float32).reshape(1)
-            if world > 1: dist.all_reduce(ok, op=dist.ReduceOp.MIN)         # all ranks stop together
-            if not bool(ok):
-                bad = int((~torch.isfinite(x)).sum())
-                raise FloatingPointError(
-                    f"Non-finite loss or gradient at step {step} (batch index {bi}, rank {rank}); this rank's shard has "
-                    f"{bad} NaN/Inf entries. Training stopped before the optimiser step on every rank. "
-                    + ("Clean or mask the activations." if bad else "Lower the learning rate or clip gradients."))
-            optimizer.step(); scheduler.step()
-            sae.normalize_decoder_()
-            with torch.no_grad():
-                f = out.f.detach()
-                usage.update(f)                                             # all-reduces the firing counts
-                l0 = (f > 0).sum(-1).float().mean()
-                mse = (out.x_hat.detach() - x).pow(2).mean()
-                pending.append((step, [losses.total.detach(), losses.recon.detach(), losses.sparsity.detach(),
-                                       losses.aux.detach(), l0, mse, usage.dead_mask().sum(), grad_norm.detach()], lr, coeff))
-            block_tokens += len(x)
-            state["step"] += 1; bar.update(1)
-            if state["step"] % cfg.log_every == 0 or state["step"] == n_steps: flush()
-            if ckpt_dir and cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0:
-                flush()
-                if rank == 0:
-                    save_checkpoint(ckpt_dir/f"step_{state['step']:09d}", sae, optimizer, scheduler, usage, gen,
-                                    state, history, resamples, cfg)
-                    for old in sorted(ckpt_dir.glob("step_*"))[:-cfg.keep_checkpoints]: shutil.rmtree(old)
-                if world > 1: dist.barrier()
-    finally:
-        flush(); bar.close()
-        if model is not sae:                                                # drop DDP's reducer (it holds the process
-            del model; gc.collect()                                         # group) before anyone destroys the group
-    sae.eval()
-    return TrainResult(sae, history, resamples, state["step"])
+    model = DistributedDataParallel(sae, device_ids=[device.index] if device.type == "cuda" else None)
+    sync = RankSync(rank, world, reduce=_all_reduce, gather=_gather_rows, broadcast=_broadcast_parameters,
+                    barrier=dist.barrier, forward=model)
+    try: return train(sae, batches, loss_cfg, cfg, resume_from, sync)
+    finally:                                                                # drop DDP's reducer (it holds the process
+        del model, sync; gc.collect()                                       # group) before anyone destroys the group
 
 # %% ../nbs/09_scaling.ipynb #0c7bd0e6
 @dataclass

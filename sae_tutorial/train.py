@@ -2,26 +2,27 @@
 
 # %% ../nbs/04_training.ipynb #33a60d5a
 from __future__ import annotations
-import itertools, json, math, os, random, shutil, time
+import hashlib, itertools, json, math, os, random, shutil, time
 from collections import deque
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple
 import numpy as np
 import torch
 from torch import Tensor
 from torch.optim.lr_scheduler import LinearLR, CosineAnnealingLR, ConstantLR, SequentialLR, LRScheduler
+from safetensors import SafetensorError
 from safetensors.torch import save_file, load_file
 from tqdm.auto import tqdm
-from .core import check_finite
-from .sae import SAE
+from .core import check_finite, atomic_folder
+from .sae import SAE, SAEConfig
 from .losses import LossConfig, sae_loss
 
 # %% auto #0
 __all__ = ['DECAYS', 'RESAMPLERS', 'EXTRA_ENCODER_PARAMS', 'HISTORY_KEYS', 'SparseFeatureData', 'TrainConfig', 'make_optimizer',
            'make_scheduler', 'sparsity_coeff_at', 'FeatureUsage', 'ResampleEvent', 'reset_adam_rows_',
            'resample_dead_features', 'TrainHistory', 'TrainResult', 'save_checkpoint', 'latest_checkpoint',
-           'Checkpoint', 'load_checkpoint', 'restore_rng', 'train']
+           'prune_checkpoints', 'CheckpointError', 'Checkpoint', 'load_checkpoint', 'restore_rng', 'RankSync', 'train']
 
 # %% ../nbs/04_training.ipynb #c0a9a8d3
 class SparseFeatureData:
@@ -144,9 +145,18 @@ class FeatureUsage:
         self._chunks: deque[tuple[int, Tensor]] = deque()                      # (inputs, firings [d_sae]) per batch
 
     @torch.no_grad()
+    def firings(self, f: Tensor) -> Tensor:
+        "How many rows of a batch `f` [batch, d_sae] each latent fired on (f_i > theta) [d_sae]."
+        return (f > self.threshold).sum(0, dtype=torch.int32).long()        # int32 sum of bools: ~4x faster on CPU
+
+    @torch.no_grad()
     def update(self, f: Tensor) -> None:
         "Count which latents fired (f_i > theta) on a batch `f` [batch, d_sae]."
-        n, c = f.shape[0], (f > self.threshold).sum(0, dtype=torch.int32).long()   # int32 sum of bools: ~4x faster on CPU
+        self.update_counts(f.shape[0], self.firings(f))
+
+    @torch.no_grad()
+    def update_counts(self, n: int, c: Tensor) -> None:
+        "Add a batch of `n` inputs on which latent i fired `c[i]` times [d_sae] (e.g. counts summed over data-parallel ranks)."
         self.last_counts = c
         self.tokens += n
         self.last_fired = torch.where(c > 0, self.tokens, self.last_fired)
@@ -275,45 +285,69 @@ def _rng_state() -> tuple[dict, dict]:
     name, keys, pos, has_g, cached = np.random.get_state()
     return tensors, {"python": [v, list(st), g], "numpy": [name, keys.tolist(), int(pos), int(has_g), float(cached)]}
 
+def _python_rng_state(js: dict) -> tuple: v, st, g = js["python"]; return (v, tuple(st), g)
+def _numpy_rng_state(js: dict) -> tuple:
+    name, keys, pos, has_g, cached = js["numpy"]; return (name, np.array(keys, dtype=np.uint32), pos, has_g, cached)
+
 def _set_rng_state(tensors: dict, js: dict) -> None:
     torch.set_rng_state(tensors["rng.torch_cpu"])
     cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
     if cuda and torch.cuda.is_available(): torch.cuda.set_rng_state_all(cuda)
-    v, st, g = js["python"]; random.setstate((v, tuple(st), g))
-    name, keys, pos, has_g, cached = js["numpy"]
-    np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_g, cached))
+    random.setstate(_python_rng_state(js))
+    np.random.set_state(_numpy_rng_state(js))
+
+def _sha256(p: Path) -> str:
+    h = hashlib.sha256()
+    with open(p, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""): h.update(block)
+    return h.hexdigest()
 
 def save_checkpoint(folder, sae: SAE, optimizer, scheduler, usage: FeatureUsage, generator: torch.Generator,
                     state: dict, history: TrainHistory, resamples: list, cfg: TrainConfig) -> Path:
-    """Write a checkpoint atomically: build it in a temporary folder, then rename it into place.
-    Holds the SAE (safetensors + cfg.json), Adam's state and the scheduler (safetensors + JSON),
-    step, inputs seen, data position (batches drawn), RNG states, dead-latent statistics and history."""
-    folder = Path(folder); folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent/f".{folder.name}.tmp{os.getpid()}"
-    if tmp.exists(): shutil.rmtree(tmp)
-    tmp.mkdir()
-    sae.save(tmp/"sae")
-    opt = optimizer.state_dict()
-    tensors = {f"opt.{i}.{k}": v.detach().contiguous() for i, s in opt["state"].items() for k, v in s.items()}
-    u = usage.state_dict()
-    tensors.update({f"usage.{k}": u[k].contiguous() for k in ("last_fired", "counts", "chunks")})
-    tensors["rng.trainer"] = generator.get_state()
-    rng_t, rng_j = _rng_state(); tensors.update(rng_t)
-    save_file({k: v.cpu() for k, v in tensors.items()}, tmp/"state.safetensors")
-    meta = {"state": state, "param_groups": opt["param_groups"], "scheduler": scheduler.state_dict(),
-            "usage": {k: u[k] for k in ("tokens", "window_tokens", "sizes")}, "rng": rng_j,
-            "history": history.as_dict(), "resamples": [e._asdict() for e in resamples], "train_cfg": asdict(cfg)}
-    (tmp/"state.json").write_text(json.dumps(meta))
-    if folder.exists(): shutil.rmtree(folder)
-    os.replace(tmp, folder)
+    """Write a checkpoint atomically with `core.atomic_folder`: it is built in a temporary sibling folder and renamed
+    into place in one step, so a crash leaves either the previous `folder` or the complete new one.
+    Holds the SAE (sae/: safetensors + cfg.json), Adam's state, trainer and RNG tensors (state.safetensors) and
+    state.json: step, data position (batches drawn), scheduler, dead-latent statistics, history, and the size and
+    sha256 of every other file, which `load_checkpoint` checks before it trusts them."""
+    folder = Path(folder)
+    with atomic_folder(folder, overwrite=True) as tmp:
+        sae.save(tmp/"sae")
+        opt = optimizer.state_dict()
+        tensors = {f"opt.{i}.{k}": v.detach().contiguous() for i, s in opt["state"].items() for k, v in s.items()}
+        u = usage.state_dict()
+        tensors.update({f"usage.{k}": u[k].contiguous() for k in ("last_fired", "counts", "chunks")})
+        tensors["rng.trainer"] = generator.get_state()
+        rng_t, rng_j = _rng_state(); tensors.update(rng_t)
+        save_file({k: v.cpu() for k, v in tensors.items()}, tmp/"state.safetensors")
+        files = {p.relative_to(tmp).as_posix(): [p.stat().st_size, _sha256(p)] for p in sorted(tmp.rglob("*")) if p.is_file()}
+        meta = {"state": state, "param_groups": opt["param_groups"], "scheduler": scheduler.state_dict(),
+                "usage": {k: u[k] for k in ("tokens", "window_tokens", "sizes")}, "rng": rng_j,
+                "history": history.as_dict(), "resamples": [e._asdict() for e in resamples], "train_cfg": asdict(cfg),
+                "files": files}
+        (tmp/"state.json").write_text(json.dumps(meta))
     return folder
 
+def _is_checkpoint(folder: Path) -> bool:
+    return any((folder/n).exists() for n in ("state.json", "state.safetensors", "sae"))
+
 def latest_checkpoint(folder) -> Path | None:
-    "The newest `step_*` checkpoint under `folder` (or `folder` itself if it is one), else None."
+    "The newest `step_*` checkpoint under `folder` (or `folder` itself if it is one), else None. It is not validated."
     folder = Path(folder)
-    if (folder/"state.json").exists(): return folder
-    steps = sorted(folder.glob("step_*"))
+    if _is_checkpoint(folder): return folder
+    steps = sorted(p for p in folder.glob("step_*") if p.is_dir())
     return steps[-1] if steps else None
+
+def prune_checkpoints(folder, keep: int) -> None:
+    """Delete all but the newest `keep` step_* checkpoints in `folder`. Each is renamed to a hidden name before it is
+    deleted, so a kill in the middle never leaves half a checkpoint under a step_* name."""
+    folder = Path(folder)
+    for t in folder.glob(".trash-step_*"): shutil.rmtree(t, ignore_errors=True)     # left by a killed run
+    for old in sorted(p for p in folder.glob("step_*") if p.is_dir())[:-keep]:
+        trash = folder/f".trash-{old.name}"
+        os.replace(old, trash); shutil.rmtree(trash, ignore_errors=True)
+
+class CheckpointError(ValueError):
+    "A checkpoint that cannot be resumed from: files missing, truncated or corrupt, or written for another SAE or schedule."
 
 class Checkpoint(NamedTuple):
     "Trainer state read back by `load_checkpoint` (weights, optimiser, scheduler, usage are restored in place)."
@@ -322,27 +356,96 @@ class Checkpoint(NamedTuple):
     resamples: list[ResampleEvent]
     rng_tensors: dict               # global torch RNG states (restore with `restore_rng`)
     rng_json: dict                  # python and numpy RNG states
+    path: Path | None = None        # the checkpoint folder it came from
+
+def _checkpoint_fix(path: Path) -> str:
+    "What to do about a damaged checkpoint: delete it and resume from the previous step_* folder, if there is one."
+    prev = sorted(p for p in path.parent.glob("step_*") if p.is_dir() and p.name < path.name) if path.name.startswith("step_") else []
+    return (f"Delete {path} and resume from the previous checkpoint, {prev[-1]} (resume_from=that folder, or the "
+            "checkpoint_dir once the damaged folder is gone)." if prev else
+            f"Delete {path} and start the run again: there is no earlier step_* checkpoint next to it.")
+
+def _sae_summary(c: SAEConfig) -> str:
+    k = f", k={c.k}" if c.architecture in ("topk", "batchtopk") else ""
+    return f"architecture={c.architecture!r}, d_in={c.d_in}, d_sae={c.d_sae}{k}, tied={c.tied}"
+
+def _read_checkpoint(path: Path, sae: SAE, optimizer, scheduler, usage: FeatureUsage) -> tuple:
+    """Read and check everything in checkpoint `path` against the objects it will be loaded into, touching none of them.
+    Returns (meta, tensors, the checkpoint's SAE on the live SAE's device and dtype). Raises CheckpointError."""
+    def bad(why: str): return CheckpointError(f"Checkpoint {path} is unusable: {why}. {_checkpoint_fix(path)}")
+    try: meta = json.loads((path/"state.json").read_text())
+    except FileNotFoundError: raise bad("state.json is missing (a copy or a write that did not finish)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise bad(f"state.json is not valid JSON ({e})") from e
+    need = ("state", "param_groups", "scheduler", "usage", "rng", "history", "resamples")
+    if not isinstance(meta, dict) or any(k not in meta for k in need):
+        raise bad(f"state.json lacks some of the fields {need}")
+    files = meta.get("files") or {n: None for n in ("state.safetensors", "sae/cfg.json", "sae/sae.safetensors")}
+    if not isinstance(files, dict) or not all(w is None or (isinstance(w, list) and len(w) == 2) for w in files.values()):
+        raise bad("state.json's list of files is malformed")
+    for name, want in files.items():                         # sizes first (a truncated file), then the sha256 (bit rot)
+        p = path/name
+        if not p.is_file(): raise bad(f"{name} is missing")
+        if want is not None and p.stat().st_size != want[0]:
+            raise bad(f"{name} has {p.stat().st_size} bytes, state.json recorded {want[0]} (truncated or overwritten)")
+        if want is not None and _sha256(p) != want[1]: raise bad(f"{name} does not match the sha256 recorded in state.json")
+    try: tensors = load_file(path/"state.safetensors")
+    except (SafetensorError, OSError, ValueError) as e: raise bad(f"state.safetensors cannot be read ({e})") from e
+    try: ck_sae = SAE.load(path/"sae", device=sae.W_dec.device, dtype=sae.W_dec.dtype)
+    except (OSError, ValueError) as e: raise bad(f"its sae/ folder cannot be read ({e})") from e
+    if _sae_summary(ck_sae.cfg) != _sae_summary(sae.cfg):
+        raise CheckpointError(
+            f"Checkpoint {path} holds an SAE with {_sae_summary(ck_sae.cfg)}, but the SAE being trained has "
+            f"{_sae_summary(sae.cfg)}. Resume with the checkpoint's own SAE (SAE.load('{path/'sae'}')) or an SAE built "
+            f"from its config, or train this SAE from scratch into a new checkpoint_dir.")
+    try:
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        groups = meta["param_groups"]
+        if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
+            raise ValueError(f"its optimiser has parameter groups of sizes {[len(g['params']) for g in groups]}, "
+                             f"this one {[len(g['params']) for g in optimizer.param_groups]}")
+        for k, v in tensors.items():
+            if k.startswith("opt."):
+                _, i, name = k.split(".", 2); i = int(i)
+                if not 0 <= i < len(params) or (v.ndim and v.shape != params[i].shape):
+                    raise ValueError(f"optimiser tensor {k} {tuple(v.shape)} fits no parameter of this SAE")
+        if not isinstance(meta["scheduler"], dict) or set(meta["scheduler"]) != set(scheduler.state_dict()):
+            raise ValueError("its learning-rate schedule has a different form (warm-up or decay changed); "
+                             "resume with the TrainConfig stored in state.json['train_cfg']")
+        d_sae = usage.d_sae
+        for k in ("last_fired", "counts"):
+            if tuple(tensors[f"usage.{k}"].shape) != (d_sae,): raise ValueError(f"usage.{k} is not [{d_sae}]")
+        [int(n) for n in meta["usage"]["sizes"]]; int(meta["usage"]["tokens"]), int(meta["usage"]["window_tokens"])
+        if tuple(tensors["usage.chunks"].shape) != (len(meta["usage"]["sizes"]), d_sae): raise ValueError("usage.chunks has the wrong shape")
+        torch.Generator().set_state(tensors["rng.trainer"])                   # a scratch generator: checks the format only
+        torch.Generator().set_state(tensors["rng.torch_cpu"])
+        random.Random().setstate(_python_rng_state(meta["rng"])); np.random.RandomState().set_state(_numpy_rng_state(meta["rng"]))
+        TrainHistory(**meta["history"]); [ResampleEvent(**e) for e in meta["resamples"]]
+        int(meta["state"]["step"]), int(meta["state"]["batches_drawn"])
+    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+        raise bad(f"{type(e).__name__}: {e}") from e
+    return meta, tensors, ck_sae
 
 def load_checkpoint(folder, sae: SAE, optimizer, scheduler, usage: FeatureUsage, generator: torch.Generator) -> Checkpoint:
-    """Restore what `save_checkpoint` wrote into the given objects, in place. Global RNG states are returned,
-    not applied: `train` applies them (`restore_rng`) after skipping the batches already drawn."""
+    """Restore what `save_checkpoint` wrote into the given objects, in place. `folder`: a checkpoint, or a folder of
+    step_* checkpoints (the newest is used; if it is damaged this is an error that names the previous one, never a
+    silent fall-back). Everything is read and checked first (file sizes and sha256, the SAE's architecture and
+    sizes, optimiser and usage shapes, RNG formats), so a bad checkpoint raises `CheckpointError` and changes nothing.
+    Global RNG states are returned, not applied: `train` applies them (`restore_rng`) after skipping the batches already drawn."""
     path = latest_checkpoint(folder)
     if path is None: raise FileNotFoundError(f"No checkpoint in {folder}: expected state.json or step_* folders.")
-    dev = next(sae.parameters()).device
-    meta = json.loads((path/"state.json").read_text())
-    tensors = load_file(path/"state.safetensors")
-    sae.load_state_dict(type(sae).load(path/"sae", device=dev).state_dict())
+    meta, tensors, ck_sae = _read_checkpoint(path, sae, optimizer, scheduler, usage)
+    # everything below works on checked data
     state = {}
     for k, v in tensors.items():
         if k.startswith("opt."):
             _, i, name = k.split(".", 2); state.setdefault(int(i), {})[name] = v
-    groups = [{**g, "betas": tuple(g["betas"])} for g in meta["param_groups"]]
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
+    optimizer.load_state_dict({"state": state, "param_groups": [{**g, "betas": tuple(g["betas"])} for g in meta["param_groups"]]})
+    sae.load_state_dict(ck_sae.state_dict())
     scheduler.load_state_dict(meta["scheduler"])
     usage.load_state_dict({**meta["usage"], **{k: tensors[f"usage.{k}"] for k in ("last_fired", "counts", "chunks")}})
     generator.set_state(tensors["rng.trainer"])
     return Checkpoint(meta["state"], TrainHistory(**meta["history"]), [ResampleEvent(**e) for e in meta["resamples"]],
-                      {k: v for k, v in tensors.items() if k.startswith("rng.") and k != "rng.trainer"}, meta["rng"])
+                      {k: v for k, v in tensors.items() if k.startswith("rng.") and k != "rng.trainer"}, meta["rng"], path)
 
 def restore_rng(ckpt: Checkpoint) -> None:
     "Set the global torch (cpu, cuda), python and numpy RNGs to the checkpoint's states."
@@ -361,15 +464,33 @@ def _should_resample(step: int, cfg: TrainConfig, n_steps: int) -> bool:
     if step in cfg.resample_steps: return True
     return bool(cfg.resample_every) and step > 0 and step % cfg.resample_every == 0 and step <= cfg.resample_stop * n_steps
 
+def _same(t: Tensor) -> Tensor: return t
+def _nothing(*args) -> None: return None
+
+class RankSync(NamedTuple):
+    """How `train` talks to the other processes of a data-parallel run (`distributed.train_ddp` fills it in, each
+    rank passing its own equal-sized shard of every batch). The default is one process: every operation is the identity."""
+    rank: int = 0                                   # this process; only rank 0 writes checkpoints and shows progress
+    world_size: int = 1                             # number of processes
+    reduce: Callable[[Tensor], Tensor] = _same      # sum a tensor over ranks, in place, and return it (all_reduce):
+                                                    # logged scalars, dead-latent firing counts, the NaN/Inf check
+    gather: Callable[[Tensor], Tensor] = _same      # every rank's rows [b, d] in rank order -> [world_size·b, d] (resampling)
+    broadcast: Callable[[torch.nn.Module], None] = _nothing   # copy rank 0's parameters to every rank (after resampling)
+    barrier: Callable[[], None] = _nothing          # wait for every rank (after rank 0 wrote a checkpoint)
+    forward: Callable | None = None                 # what the forward pass calls (a DDP wrapper of the SAE); None: the SAE
+
 def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = None,
-          train_cfg: TrainConfig | None = None, resume_from=None) -> TrainResult:
+          train_cfg: TrainConfig | None = None, resume_from=None, sync: RankSync | None = None) -> TrainResult:
     """Train `sae` on an iterable of activation batches [batch, d_in]; return the SAE, per-step history and resampling events.
 
     Each step: forward, loss (sparsity coefficient warmed up), backward, remove the decoder gradient parallel
     to its rows, clip the global gradient norm, Adam step, scheduler step, renormalise decoder rows,
     update dead-latent statistics. A non-finite loss or gradient stops training before the optimiser step,
-    naming the batch. `resume_from`: a checkpoint folder (or the checkpoint_dir) to continue exactly from."""
-    cfg, loss_cfg = train_cfg or TrainConfig(), loss_cfg or LossConfig()
+    naming the batch. `resume_from`: a checkpoint folder (or the checkpoint_dir) to continue exactly from.
+    `sync`: the data-parallel seam (see `RankSync`); leave it None for one process."""
+    cfg, loss_cfg, sync = train_cfg or TrainConfig(), loss_cfg or LossConfig(), sync or RankSync()
+    rank, world = sync.rank, sync.world_size
+    on_rank = f", rank {rank}" if world > 1 else ""
     device = torch.device(cfg.device) if cfg.device else next(sae.parameters()).device
     sae.to(device)
     dtype, d_in, d_sae = sae.W_dec.dtype, sae.W_dec.shape[1], sae.W_dec.shape[0]
@@ -386,7 +507,9 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
     for _ in itertools.islice(it, state["batches_drawn"]): pass              # data position: skip what was consumed ...
     if ckpt: restore_rng(ckpt)                                                # ... then the RNGs as they were at the checkpoint
     ckpt_dir = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else None
-    bar = tqdm(total=n_steps, initial=state["step"], disable=not cfg.progress, desc="train SAE", dynamic_ncols=True)
+    model = sync.forward or sae
+    bar = tqdm(total=n_steps, initial=state["step"], disable=not cfg.progress or rank != 0, dynamic_ncols=True,
+               desc="train SAE" + (f" ×{world}" if world > 1 else ""))
     pending, block_start, block_tokens = [], time.perf_counter(), 0
 
     def next_batch():
@@ -396,11 +519,12 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
     def flush():
         nonlocal block_start, block_tokens
         if not pending: return
-        vals = torch.stack([torch.stack(p) for _, p, _, _ in pending]).double().cpu().tolist()
-        dt = max(time.perf_counter() - block_start, 1e-9); tps = block_tokens / dt
+        vals = torch.stack([torch.stack(p) for _, p, _, _ in pending]).double()
+        vals = (sync.reduce(vals) / world).cpu().tolist()                      # averages over ranks
+        dt = max(time.perf_counter() - block_start, 1e-9); tps = block_tokens * world / dt
         for (step, _, lr, c), v in zip(pending, vals):
             history.step.append(step); history.lr.append(lr); history.sparsity_coeff.append(c); history.tokens_per_s.append(tps)
-            for k, x in zip(HISTORY_KEYS[:8], v): getattr(history, k).append(int(x) if k == "dead" else x)
+            for k, x in zip(HISTORY_KEYS[:8], v): getattr(history, k).append(int(round(x)) if k == "dead" else x)
         pending.clear(); block_start, block_tokens = time.perf_counter(), 0
         bar.set_postfix(loss=f"{history.loss[-1]:.4g}", L0=f"{history.l0[-1]:.1f}", mse=f"{history.mse[-1]:.3g}",
                         dead=history.dead[-1], tok_s=f"{tps:,.0f}", refresh=False)
@@ -416,36 +540,40 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
                 n_dead = int(dead.sum())
                 if n_dead:
                     xs = [x]
-                    while sum(len(b) for b in xs) < cfg.resample_inputs and cfg.resample == "anthropic":
+                    while world * sum(len(b) for b in xs) < cfg.resample_inputs and cfg.resample == "anthropic":
                         try: xs.append(next_batch()[0])
                         except StopIteration: break
-                    idx = resample_dead_features(sae, dead, torch.cat(xs)[:max(cfg.resample_inputs, len(x))], cfg.resample,
+                    xg = torch.cat([sync.gather(b) for b in xs])               # the global batches, in order
+                    idx = resample_dead_features(sae, dead, xg[:max(cfg.resample_inputs, world * len(x))], cfg.resample,
                                                  optimizer, cfg.resample_enc_scale, gen)
+                    sync.broadcast(sae)                                         # rank 0's new weights everywhere
                     usage.revive_(idx)
                     resamples.append(ResampleEvent(step, n_dead, cfg.resample))
             lr, coeff = optimizer.param_groups[0]["lr"], sparsity_coeff_at(step, loss_cfg.sparsity_coeff, cfg.sparsity_warmup_steps)
             dead = usage.dead_mask()
             with torch.enable_grad():       # even if the data generator yields from inside torch.no_grad()
-                try: out = sae(x)
-                except ValueError as e: raise ValueError(f"Step {step}, batch index {bi}: {e}") from e
+                try: out = model(x)
+                except ValueError as e: raise ValueError(f"Step {step}, batch index {bi}{on_rank}: {e}") from e
                 losses = sae_loss(sae, x, out, loss_cfg, sparsity_coeff=coeff, dead_mask=dead)
                 optimizer.zero_grad(set_to_none=True)
                 losses.total.backward()
             sae.remove_parallel_grad_()
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm or float("inf"))
-            if not bool(torch.isfinite(losses.total) & torch.isfinite(grad_norm)):   # one host sync per step
+            not_ok = ~(torch.isfinite(losses.total) & torch.isfinite(grad_norm))
+            if bool(sync.reduce(not_ok.to(torch.float32).reshape(1))):         # one host sync per step; all ranks stop together
                 bad = int((~torch.isfinite(x)).sum())
                 raise FloatingPointError(
-                    f"Non-finite loss or gradient at step {step} (batch index {bi}); the batch has {bad} NaN/Inf entries. "
+                    f"Non-finite loss or gradient at step {step} (batch index {bi}{on_rank}); the batch has {bad} NaN/Inf entries. "
                     "Training stopped before the optimiser step, so the SAE holds the weights of the previous step. "
                     + ("Clean or mask the activations (sae_tutorial.core.check_finite)." if bad else "Lower the learning rate or clip gradients."))
             optimizer.step(); scheduler.step()
             sae.normalize_decoder_()
             with torch.no_grad():
                 f = out.f.detach()
-                usage.update(f)
-                l0 = (usage.last_counts.sum() / len(f) if cfg.dead_threshold == 0     # Σ_i count_i / B: no extra pass
+                c = usage.firings(f)                                                # [d_sae] this rank's firings
+                l0 = (c.sum() / len(f) if cfg.dead_threshold == 0                     # Σ_i count_i / B: no extra pass
                       else (f > 0).sum(-1, dtype=torch.int32).float().mean())
+                usage.update_counts(len(f) * world, sync.reduce(c))                  # global counts on every rank
                 mse = (out.x_hat.detach() - x).pow(2).mean()
                 pending.append((step, [losses.total.detach(), losses.recon.detach(), losses.sparsity.detach(),
                                        losses.aux.detach(), l0, mse, usage.dead_mask().sum(), grad_norm.detach()], lr, coeff))
@@ -454,9 +582,11 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
             if state["step"] % cfg.log_every == 0 or state["step"] == n_steps: flush()
             if ckpt_dir and cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0:
                 flush()
-                save_checkpoint(ckpt_dir/f"step_{state['step']:09d}", sae, optimizer, scheduler, usage, gen,
-                                state, history, resamples, cfg)
-                for old in sorted(ckpt_dir.glob("step_*"))[:-cfg.keep_checkpoints]: shutil.rmtree(old)
+                if rank == 0:
+                    save_checkpoint(ckpt_dir/f"step_{state['step']:09d}", sae, optimizer, scheduler, usage, gen,
+                                    state, history, resamples, cfg)
+                    prune_checkpoints(ckpt_dir, cfg.keep_checkpoints)
+                sync.barrier()
     finally:
         flush(); bar.close()
     sae.eval()

@@ -1,7 +1,7 @@
 "Shared, cached objects for test_lm.py, test_corpus.py and test_activations.py (one model load per pytest process)."
 import functools, os
 os.environ["HF_HUB_OFFLINE"] = "1"          # these tests never touch the model hub
-import pytest, torch
+import pytest
 
 @functools.lru_cache(maxsize=None)
 def lm():
@@ -16,8 +16,5 @@ def small_corpus():
     return build_corpus(total_chars=300_000)
 
 @pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    "One torch thread while these modules run (the dev machines' 2 cores are shared), restored afterwards."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+def one_thread(torch_one_thread):
+    "Autouse in the modules that import it (test_lm, test_corpus, test_activations): conftest's torch_one_thread."

@@ -17,12 +17,7 @@ from sae_tutorial.distributed import (DDPJob, SyncedFeatureUsage, global_batches
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    "Tiny SAEs: one thread avoids OpenMP spin contention on the shared 2-core machines."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")   # tiny SAEs: one thread (conftest.py)
 
 
 @pytest.fixture(scope="module")
