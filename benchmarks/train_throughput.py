@@ -144,12 +144,12 @@ def step_flops(row: dict, a, l0: dict) -> dict:
     W_dec's gradient and f's gradient; x needs none). algorithm: what this row's code path must do: the dense count,
     or for ours (fast) on a sparse path 2*B*d_in*d_sae (the encoder) + 8*n*d_in for the n non-zeros of f (decode,
     f's gradient at them, W_dec's and W_enc's gradients from them): n = B*k for TopK, B*(mean L0) for ReLU, whose
-    sparse path runs when at most 1/32 (GPU) or 1/8 (CPU) of f is non-zero (ReLUSAE.sparse_max_density)."""
+    sparse path runs when at most 1/64 (GPU) or 1/8 (CPU) of f is non-zero (ReLUSAE.sparse_max_density)."""
     B, D, S = a.batch, a.d_in, a.d_in * a.expansion
     dense = 10 * B * D * S
     algo = dense
     if row["tool"] == "ours" and row["variant"] == "fast":
-        limit = 1 / 32 if a.device.startswith("cuda") else 1 / 8
+        limit = 1 / 64 if a.device.startswith("cuda") else 1 / 8
         if row["arch"] == "topk" or l0["mean"] / S <= limit:
             algo = 2 * B * D * S + 8 * B * l0["mean"] * D
     return dict(dense=dense, algorithm=algo)
