@@ -592,8 +592,9 @@ def write_results(a, runs, cmd, m, wall_s):
     md = ["# SAE training throughput", "", f"Command: `{cmd}`", "", note, "", table, "",
           "Each row is one trainer step of that tool (forward, loss, backward, its gradient handling, Adam) on the "
           "same batches from the same initial weights; ours runs `sae_tutorial.train.train`. `ours (fast)` is the "
-          "package default, `SAEConfig(fast=True)`: TopK decode and backward on the k active latents only, b_dec's "
-          "gradient by a matrix-vector product, L1 without abs for f >= 0 (nbs/02_sae.ipynb, last section). `ours (plain)` "
+          "package default, `SAEConfig(fast=True)`: TopK decode and backward on the k active latents only, and the same for "
+          "ReLU on f's non-zeros once at most 1/8 (CPU) or 1/64 (GPU) of f is non-zero; b_dec's gradient by a "
+          "matrix-vector product, L1 without abs for f >= 0 (nbs/02_sae.ipynb, last section); fused Adam on a GPU. `ours (plain)` "
           "is `SAEConfig(fast=False)`, the plain autograd path; tests/test_fast_pkg.py checks both give the same "
           "outputs and gradients. "
           "Memory: peak RSS above the process's RSS before the trainer was built (CPU), or peak "
@@ -601,6 +602,12 @@ def write_results(a, runs, cmd, m, wall_s):
           "tool's in the same convention (relative difference; float32).", "",
           "Conventions (ours is configured to follow each tool's convention in its pair):", ""]
     md += [f"- **{k}**: {v['doc']}" for k, v in CONVENTIONS.items()]
+    md += ["", "Starts: `init` = fresh weights (W_enc = W_dec.T, b_enc = 0: half of a ReLU SAE's latents fire); "
+           "`sparse` = weights like a ReLU SAE part-way through training, where a run spends most of its steps "
+           "(make_sparse_init: the data's hidden directions as decoder rows, b_dec at the data mean, one b_enc "
+           "chosen for a mean L0 of --sparse-l0). Every tool starts from the same weights. The L0 column gives the "
+           "mean and the busiest token's active latents at the start. benchmarks/relu_run.md times a whole ReLU run, "
+           "dense start included."]
     md += ["", "dictionary_learning's TopKTrainer is stepped from step=1: at step=0 it replaces b_dec by the first "
            "batch's geometric median (an initialisation, not a training step), which would break the identical start. "
            "Its AuxK and SAELens's AuxK are inactive here (no latent is dead this early), as is ours (aux='none')."]
