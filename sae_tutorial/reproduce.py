@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_reproduction.ipynb #53a9d162
 from __future__ import annotations
-import hashlib, itertools, json, math, os, re, signal, time
+import hashlib, itertools, json, math, os, re, shutil, signal, time
 from dataclasses import dataclass, asdict, fields, replace
 from pathlib import Path
 from typing import NamedTuple
@@ -270,10 +270,13 @@ class CurvePoint(NamedTuple):
     l0: float                 # on held-out activations
     ce_recovered: float | None  # on a slice of held-out text (zero-ablation baseline)
 
-def train_sae(spec: SAESpec, cfg: ReproConfig, store, eval_store, out: Path, model=None, log=print) -> dict:
-    "Train one SAE; write `out` (sae.safetensors, cfg.json, history.json); return its summary."
+def train_sae(spec: SAESpec, cfg: ReproConfig, store, eval_store, out: Path, model=None, log=print,
+              ckpt_dir=None) -> dict:
+    """Train one SAE; write `out` (sae.safetensors, cfg.json, history.json); return its summary.
+    `ckpt_dir`: checkpoint every tenth of the run there (with the training curve so far) and, if it already holds a
+    checkpoint (a killed earlier try), continue from the newest one: at most a tenth of the run is lost."""
     from sae_tutorial.sae import make_sae
-    from sae_tutorial.train import train
+    from sae_tutorial.train import train, latest_checkpoint
     from sae_tutorial.metrics import evaluate, ce_loss_recovered
     dev = get_device(cfg.device)
     seed_everything(spec.seed)
@@ -282,7 +285,17 @@ def train_sae(spec: SAESpec, cfg: ReproConfig, store, eval_store, out: Path, mod
     with torch.no_grad():   # b_dec starts at the data mean: the residual stream has a large common offset
         pick = np.random.default_rng(spec.seed).choice(store.n_rows, min(store.n_rows, 16_384), replace=False)
         sae.b_dec.copy_(store.get(np.sort(pick)).mean(0).to(sae.b_dec))
-    curve, at = [], set()
+    curve, at, resume, skip_below = [], set(), None, 0
+    if ckpt_dir is not None:
+        ckpt_dir = Path(ckpt_dir)
+        train_cfg = replace(train_cfg, checkpoint_every=max(1, cfg.steps // 10), checkpoint_dir=str(ckpt_dir),
+                            keep_checkpoints=2)
+        last = latest_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
+        if last is not None:                         # batches before the checkpoint are skipped, their curve points kept
+            resume, skip_below = ckpt_dir, json.loads((last/"state.json").read_text())["state"]["batches_drawn"]
+            if (ckpt_dir/"curve.json").exists():
+                curve = [CurvePoint(**p) for p in json.loads((ckpt_dir/"curve.json").read_text()) if p["step"] < skip_below]
+            log(f"    {spec.name}: resuming from {last.name} (batch {skip_below} of the data)")
     if spec.main and cfg.curve_points and cfg.curve_points > 1:
         at = {round(cfg.steps * i / (cfg.curve_points - 1)) for i in range(cfg.curve_points - 1)}
         toks, keep = eval_token_set(eval_store, max(cfg.ctx_len, cfg.ce_tokens // 3))
@@ -294,14 +307,15 @@ def train_sae(spec: SAESpec, cfg: ReproConfig, store, eval_store, out: Path, mod
         if model is not None:
             ce = ce_loss_recovered(ce_clean, spliced_ce(model, toks, keep, cfg.hook, sae_replacement(sae, eval_store.scale)), ce_zero)
         curve.append(CurvePoint(i, i * cfg.batch_size, r.explained_variance, r.l0, ce))
+        if ckpt_dir is not None: write_json_atomic(ckpt_dir/"curve.json", [p._asdict() for p in curve])
         log(f"    {spec.name}: {i * cfg.batch_size:>10,} tokens  EV {r.explained_variance:.3f}  L0 {r.l0:7.1f}"
             + (f"  CE rec {ce:.3f}" if ce is not None else ""))
     drawn = [0]
     def on_batch(i):
         drawn[0] = i + 1
-        if i in at: point(i)
+        if i in at and i >= skip_below: point(i)
     t0 = time.time()
-    res = train(sae, epoch_batches(store, cfg.batch_size, spec.seed, on_batch), loss_cfg, train_cfg)
+    res = train(sae, epoch_batches(store, cfg.batch_size, spec.seed, on_batch), loss_cfg, train_cfg, resume_from=resume)
     seconds = time.time() - t0
     if at: point(drawn[0])
     sae.save(out)
@@ -309,6 +323,7 @@ def train_sae(spec: SAESpec, cfg: ReproConfig, store, eval_store, out: Path, mod
                "d_sae": sae_cfg.d_sae, "k": cfg.k if spec.architecture == "topk" else None,
                "l1_coeff": cfg.l1_coeff if spec.architecture == "relu" else None, "steps": res.steps,
                "batches_drawn": drawn[0], "tokens_trained": drawn[0] * cfg.batch_size, "train_seconds": round(seconds, 1),
+               "resumed_at_batch": skip_below or None,
                "resamples": [list(e) for e in res.resamples], "curve": [p._asdict() for p in curve],
                "history": {k: v for k, v in asdict(res.history).items() if k in ("step", "loss", "l0", "mse", "dead")},
                "loss": asdict(loss_cfg), "train": {k: v for k, v in asdict(train_cfg).items()}}
@@ -525,12 +540,17 @@ def reproduce(cfg: ReproConfig | None = None, log=print, **kwargs) -> ReproResul
         keys[spec.name] = stage_key(stage="sae", v=1, data=dkeys, spec=spec._asdict(), k=cfg.k, l1=cfg.l1_coeff, steps=cfg.steps,
                                     bs=cfg.batch_size, lr=cfg.lr, curve=cfg.curve_points if spec.main else 0, ce=cfg.ce_tokens)
         folder = run/"saes"/spec.name
+        ckpt = run/"checkpoints"/f"{spec.name}-{keys[spec.name]}"      # mid-training checkpoints of this config only
+        for stale in (run/"checkpoints").glob(f"{spec.name}-*"):
+            if stale != ckpt: shutil.rmtree(stale, ignore_errors=True)
         if stage_done(folder, keys[spec.name]): log(f"  {spec.name}: trained earlier, skipped"); done(f"train/{spec.name}", False)
         else:
             log(f"  training {spec.name} ({spec.architecture}, expansion {spec.expansion:g}, seed {spec.seed})")
             model = lm().model if spec.main else None
-            _, ran = run_stage(folder, keys[spec.name], lambda tmp: train_sae(spec, cfg, store, eval_store, tmp, model, log), log)
+            _, ran = run_stage(folder, keys[spec.name],
+                               lambda tmp: train_sae(spec, cfg, store, eval_store, tmp, model, log, ckpt_dir=ckpt), log)
             done(f"train/{spec.name}", ran)
+        shutil.rmtree(ckpt, ignore_errors=True)                          # the SAE is published: its checkpoints go
         trained[spec.name] = json.loads((folder/"train.json").read_text())
     if cfg.stop_after == "train": return finish()
 

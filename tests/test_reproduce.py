@@ -46,6 +46,7 @@ def test_run_folder_has_every_promised_file(interrupted_then_resumed):
               "plots/repro_feature_categories.png", "dashboard/dashboards.html"):
         assert (run/f).is_file(), f
     assert not list(run.glob(".*")), "temporary stage folders were left behind"
+    assert not list(run.glob("checkpoints/*")), "mid-training checkpoints outlived their published SAE"
 
 
 def test_metrics_json_has_every_field(interrupted_then_resumed):
