@@ -552,6 +552,8 @@ def reproduce(cfg: ReproConfig | None = None, log=print, **kwargs) -> ReproResul
             done(f"train/{spec.name}", ran)
         shutil.rmtree(ckpt, ignore_errors=True)                          # the SAE is published: its checkpoints go
         trained[spec.name] = json.loads((folder/"train.json").read_text())
+    try: (run/"checkpoints").rmdir()                                      # empty once every SAE is published
+    except OSError: pass
     if cfg.stop_after == "train": return finish()
 
     log("[3/4] evaluate on held-out text")
