@@ -282,6 +282,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                           'sae_tutorial.distributed._spawn_entry': ( 'scaling.html#_spawn_entry',
                                                                                      'sae_tutorial/distributed.py'),
                                           'sae_tutorial.distributed._world': ('scaling.html#_world', 'sae_tutorial/distributed.py'),
+                                          'sae_tutorial.distributed._write_store_files': ( 'scaling.html#_write_store_files',
+                                                                                           'sae_tutorial/distributed.py'),
                                           'sae_tutorial.distributed.activation_bytes': ( 'scaling.html#activation_bytes',
                                                                                          'sae_tutorial/distributed.py'),
                                           'sae_tutorial.distributed.free_port': ('scaling.html#free_port', 'sae_tutorial/distributed.py'),

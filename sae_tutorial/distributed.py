@@ -14,6 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .sae import SAE, SAEConfig, BatchTopKSAE, make_sae
 from .losses import LossConfig, sae_loss
 from .activations import ActivationStore
+from .core import atomic_folder
 from .train import TrainConfig, TrainResult, FeatureUsage, RankSync, train
 
 # %% auto #0
@@ -114,12 +115,16 @@ def global_batches(store, global_batch_size: int, seed: int | None = None, epoch
 def write_disk_store(x: Tensor, path, seed: int = 0, train_batch_size: int = 4096, normalize: bool = False,
                      hook: str = "synthetic") -> Path:
     """Write activations `x` [n_rows, d_in] as a disk ActivationStore folder (float32 acts.bin + meta.json),
-    for data that does not come from a language model (tests, synthetic data). Open it with ActivationStore.load."""
+    for data that does not come from a language model (tests, synthetic data). Open it with ActivationStore.load.
+    The folder is published whole or not at all (`core.atomic_folder`)."""
     x = torch.as_tensor(x).detach().float().cpu().contiguous()
     if x.ndim != 2 or x.shape[0] == 0: raise ValueError(f"x must be a non-empty [n_rows, d_in] matrix, got {tuple(x.shape)}.")
-    path = Path(path)
-    if path.exists(): raise FileExistsError(f"{path} exists; choose another folder or delete it.")
-    path.mkdir(parents=True)
+    final = Path(path)
+    with atomic_folder(final) as path:
+        _write_store_files(x, path, seed, train_batch_size, normalize, hook)
+    return final
+
+def _write_store_files(x: Tensor, path: Path, seed: int, train_batch_size: int, normalize: bool, hook: str) -> None:
     n, d_in = x.shape
     (path/"acts.bin").write_bytes(x.numpy().tobytes())
     rows = torch.stack([torch.arange(n, dtype=torch.int32), torch.zeros(n, dtype=torch.int32)], 1)   # one row per "context"
@@ -132,7 +137,6 @@ def write_disk_store(x: Tensor, path, seed: int = 0, train_batch_size: int = 409
                 normalize=normalize, train_batch_size=train_batch_size, seed=seed, outlier_factor=None, special_ids=[],
                 ctx_len=1, n_contexts=n, model=None, mask_counts={"kept": n})
     (path/"meta.json").write_text(json.dumps(meta, indent=1))
-    return path
 
 # %% ../nbs/09_scaling.ipynb #d4d42921
 class SyncedFeatureUsage(FeatureUsage):

@@ -167,3 +167,23 @@ def test_train_ddp_checkpoint_resume_is_exact(store, tmp_path):
                         resume_from=ck/"step_000000006")
     assert resumed.steps == 16 and resumed.resamples == full.resamples
     for k, v in full.sae.state_dict().items(): torch.testing.assert_close(resumed.sae.state_dict()[k], v, rtol=0, atol=0)
+
+
+def test_write_disk_store_publishes_whole_or_nothing(tmp_path, monkeypatch):
+    "A disk full half-way through write_disk_store leaves no store and no debris; an existing folder is never replaced."
+    import errno
+    from sae_tutorial import distributed as D
+    x = torch.randn(10, 4)
+    real_save = D.np.save
+    calls = []
+    def full_on_third(path, arr, *a, **k):
+        calls.append(path)
+        if len(calls) == 3: raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(path, arr, *a, **k)
+    monkeypatch.setattr(D.np, "save", full_on_third)
+    with pytest.raises(OSError, match="free some space"): D.write_disk_store(x, tmp_path/"store")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(D.np, "save", real_save)
+    back = ActivationStore.load(D.write_disk_store(x, tmp_path/"store"))
+    assert torch.equal(back.get(range(10)), x)
+    with pytest.raises(FileExistsError): D.write_disk_store(x, tmp_path/"store")
