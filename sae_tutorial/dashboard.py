@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from .core import check_finite  # noqa: F401  (re-exported for callers checking their stores)
 from .lm import EOT_ID
+from .activations import check_hook
 
 # %% auto #0
 __all__ = ['DASHBOARD_CSS', 'SORTS', 'DashboardConfig', 'merge_topk', 'Examples', 'FeatureData', 'final_norm_weight',
@@ -567,6 +568,7 @@ def features_on_text(model, sae, text: str, hook: str, scale: float = 1.0, token
                      bos: int | None = EOT_ID) -> TextFeatures:
     "Run `model` on `text` up to `hook`, mask sinks as the store does, and encode the rest with `sae` (inputs × scale)."
     from sae_tutorial.activations import sink_mask, hook_layer
+    check_hook(model, hook)
     tokenizer = tokenizer or model.tokenizer
     ids = ([bos] if bos is not None else []) + tokenizer(text, add_special_tokens=False)["input_ids"]
     if len(ids) < 2: raise ValueError("The text is empty; type at least one token.")
@@ -630,7 +632,7 @@ def steer_generations(model, sae, feature: int, prompt: str, hook: str, coeffs: 
     """Generate from `prompt` once per coefficient: mode 'add' adds coeff * W_dec[feature]/scale at `hook`,
     mode 'clamp' sets the feature to coeff. The same seed for every row, so only the intervention differs."""
     if mode not in ("add", "clamp"): raise ValueError(f"mode must be 'add' or 'clamp', got {mode!r}.")
-    if hook not in model.hook_dict: raise ValueError(f"{hook!r} is not a hook point of the model (e.g. store.hook).")
+    check_hook(model, hook)                                         # names the closest valid hooks
     out = []
     for c in coeffs:
         fn = steering_hook(feature_direction(sae, feature, scale), c) if mode == "add" else clamp_hook(sae, feature, c, scale)

@@ -448,9 +448,9 @@ def splice_metrics(model, token_batches: Iterable, hook_name: str, sae, *, mean_
     [batch, seq] or (tokens, keep) with keep [batch, seq] bool (True: splice this position and score the prediction
     made at it). `keep_fn(tokens, act) -> [batch, seq] bool` can add a mask computed from the clean activation
     (e.g. drop attention sinks by norm); it is ANDed with `keep`. Mark padding False yourself."""
-    hook_dict = getattr(model, "hook_dict", None)
-    if hook_dict is not None and hook_name not in hook_dict:
-        raise ValueError(f"{hook_name!r} is not a hook point of this model; some that are: {list(hook_dict)[:8]}")
+    if getattr(model, "hook_dict", None) is not None:
+        from sae_tutorial.activations import check_hook   # layer out of range, or the closest valid names
+        check_hook(model, hook_name)
     dev, sae_dev, sae_dt = _device_of(model), _device_of(sae), _dtype_of(sae)
     with _eval_mode(sae), _eval_mode(model):
         return _splice_metrics(model, token_batches, hook_name, sae, mean_act, act_scale, keep_fn, max_batches,
