@@ -504,6 +504,7 @@ def reproduce(cfg: ReproConfig | None = None, log=print, **kwargs) -> ReproResul
     "Run (or resume) the reproduction described by `cfg` (or `ReproConfig(**kwargs)`); see the folder layout above."
     from sae_tutorial.sae import SAE
     from sae_tutorial.lm import load_lm
+    from sae_tutorial.activations import check_hook
     t_start = time.time()
     cfg = (cfg or ReproConfig(**kwargs)).resolved()
     run = Path(cfg.run_dir); run.mkdir(parents=True, exist_ok=True)
@@ -527,6 +528,7 @@ def reproduce(cfg: ReproConfig | None = None, log=print, **kwargs) -> ReproResul
         if stage_done(run/f"data_{split}", dkeys[split]): log(f"  data_{split}: done earlier, skipped"); done(f"data_{split}", False)
         else:
             model, tok = lm()
+            check_hook(model, cfg.hook)                  # a bad hook fails now, not after the corpus is built
             _, ran = run_stage(run/f"data_{split}", dkeys[split], lambda tmp: build_data(cfg, split, model, tok, tmp, log), log)
             done(f"data_{split}", ran)
     info = {s: json.loads((run/f"data_{s}"/"info.json").read_text()) for s in ("train", "eval")}

@@ -133,3 +133,11 @@ def test_splitting_families_by_hand():
     fams = splitting_families(W_small, W_large, torch.ones(2), torch.ones(4))
     assert len(fams) == 1 and fams[0]["parent"] == 0 and sorted(fams[0]["children"]) == [0, 1]
     assert fams[0]["cos"][0] == pytest.approx(1 / np.sqrt(1.25), abs=1e-3)
+
+
+def test_bad_hook_fails_before_any_data_is_built(tmp_path):
+    "A misspelt hook stops the run at once, naming the closest hooks, with no corpus, store or stage folder written."
+    run = tmp_path/"r"
+    with pytest.raises(ValueError, match="not a hook point.*blocks.15.hook_resid_post"):
+        reproduce(ReproConfig(preset="ci", run_dir=str(run), hook="blocks.15.hook_resid_pst", progress=False))
+    assert sorted(p.name for p in run.iterdir()) == ["config.json"]
