@@ -5,7 +5,8 @@ numpy formula written here, or a true mathematical invariant (permutation, resca
 Hypothesis draws float32-representable values (what SAE activations are) including zeros, ties and
 extreme magnitudes. Example counts are kept small so the file runs in well under a minute on 2 shared cores.
 Run: SAE_TUTORIAL_BUDGET=ci python -m pytest -q tests/test_properties.py
-(SAE_TUTORIAL_HYPOTHESIS_X=20 multiplies every example count, for a deeper search before a release.)
+(SAE_TUTORIAL_HYPOTHESIS_X=20 multiplies every example count, for a deeper search before a release. By default the
+examples are derandomized, so CI sees the same ones every run; with SAE_TUTORIAL_HYPOTHESIS_X > 1 they are random.)
 """
 from fractions import Fraction
 import math, os
@@ -24,8 +25,9 @@ from sae_tutorial.metrics import (mse, explained_variance, fvu, cosine_sim, rela
 
 _X = int(os.environ.get("SAE_TUTORIAL_HYPOTHESIS_X", "1"))   # e.g. 20 for a deeper (slower) search
 _HC = [HealthCheck.too_slow, HealthCheck.filter_too_much]
-FEW = settings(max_examples=30 * _X, deadline=None, suppress_health_check=_HC)
-SOME = settings(max_examples=60 * _X, deadline=None, suppress_health_check=_HC)
+_FIXED = _X == 1                                                # CI: the same examples every run (no flaky red)
+FEW = settings(max_examples=30 * _X, deadline=None, suppress_health_check=_HC, derandomize=_FIXED, database=None if _FIXED else settings.default.database)
+SOME = settings(max_examples=60 * _X, deadline=None, suppress_health_check=_HC, derandomize=_FIXED, database=None if _FIXED else settings.default.database)
 
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
@@ -363,7 +365,10 @@ def test_reconstruction_stats_any_split_equals_one_pass(p, data):
     assert r.mse == pytest.approx(r1.mse, rel=1e-12, abs=1e-300)
     assert r.cosine_sim == pytest.approx(r1.cosine_sim, rel=1e-12, abs=1e-15)
     if dot > 0: assert r.rel_bias == pytest.approx(float(hh / dot), rel=1e-9)
-    assert r.explained_variance == pytest.approx(explained_variance(T(x), T(x_hat)), rel=1e-9, abs=1e-12)
+    # EV = 1 - FVU inherits FVU's absolute error, so it is compared on that scale (near EV = 0 a relative check
+    # would magnify float64 rounding of badly conditioned data, e.g. rows equal to 6 digits)
+    for ev in (r.explained_variance, explained_variance(T(x), T(x_hat))):
+        assert 1 - ev == pytest.approx(float(sse / var), rel=1e-9, abs=1e-12)
 
 # ================================================================ metrics: sparsity
 @SOME
