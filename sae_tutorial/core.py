@@ -2,7 +2,7 @@
 
 # %% ../nbs/00_core.ipynb #4b7b89b7
 from __future__ import annotations
-import errno, os, random, shutil, tempfile
+import errno, hashlib, os, random, shutil, tempfile
 from contextlib import contextmanager
 from pathlib import Path
 import numpy as np
@@ -10,7 +10,7 @@ import torch
 
 # %% auto #0
 __all__ = ['BUDGETS', 'budget', 'per_budget', 'get_device', 'seed_everything', 'check_finite', 'project_root', 'images_dir',
-           'save_figure', 'cache_dir', 'atomic_folder', 'atomic_file']
+           'save_figure', 'cache_dir', 'sha256_file', 'atomic_folder', 'atomic_file']
 
 # %% ../nbs/00_core.ipynb #11a57b6a
 BUDGETS = ("ci", "cpu", "gpu")
@@ -91,6 +91,13 @@ def cache_dir() -> Path:
     return d
 
 # %% ../nbs/00_core.ipynb #cbcfaf53
+def sha256_file(path, chunk: int = 1 << 20) -> str:
+    "Hex SHA-256 of a file, read in chunks (pinned downloads, checkpoint manifests)."
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk): h.update(b)
+    return h.hexdigest()
+
 def _pid_alive(pid: int) -> bool:
     try: os.kill(pid, 0)
     except ProcessLookupError: return False

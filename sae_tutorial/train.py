@@ -2,7 +2,7 @@
 
 # %% ../nbs/04_training.ipynb #33a60d5a
 from __future__ import annotations
-import hashlib, itertools, json, math, os, random, shutil, time
+import itertools, json, math, os, random, shutil, time
 from collections import deque
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -14,7 +14,7 @@ from torch.optim.lr_scheduler import LinearLR, CosineAnnealingLR, ConstantLR, Se
 from safetensors import SafetensorError
 from safetensors.torch import save_file, load_file
 from tqdm.auto import tqdm
-from .core import check_finite, atomic_folder
+from .core import check_finite, atomic_folder, sha256_file
 from .sae import SAE, SAEConfig
 from .losses import LossConfig, sae_loss
 
@@ -299,12 +299,6 @@ def _set_rng_state(tensors: dict, js: dict) -> None:
     random.setstate(_python_rng_state(js))
     np.random.set_state(_numpy_rng_state(js))
 
-def _sha256(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""): h.update(block)
-    return h.hexdigest()
-
 def save_checkpoint(folder, sae: SAE, optimizer, scheduler, usage: FeatureUsage, generator: torch.Generator,
                     state: dict, history: TrainHistory, resamples: list, cfg: TrainConfig) -> Path:
     """Write a checkpoint atomically with `core.atomic_folder`: it is built in a temporary sibling folder and renamed
@@ -322,7 +316,7 @@ def save_checkpoint(folder, sae: SAE, optimizer, scheduler, usage: FeatureUsage,
         tensors["rng.trainer"] = generator.get_state()
         rng_t, rng_j = _rng_state(); tensors.update(rng_t)
         save_file({k: v.cpu() for k, v in tensors.items()}, tmp/"state.safetensors")
-        files = {p.relative_to(tmp).as_posix(): [p.stat().st_size, _sha256(p)] for p in sorted(tmp.rglob("*")) if p.is_file()}
+        files = {p.relative_to(tmp).as_posix(): [p.stat().st_size, sha256_file(p)] for p in sorted(tmp.rglob("*")) if p.is_file()}
         meta = {"state": state, "param_groups": opt["param_groups"], "scheduler": scheduler.state_dict(),
                 "usage": {k: u[k] for k in ("tokens", "window_tokens", "sizes")}, "rng": rng_j,
                 "history": history.as_dict(), "resamples": [e._asdict() for e in resamples], "train_cfg": asdict(cfg),
@@ -390,7 +384,7 @@ def _read_checkpoint(path: Path, sae: SAE, optimizer, scheduler, usage: FeatureU
         if not p.is_file(): raise bad(f"{name} is missing")
         if want is not None and p.stat().st_size != want[0]:
             raise bad(f"{name} has {p.stat().st_size} bytes, state.json recorded {want[0]} (truncated or overwritten)")
-        if want is not None and _sha256(p) != want[1]: raise bad(f"{name} does not match the sha256 recorded in state.json")
+        if want is not None and sha256_file(p) != want[1]: raise bad(f"{name} does not match the sha256 recorded in state.json")
     try: tensors = load_file(path/"state.safetensors")
     except (SafetensorError, OSError, ValueError) as e: raise bad(f"state.safetensors cannot be read ({e})") from e
     try: ck_sae = SAE.load(path/"sae", device=sae.W_dec.device, dtype=sae.W_dec.dtype)
