@@ -6,8 +6,8 @@ plain autograd path, from the same seed, on a finished reproduction's training s
 
 Why: a ReLU SAE starts dense (half its latents fire at init) and only becomes sparse as the L1 penalty bites, so the
 per-step numbers of train_throughput.md (fresh weights, or weights that are already sparse) bracket a real run;
-this measures one. The run repeats reproduce.train_sae's set-up for the ReLU SAE (same configs, b_dec at the data
-mean, same batches) and times `train` alone. Writes benchmarks/relu_run.{md,json}.
+this measures one. The run starts the ReLU SAE as reproduce.train_sae does (`start_sae`: same configs, b_dec at
+the data mean; same batches) and times `train` alone. Writes benchmarks/relu_run.{md,json}.
 """
 from __future__ import annotations
 
@@ -20,26 +20,19 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from sae_tutorial.core import seed_everything                                            # noqa: E402
 from sae_tutorial.metrics import evaluate                                                # noqa: E402
-from sae_tutorial.reproduce import ReproConfig, SAESpec, epoch_batches, load_store, train_configs  # noqa: E402
-from sae_tutorial.sae import make_sae                                                    # noqa: E402
+from sae_tutorial.reproduce import ReproConfig, SAESpec, epoch_batches, load_store, start_sae  # noqa: E402
 from sae_tutorial.train import train                                                     # noqa: E402
 
 
 def one_run(cfg: ReproConfig, store, eval_store, fast: bool) -> dict:
     spec = SAESpec("relu", "relu", cfg.expansion, cfg.seed, True)
-    seed_everything(spec.seed)
-    sae_cfg, loss_cfg, train_cfg = train_configs(spec, cfg, store.d_in)
-    sae = make_sae(replace(sae_cfg, fast=fast))
-    with torch.no_grad():
-        pick = np.random.default_rng(spec.seed).choice(store.n_rows, min(store.n_rows, 16_384), replace=False)
-        sae.b_dec.copy_(store.get(np.sort(pick)).mean(0).to(sae.b_dec))
+    sae, loss_cfg, train_cfg = start_sae(spec, cfg, store, fast=fast)      # exactly reproduce.train_sae's start
     t0, c0 = time.perf_counter(), time.process_time()
     res = train(sae, epoch_batches(store, cfg.batch_size, spec.seed), loss_cfg, replace(train_cfg, progress=False))
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     ev = evaluate(sae, eval_store.batches(4096, shuffle=False))
-    d_sae = sae_cfg.d_sae
+    d_sae = sae.cfg.d_sae
     sparse_from = next((s for s, l in zip(res.history.step, res.history.l0) if l / d_sae <= 1 / 8), None)
     return dict(fast=fast, steps=res.steps, tokens=res.steps * cfg.batch_size, wall_s=wall, cpu_s=cpu,
                 tokens_per_s=res.steps * cfg.batch_size / wall, d_sae=d_sae, first_step_at_or_below_1_8=sparse_from,

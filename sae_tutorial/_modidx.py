@@ -505,6 +505,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                        'sae_tutorial/reproduce.py'),
                                         'sae_tutorial.reproduce.stage_done': ('reproduction.html#stage_done', 'sae_tutorial/reproduce.py'),
                                         'sae_tutorial.reproduce.stage_key': ('reproduction.html#stage_key', 'sae_tutorial/reproduce.py'),
+                                        'sae_tutorial.reproduce.start_sae': ('reproduction.html#start_sae', 'sae_tutorial/reproduce.py'),
                                         'sae_tutorial.reproduce.top_examples': ( 'reproduction.html#top_examples',
                                                                                  'sae_tutorial/reproduce.py'),
                                         'sae_tutorial.reproduce.train_configs': ( 'reproduction.html#train_configs',

@@ -17,7 +17,7 @@ from .core import atomic_file, atomic_folder, get_device, project_root, seed_eve
 __all__ = ['PRESETS', 'METRIC_FIELDS', 'PLACES', 'CATEGORIES', 'TARGET_EV', 'TARGET_CE', 'TARGET_L0', 'PLOTS', 'ReproConfig',
            'stage_key', 'stage_done', 'run_stage', 'write_json_atomic', 'split_documents_by_index', 'held_out_probe',
            'load_store', 'data_key', 'build_data', 'SAESpec', 'sae_specs', 'train_configs', 'epoch_batches',
-           'spliced_ce', 'sae_replacement', 'eval_token_set', 'CurvePoint', 'train_sae', 'density_hist',
+           'spliced_ce', 'sae_replacement', 'eval_token_set', 'CurvePoint', 'start_sae', 'train_sae', 'density_hist',
            'check_sae_fits_store', 'evaluate_sae', 'encode_rows', 'universality', 'splitting_families',
            'category_labels', 'category_features', 'top_examples', 'ReproResult', 'results_table', 'write_dashboard',
            'reproduce', 'reproduce_cli', 'plot_density', 'plot_curve', 'plot_universality', 'plot_splitting',
@@ -270,21 +270,27 @@ class CurvePoint(NamedTuple):
     l0: float                 # on held-out activations
     ce_recovered: float | None  # on a slice of held-out text (zero-ablation baseline)
 
+def start_sae(spec: SAESpec, cfg: ReproConfig, store, device=None, fast: bool = True):
+    """(sae, loss_cfg, train_cfg) for one SAE of the run, ready for `train`: seeded with spec.seed, the run's configs,
+    and b_dec at the mean of up to 16,384 store rows (the residual stream has a large common offset)."""
+    from sae_tutorial.sae import make_sae
+    seed_everything(spec.seed)
+    sae_cfg, loss_cfg, train_cfg = train_configs(spec, cfg, store.d_in)
+    sae = make_sae(replace(sae_cfg, fast=fast), device=device)
+    with torch.no_grad():
+        pick = np.random.default_rng(spec.seed).choice(store.n_rows, min(store.n_rows, 16_384), replace=False)
+        sae.b_dec.copy_(store.get(np.sort(pick)).mean(0).to(sae.b_dec))
+    return sae, loss_cfg, train_cfg
+
 def train_sae(spec: SAESpec, cfg: ReproConfig, store, eval_store, out: Path, model=None, log=print,
               ckpt_dir=None) -> dict:
     """Train one SAE; write `out` (sae.safetensors, cfg.json, history.json); return its summary.
     `ckpt_dir`: checkpoint every tenth of the run there (with the training curve so far) and, if it already holds a
     checkpoint (a killed earlier try), continue from the newest one: at most a tenth of the run is lost."""
-    from sae_tutorial.sae import make_sae
     from sae_tutorial.train import train, latest_checkpoint
     from sae_tutorial.metrics import evaluate, ce_loss_recovered
     dev = get_device(cfg.device)
-    seed_everything(spec.seed)
-    sae_cfg, loss_cfg, train_cfg = train_configs(spec, cfg, store.d_in)
-    sae = make_sae(sae_cfg, device=dev)
-    with torch.no_grad():   # b_dec starts at the data mean: the residual stream has a large common offset
-        pick = np.random.default_rng(spec.seed).choice(store.n_rows, min(store.n_rows, 16_384), replace=False)
-        sae.b_dec.copy_(store.get(np.sort(pick)).mean(0).to(sae.b_dec))
+    sae, loss_cfg, train_cfg = start_sae(spec, cfg, store, dev)
     curve, at, resume, skip_below = [], set(), None, 0
     if ckpt_dir is not None:
         ckpt_dir = Path(ckpt_dir)
@@ -320,7 +326,7 @@ def train_sae(spec: SAESpec, cfg: ReproConfig, store, eval_store, out: Path, mod
     if at: point(drawn[0])
     sae.save(out)
     summary = {"name": spec.name, "architecture": spec.architecture, "expansion": spec.expansion, "seed": spec.seed,
-               "d_sae": sae_cfg.d_sae, "k": cfg.k if spec.architecture == "topk" else None,
+               "d_sae": sae.cfg.d_sae, "k": cfg.k if spec.architecture == "topk" else None,
                "l1_coeff": cfg.l1_coeff if spec.architecture == "relu" else None, "steps": res.steps,
                "batches_drawn": drawn[0], "tokens_trained": drawn[0] * cfg.batch_size, "train_seconds": round(seconds, 1),
                "resumed_at_batch": skip_below or None,
