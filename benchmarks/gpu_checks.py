@@ -14,7 +14,7 @@
 """
 from __future__ import annotations
 
-import argparse, json, os, statistics, subprocess, sys, time
+import argparse, json, os, subprocess, sys, time
 from pathlib import Path
 
 import torch
@@ -24,6 +24,8 @@ sys.path.insert(0, str(ROOT))
 
 from sae_tutorial.losses import LossConfig, sae_loss          # noqa: E402
 from sae_tutorial.sae import SAEConfig, make_sae, ReLUSAE      # noqa: E402
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from train_throughput import time_cuda                         # noqa: E402
 
 
 def grads(sae, x, lcfg):
@@ -106,16 +108,6 @@ def check_determinism():
     return res
 
 
-def time_cuda(fn, reps=10):
-    for _ in range(3): fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); fn(); b.record(); b.synchronize(); ts.append(a.elapsed_time(b) / 1e3)
-    return statistics.median(ts)
-
-
 def check_relu_switch(dev):
     d_in, exp, B = 768, 32, 4096
     torch.manual_seed(0)
@@ -135,7 +127,7 @@ def check_relu_switch(dev):
         r = dict(density_of_f=frac, mean_l0=frac * sae.cfg.d_sae)
         for name, dens in (("dense", 0.0), ("sparse", 1.0)):
             ReLUSAE.sparse_max_density = dens
-            r[name + "_ms"] = 1e3 * time_cuda(step)
+            r[name + "_ms"] = time_cuda(step, reps=10)
         rows.append(r); print(r, flush=True)
     ReLUSAE.sparse_max_density = None
     return rows

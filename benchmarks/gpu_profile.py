@@ -10,7 +10,7 @@
 """
 from __future__ import annotations
 
-import argparse, json, statistics, sys, time
+import argparse, json, sys, time
 from pathlib import Path
 
 import torch
@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from sae_tutorial.losses import LossConfig                     # noqa: E402
 from sae_tutorial.sae import SAEConfig, make_sae, _ByFeature   # noqa: E402
 from sae_tutorial.train import TrainConfig, train              # noqa: E402
-from train_throughput import make_data, make_sparse_init, make_init  # noqa: E402
+from train_throughput import make_data, make_sparse_init, make_init, time_cuda as _time_cuda  # noqa: E402
 
 
 DEV = "cuda"
@@ -33,15 +33,7 @@ def sync():
 
 
 def time_cuda(fn, reps=20):
-    if DEV != "cuda":
-        t = time.perf_counter(); fn(); return (time.perf_counter() - t) * 1e3
-    for _ in range(3): fn()
-    sync()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); fn(); b.record(); b.synchronize(); ts.append(a.elapsed_time(b))
-    return statistics.median(ts)
+    return _time_cuda(fn, reps, cuda=DEV == "cuda")
 
 
 def profile_steps(arch, init, x, lcfg, steps=10):

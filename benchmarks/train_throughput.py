@@ -27,6 +27,7 @@ What it does
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -121,19 +122,27 @@ def start_l0(arch: str, init: dict, x: torch.Tensor, k: int) -> dict:
     return dict(mean=float(n.mean()), max=int(n.max()))
 
 
+def time_cuda(fn, reps: int = 20, cuda: bool = True) -> float:
+    """Median milliseconds of fn() over `reps` calls after 3 warm-up calls, timed with CUDA events; without CUDA
+    (`cuda=False` or none available) one call timed with the host clock (dry runs)."""
+    if not (cuda and torch.cuda.is_available()):
+        t = time.perf_counter(); fn(); return (time.perf_counter() - t) * 1e3
+    for _ in range(3): fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record(); fn(); b.record(); b.synchronize(); ts.append(a.elapsed_time(b))
+    return statistics.median(ts)
+
+
 def matmul_ceiling(B: int, d_in: int, d_sae: int, device: str, dtype=torch.float32, reps: int = 20) -> dict:
     """The encoder's product [B, d_in] @ [d_in, d_sae] timed alone on `device` (median of `reps` after warm-up,
     three input sets rotated so the cache is not what is timed): the rate a step's dense work can reach."""
     xs = [torch.randn(B, d_in, device=device, dtype=dtype) for _ in range(3)]
     Ws = [torch.randn(d_in, d_sae, device=device, dtype=dtype) for _ in range(3)]
-    for i in range(3): xs[i] @ Ws[i]
-    torch.cuda.synchronize()
-    ts = []
-    for i in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); xs[i % 3] @ Ws[i % 3]; b.record(); b.synchronize()
-        ts.append(a.elapsed_time(b) / 1e3)
-    t = statistics.median(ts)
+    turn = itertools.cycle(range(3))
+    t = time_cuda(lambda: (lambda i: xs[i] @ Ws[i])(next(turn)), reps) / 1e3
     return dict(dtype=str(dtype), seconds=t, tflops=2 * B * d_in * d_sae / t / 1e12,
                 tf32=torch.backends.cuda.matmul.allow_tf32)
 
