@@ -1,15 +1,16 @@
 """A reproduction's SAE training (the `sae-tutorial train` / `reproduce` path, issue #13) killed with SIGKILL
 mid-run continues from its last checkpoint: at most a tenth of the run is lost, and the finished SAE, loss curve and
-training curve equal an uninterrupted run's. The store is a small in-RAM stand-in with planted sparse features and
-no language model (model=None), so the test needs neither the model nor a harvest."""
+training curve equal an uninterrupted run's. The store is a small disk ActivationStore of planted sparse features
+(distributed.write_disk_store) and there is no language model (model=None), so the test needs no harvest."""
 import json, os, signal, subprocess, sys, time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from sae_tutorial.activations import ActivationStore
+from sae_tutorial.distributed import write_disk_store
 from sae_tutorial.reproduce import ReproConfig, SAESpec, train_sae
 from sae_tutorial.sae import SAE
 
@@ -19,29 +20,29 @@ ROOT = HERE.parent
 STEPS, BATCH = 200, 64
 
 
-class TinyStore:
-    "The parts of an ActivationStore that train_sae uses: rows of planted sparse features, and a token/mask stub."
+def planted_store(folder: Path) -> Path:
+    "A real disk ActivationStore (distributed.write_disk_store) of rows made of planted sparse features."
+    if not folder.exists():
+        g = torch.Generator().manual_seed(0)
+        D = F.normalize(torch.randn(48, 16, generator=g), dim=1)
+        acts = (torch.rand(2048, 48, generator=g) < 3 / 48) * torch.rand(2048, 48, generator=g)
+        write_disk_store(acts @ D + 0.01 * torch.randn(2048, 16, generator=g), folder)
+    return folder
 
-    def __init__(self, n=2048, d_in=16, seed=0, pause=0.0, report=False):
-        g = torch.Generator().manual_seed(seed)
-        D = F.normalize(torch.randn(48, d_in, generator=g), dim=1)
-        acts = (torch.rand(n, 48, generator=g) < 3 / 48) * torch.rand(n, 48, generator=g)
-        self.x = acts @ D + 0.01 * torch.randn(n, d_in, generator=g)
-        self.n_rows, self.d_in, self.scale, self.pause, self.report, self.drawn = n, d_in, 1.0, pause, report, 0
-        self.tokens, self.mask = torch.zeros(4, 8, dtype=torch.long), torch.zeros(4, 8, dtype=torch.uint8)
 
-    def get(self, idx, normalize=None):
-        return self.x[torch.as_tensor(np.asarray(idx), dtype=torch.long)]
-
-    def batches(self, batch_size=None, shuffle=True, seed=None, normalize=None, device=None, drop_last=False):
-        order = np.random.default_rng(seed or 0).permutation(self.n_rows) if shuffle else np.arange(self.n_rows)
-        for i in range(0, self.n_rows, batch_size):
-            idx = order[i:i + batch_size]
-            if drop_last and len(idx) < batch_size: break
-            if self.pause: time.sleep(self.pause)          # slow the killed child so the parent can catch it mid-run
-            if self.report: print(f"batch {self.drawn}", flush=True)
-            self.drawn += 1
-            yield self.get(idx)
+def open_store(folder: Path, pause: float = 0.0, report: bool = False) -> ActivationStore:
+    "The store; `pause` slows each batch (so the parent can kill the child mid-run), `report` prints its index."
+    store = ActivationStore.load(folder)
+    if pause or report:
+        plain, drawn = store.batches, [0]
+        def batches(*args, **kw):
+            for x in plain(*args, **kw):
+                time.sleep(pause)
+                if report: print(f"batch {drawn[0]}", flush=True)
+                drawn[0] += 1
+                yield x
+        store.batches = batches
+    return store
 
 
 CFG = ReproConfig(preset="ci", expansion=4, archs="relu", l1_coeff=3e-3, steps=STEPS, batch_size=BATCH, lr=3e-3,
@@ -49,19 +50,19 @@ CFG = ReproConfig(preset="ci", expansion=4, archs="relu", l1_coeff=3e-3, steps=S
 SPEC = SAESpec("relu", "relu", 4, 0, True)
 
 
-def run_child(out: str, ck: str) -> None:
+def run_child(store: str, out: str, ck: str) -> None:
     "What the killed subprocess runs (it imports this module, so both sides train exactly the same thing)."
     torch.set_num_threads(1)
-    train_sae(SPEC, CFG, TinyStore(pause=0.01, report=True), TinyStore(), Path(out), None, log=lambda s: None,
-              ckpt_dir=Path(ck))
+    train_sae(SPEC, CFG, open_store(Path(store), pause=0.01, report=True), open_store(Path(store)), Path(out), None,
+              log=lambda s: None, ckpt_dir=Path(ck))
 
 
 def test_sigkill_mid_training_then_resume_equals_uninterrupted(tmp_path):
-    ck = tmp_path/"ck"
+    ck, store = tmp_path/"ck", planted_store(tmp_path/"store")
     env = {**os.environ, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")])}
     child = subprocess.Popen([sys.executable, "-c", f"import test_reproduce_resume as t; "
-                              f"t.run_child({str(tmp_path/'out_killed')!r}, {str(ck)!r})"],
+                              f"t.run_child({str(store)!r}, {str(tmp_path/'out_killed')!r}, {str(ck)!r})"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     deadline = time.monotonic() + 90
     try:
@@ -84,10 +85,10 @@ def test_sigkill_mid_training_then_resume_equals_uninterrupted(tmp_path):
     assert 0 < drawn - state["batches_drawn"] <= STEPS // 10 + 8, (drawn, state)
 
     logs = []
-    resumed = train_sae(SPEC, CFG, TinyStore(), TinyStore(), tmp_path/"out_resumed", None, log=logs.append, ckpt_dir=ck)
+    resumed = train_sae(SPEC, CFG, open_store(store), open_store(store), tmp_path/"out_resumed", None, log=logs.append, ckpt_dir=ck)
     assert any(f"resuming from {newest.name}" in s for s in logs), logs
     assert resumed["resumed_at_batch"] == state["batches_drawn"]
-    full = train_sae(SPEC, CFG, TinyStore(), TinyStore(), tmp_path/"out_full", None, log=lambda s: None,
+    full = train_sae(SPEC, CFG, open_store(store), open_store(store), tmp_path/"out_full", None, log=lambda s: None,
                      ckpt_dir=tmp_path/"ck_full")
     assert full["resumed_at_batch"] is None
     a, b = SAE.load(tmp_path/"out_full"), SAE.load(tmp_path/"out_resumed")
