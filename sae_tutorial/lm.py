@@ -70,18 +70,14 @@ def hub_offline(timeout: float = 2.0) -> bool:
         socket.create_connection(("huggingface.co", 443), timeout=timeout).close(); return False
     except OSError: return True
 
-class _PublishedElsewhere(Exception): "Another process published the folder while we built ours."
-
 def _atomic_dir(final: Path, build) -> Path:
     """Build a folder with `build(tmp)` in a temporary sibling and publish it as `final` in one step
     (`core.atomic_folder`: on any error, disk full included, nothing is published and the temporary is removed).
     If another process publishes `final` first (two notebooks loading the model at once), its folder is kept."""
     final = Path(final)
     try:
-        with atomic_folder(final) as tmp:
-            build(tmp)
-            if final.exists(): raise _PublishedElsewhere   # drops our copy; theirs is just as good
-    except (_PublishedElsewhere, FileExistsError):
+        with atomic_folder(final) as tmp: build(tmp)
+    except FileExistsError:                        # it appeared while we built: ours is dropped, theirs is as good
         if not final.exists(): raise
     return final
 
