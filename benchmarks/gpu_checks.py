@@ -9,6 +9,9 @@
 2. Determinism: the same seed trained twice on the GPU (50 steps of `train`), bit-identical or not, with the
    default settings and with torch.use_deterministic_algorithms(True) + CUBLAS_WORKSPACE_CONFIG=:4096:8
    (each in a fresh subprocess, since the workspace setting must come before CUDA starts).
+4. Host syncs: how many times the CPU waits for the GPU (torch.cuda.set_sync_debug_mode("warn")) in a fast
+   forward, its backward, and in `train` per step, for TopK and ReLU on its sparse branch (TopK's forward and
+   backward are meant to have none; ReLU counts its pairs once; `train` checks finiteness once a step).
 3. ReLUSparse's switch on the GPU: forward + backward time of the dense and the sparse branch at 768 x 24576,
    batch 4096, as the fraction of non-zero entries of f grows (the CPU crossover is about 1/6).
 """
@@ -133,6 +136,43 @@ def check_relu_switch(dev):
     return rows
 
 
+def check_syncs(dev):
+    "Host syncs (CUDA sync-debug warnings) in a forward, a backward and a `train` step, per architecture."
+    import warnings
+    from sae_tutorial.train import TrainConfig, train
+    rows = []
+    for arch in ("topk", "relu"):
+        ReLUSAE.sparse_max_density = 1.0 if arch == "relu" else None
+        torch.manual_seed(0)
+        sae = make_sae(SAEConfig(d_in=768, expansion_factor=8, architecture=arch, k=32), device=dev)
+        if arch == "relu":
+            with torch.no_grad(): sae.b_enc.fill_(-0.3)
+        x = torch.randn(4096, 768, device=dev)
+        lc = LossConfig(sparsity="l1" if arch == "relu" else "none", sparsity_coeff=1e-3)
+        grads(sae, x, lc); torch.cuda.synchronize()                               # warm-up
+        r = dict(arch=arch)
+
+        def count(fn):
+            with warnings.catch_warnings(record=True) as w:
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                try: fn()
+                finally: torch.cuda.set_sync_debug_mode(0)
+            msgs = [str(m.message).splitlines()[0][:120] for m in w if "synchroniz" in str(m.message)]
+            return len(msgs), msgs[:3]
+        sae.zero_grad(set_to_none=True)
+        held = {}
+        r["forward"], r["forward_msgs"] = count(lambda: held.update(loss=sae_loss(sae, x, sae(x), lc).total))
+        torch.cuda.synchronize()
+        r["backward"], r["backward_msgs"] = count(lambda: held["loss"].backward())
+        n = 10
+        n_sync, msgs = count(lambda: train(sae, [x] * n, lc, TrainConfig(lr=1e-4, progress=False, log_every=n)))
+        r["train_per_step"], r["train_msgs"] = n_sync / n, msgs
+        rows.append(r); print(r, flush=True)
+    ReLUSAE.sparse_max_density = None
+    return rows
+
+
 def render(res: dict) -> str:
     "benchmarks/gpu_checks.md from the results dict."
     md = ["# GPU checks", "", f"Command: `{res.get('command')}` on {res.get('gpu')}, torch {res.get('torch')}.", ""]
@@ -158,13 +198,20 @@ def render(res: dict) -> str:
                "| fraction of f non-zero | mean L0 | dense branch (ms) | sparse branch (ms) |", "|---:|---:|---:|---:|"]
         md += [f"| {r['density_of_f']:.3f} | {r['mean_l0']:.0f} | {r['dense_ms']:.2f} | {r['sparse_ms']:.2f} |"
                for r in res["relu_switch"]]
+        md.append("")
+    if "syncs" in res:
+        md += ["## Host syncs", "", "CUDA sync-debug warnings (the CPU waiting for the GPU) at 768 x 6144, batch 4096: "
+               "one forward with its loss, its backward, and `train` per step over 10 steps.", "",
+               "| architecture | forward | backward | train, per step | first messages |", "|---|---:|---:|---:|---|"]
+        md += [f"| {r['arch']} | {r['forward']} | {r['backward']} | {r['train_per_step']:.1f} | "
+               f"{' / '.join(r['forward_msgs'] + r['backward_msgs'])[:160]} |" for r in res["syncs"]]
     return "\n".join(md) + "\n"
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "gpu_checks"))
-    ap.add_argument("--only", default="equal,determinism,switch")
+    ap.add_argument("--only", default="equal,determinism,switch,syncs")
     ap.add_argument("--render", metavar="JSON", help="only write OUT.md from a saved JSON")
     a = ap.parse_args()
     if a.render:
@@ -176,6 +223,8 @@ def main():
     if "equal" in a.only: res["fast_equals_plain"] = check_fast_equals_plain(dev)
     Path(a.out + ".json").write_text(json.dumps(res, indent=1))
     if "determinism" in a.only: res["determinism"] = check_determinism()
+    Path(a.out + ".json").write_text(json.dumps(res, indent=1))
+    if "syncs" in a.only: res["syncs"] = check_syncs(dev)
     Path(a.out + ".json").write_text(json.dumps(res, indent=1))
     if "switch" in a.only: res["relu_switch"] = check_relu_switch(dev)
     res["wall_s"] = time.perf_counter() - t0

@@ -166,10 +166,16 @@ class LossOutput(NamedTuple):
 def sparsity_penalty(sae: SAE, out: SAEOutput, cfg: LossConfig) -> Tensor:
     "The sparsity term `cfg.sparsity` for this SAE and forward pass (Gated: applied to ReLU(π_gate))."
     name = cfg.sparsity
-    f = F.relu(out.pre) if isinstance(sae, GatedSAE) else out.f
-    if name == "none": return f.new_zeros(())
+    if name == "none": return out.x_hat.new_zeros(())
     # cfg.fast: for ReLU-based f (f >= 0, no gradient where f == 0) |f| = f, so skip the abs and sign passes
     nonneg = sae.cfg.fast and (isinstance(sae, GatedSAE) or sae.cfg.architecture in ("relu", "topk", "batchtopk"))
+    active = getattr(out, "active", None)            # the fast TopK/ReLU forward: f's non-zeros as pairs
+    if nonneg and active is not None and name in ("l1", "l1_wdec"):
+        n_rows = len(active.crow) - 1
+        if name == "l1": return active.vals.sum() / n_rows                     # Σ_b Σ_i f[b,i] / B, non-zeros only
+        per_latent = torch.zeros_like(sae.b_enc).index_add(0, active.cols, active.vals)   # Σ_b f[b,i]   [d_sae]
+        return per_latent @ sae.W_dec.norm(dim=1) / n_rows
+    f = F.relu(out.pre) if isinstance(sae, GatedSAE) else out.f
     if name == "l1": return f.sum(-1).mean() if nonneg else l1_penalty(f)
     if name == "l1_wdec":
         if not nonneg: return l1_wdec_penalty(f, sae.W_dec)

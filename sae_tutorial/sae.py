@@ -20,7 +20,7 @@ from .core import check_finite, atomic_file
 __all__ = ['ARCHITECTURES', 'CHECKPOINT_FORMAT', 'SAE_CLASSES', 'SAEConfig', 'SAEOutput', 'SAE', 'ReLUSAE', 'TiedReLUSAE',
            'TopKSAE', 'BatchTopKSAE', 'rectangle', 'JumpReLUFunction', 'StepFunction', 'jumprelu', 'step',
            'JumpReLUSAE', 'GatedSAE', 'sae_class', 'make_sae', 'geometric_median', 'init_b_dec_', 'load_config',
-           'tensors_sha256', 'EncodeCentered', 'TopKSparse', 'ReLUSparse']
+           'tensors_sha256', 'EncodeCentered', 'TopKSparse', 'ReLUSparse', 'ActiveLatents', 'SparseSAEOutput']
 
 # %% ../nbs/02_sae.ipynb #bbbcc703
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated")
@@ -96,6 +96,7 @@ class SAEOutput(NamedTuple):
     f: Tensor                  # [batch, d_sae] feature activations (sparse, >= 0)
     pre: Tensor                # [batch, d_sae] pre-activations (x - b_dec) @ W_enc + b_enc (Gated: the gate path π_gate)
     pre_mag: Tensor | None = None  # [batch, d_sae] Gated only: magnitude path π_mag
+    active: "ActiveLatents | None" = None  # fast TopK/ReLU only: f's non-zeros as pairs (see 'A faster path')
 
 # %% ../nbs/02_sae.ipynb #5cb81936
 def _sum_to(grad: Tensor, shape) -> Tensor:
@@ -469,28 +470,35 @@ class EncodeCentered(torch.autograd.Function):
 class _ByFeature:
     """The active pairs (rows[n], cols[n]) of f grouped by latent (cols), to sum row vectors per latent with
     embedding_bag. `piece`: on a GPU each latent's bag is cut into pieces of at most `piece` pairs, summed in
-    parallel and then added up, so a latent that fires in every row does not leave a few threads summing
-    thousands of rows alone (the default: 64 on a GPU, whole bags on a CPU)."""
+    parallel and then added up per latent (a second embedding_bag), so a latent that fires in every row does not
+    leave a few threads summing thousands of rows alone (the default: 64 on a GPU, whole bags on a CPU).
+    Nothing here asks the device for a number (no host sync): sizes come from len(cols) and d_sae alone."""
 
     def __init__(self, rows: Tensor, cols: Tensor, d_sae: int, piece: int | None = None):
-        self.d_sae = d_sae
+        self.d_sae, dev = d_sae, cols.device
         order = torch.argsort(cols)                                              # pairs sorted by latent
-        counts = torch.bincount(cols, minlength=d_sae)                           # rows in which each latent fired
-        self.offsets = torch.cumsum(counts, 0) - counts                          # start of each latent's bag
+        latent = cols[order]                                                     # latent of each sorted pair
+        starts = torch.searchsorted(latent, torch.arange(d_sae + 1, device=dev)) # bag i is starts[i]:starts[i+1]
         self.rows, self.order = rows[order], order                               # batch row of each sorted pair
         piece = piece if piece is not None else (64 if cols.is_cuda else 0)
-        self.piece_latent = None
+        self.offsets, self.piece_bags = starts[:-1], None
         if piece:
-            latent = cols[order]                                                 # latent of each sorted pair
-            pos = torch.arange(len(cols), device=cols.device) - self.offsets[latent]   # place within its bag
-            self.offsets = (pos % piece == 0).nonzero().squeeze(1)               # piece starts (one host sync)
-            self.piece_latent = latent[self.offsets]
+            n = len(cols)
+            n_pieces = (starts[1:] - starts[:-1] + piece - 1) // piece           # pieces of latent i   [d_sae]
+            P = n // piece + d_sae                                               # >= Σ n_pieces, known on the host
+            first = torch.zeros(d_sae + 1, dtype=torch.long, device=dev)
+            first[1:] = torch.cumsum(n_pieces, 0)                                # latent i's pieces: first[i]:first[i+1]
+            p = torch.arange(P, device=dev)
+            owner = torch.searchsorted(first, p, right=True) - 1                 # latent of piece p (d_sae: spare)
+            self.offsets = (starts[owner] + (p - first[owner]) * piece).clamp_(max=n)   # spare pieces: empty bags at n
+            self.piece_bags = first                                              # latent i sums its pieces
 
     def sum_rows(self, src: Tensor, weights: Tensor) -> Tensor:
         "out[i] = Σ_{n: cols[n] = i} weights[n] · src[rows[n]]   -> [d_sae, src.shape[1]]"
         out = F.embedding_bag(self.rows, src, self.offsets, mode="sum", per_sample_weights=weights[self.order])
-        if self.piece_latent is None: return out
-        return out.new_zeros(self.d_sae, src.shape[1]).index_add_(0, self.piece_latent, out)
+        if self.piece_bags is None: return out
+        return F.embedding_bag(torch.arange(len(out), device=out.device), out, self.piece_bags, mode="sum",
+                               include_last_offset=True)
 
 
 def _active_backward(needs, xc, W_enc, W_dec, vals, rows, cols, crow, g_xhat, g_vals, g_pre):
@@ -551,6 +559,7 @@ class TopKSparse(torch.autograd.Function):
                                crow, g_xhat, None if g_vals is None else g_vals.reshape(-1), g_pre), None)
         return g
 
+
 # %% ../nbs/02_sae.ipynb #a3ffb839
 class ReLUSparse(torch.autograd.Function):
     """(x_hat, vals, rows, cols, pre) of a ReLU SAE for x [B, d_in]. If at most `max_density` of f's entries are
@@ -566,8 +575,7 @@ class ReLUSparse(torch.autograd.Function):
         if n_pairs <= max_density * pre.numel():
             rows, cols = fired.nonzero(as_tuple=True)                          # f's non-zeros, row by row
             vals = pre[fired]                                                  # [n_pairs], same order
-            crow = torch.zeros(len(x) + 1, dtype=torch.long, device=x.device)
-            crow[1:] = torch.bincount(rows, minlength=len(x)).cumsum(0)
+            crow = torch.searchsorted(rows, torch.arange(len(x) + 1, device=x.device))   # row b: crow[b]:crow[b+1]
             x_hat = F.embedding_bag(cols, W_dec, crow[:-1], mode="sum", per_sample_weights=vals).add_(b_dec)
         else:
             vals, crow = F.relu(pre), None
@@ -598,6 +606,7 @@ class ReLUSparse(torch.autograd.Function):
         return (gp @ W_enc.T if need_x else None, xc.T @ gp if need_We else None, gb_enc if need_be else None,
                 gW_dec, gb_dec if need_bd else None, None)
 
+
 # %% ../nbs/02_sae.ipynb #cefb4c77
 def _pre_acts(self: SAE, x: Tensor) -> Tensor:
     "pre = (x - b_dec) @ W_enc + b_enc   [..., d_sae]; cfg.fast: one addmm, b_dec's gradient by a matvec."
@@ -609,15 +618,42 @@ def _own_maths(self: SAE, cls: type) -> bool:
     t = type(self)
     return t.pre_acts is SAE.pre_acts and t.activation is cls.activation and t.decode is SAE.decode
 
+class ActiveLatents(NamedTuple):
+    "f's entries that may be non-zero, listed row by row: f[rows[n], cols[n]] = vals[n]; row b's are crow[b]:crow[b+1]."
+    rows: Tensor   # [n_pairs] long, the (flattened) batch row of each entry, non-decreasing
+    cols: Tensor   # [n_pairs] long, its latent
+    vals: Tensor   # [n_pairs] f there (>= 0; a TopK row may list zeros); gradients flow through it
+    crow: Tensor   # [batch + 1] long
+    d_sae: int
+
+    def dense(self) -> Tensor:
+        "f as a dense [batch, d_sae] tensor (differentiable in vals)."
+        return self.vals.new_zeros(len(self.crow) - 1, self.d_sae).index_put_((self.rows, self.cols), self.vals)
+
+class SparseSAEOutput(SAEOutput):
+    """The fast TopK / ReLU forward's SAEOutput: it holds f as `active` pairs, and builds the dense f [..., d_sae]
+    only when `.f` is first read. Training reads `active` (losses, firing counts), so no [batch, d_sae] pass
+    is spent on f; everything else reads `.f` as before."""
+    @property
+    def f(self) -> Tensor:
+        if "_f" not in self.__dict__:
+            self.__dict__["_f"] = self.active.dense().reshape(*self.x_hat.shape[:-1], self.active.d_sae)
+        return self.__dict__["_f"]
+    def _items(self) -> tuple: return (self.x_hat, self.f, self.pre, self.pre_mag, self.active)
+    def __iter__(self): return iter(self._items())                # unpacking / iterating also sees the dense f
+    def __getitem__(self, i): return self._items()[i]
+
 def _topk_forward(self: TopKSAE, x: Tensor) -> SAEOutput:
     "cfg.fast: x_hat and every gradient from the k active latents per row (TopKSparse); else the plain path."
     if not (self.cfg.fast and _own_maths(self, TopKSAE)): return SAE.forward(self, x)
     x = self._check(x)
-    lead = x.shape[:-1]
+    lead, k = x.shape[:-1], self.cfg.k
     x_hat, vals, idx, pre = TopKSparse.apply(x.reshape(-1, x.shape[-1]), self.W_enc, self.b_enc, self.W_dec,
-                                             self.b_dec, self.cfg.k)
-    f = torch.zeros_like(pre).scatter_(-1, idx, vals)
-    return SAEOutput(x_hat.reshape(x.shape), f.reshape(*lead, -1), pre.reshape(*lead, -1))
+                                             self.b_dec, k)
+    B, dev = len(idx), idx.device
+    active = ActiveLatents(torch.arange(B, device=dev).repeat_interleave(k), idx.reshape(-1), vals.reshape(-1),
+                           torch.arange(0, B * k + 1, k, device=dev), self.cfg.d_sae)
+    return SparseSAEOutput(x_hat.reshape(x.shape), None, pre.reshape(*lead, -1), None, active)
 
 ReLUSAE.sparse_max_density = None   # ReLUSparse's switch; None: 1/8 of f's entries on a CPU, 1/64 on a GPU (measured crossovers)
 
@@ -628,9 +664,12 @@ def _relu_forward(self: ReLUSAE, x: Tensor) -> SAEOutput:
     lead = x.shape[:-1]
     density = self.sparse_max_density
     if density is None: density = 1 / 64 if x.is_cuda else 1 / 8
-    x_hat, vals, rows, cols, pre = ReLUSparse.apply(x.reshape(-1, x.shape[-1]), self.W_enc, self.b_enc, self.W_dec,
-                                                    self.b_dec, density)
-    f = torch.zeros_like(pre).index_put_((rows, cols), vals) if vals.dim() == 1 else vals
-    return SAEOutput(x_hat.reshape(x.shape), f.reshape(*lead, -1), pre.reshape(*lead, -1))
+    x2 = x.reshape(-1, x.shape[-1])
+    x_hat, vals, rows, cols, pre = ReLUSparse.apply(x2, self.W_enc, self.b_enc, self.W_dec, self.b_dec, density)
+    if vals.dim() == 2: return SAEOutput(x_hat.reshape(x.shape), vals.reshape(*lead, -1), pre.reshape(*lead, -1))
+    crow = torch.searchsorted(rows, torch.arange(len(x2) + 1, device=x.device))
+    return SparseSAEOutput(x_hat.reshape(x.shape), None, pre.reshape(*lead, -1), None,
+                           ActiveLatents(rows, cols, vals, crow, self.cfg.d_sae))
 
 SAE.pre_acts, TopKSAE.forward, ReLUSAE.forward = _pre_acts, _topk_forward, _relu_forward
+

@@ -123,3 +123,63 @@ def test_history_l0_is_mean_active_count(dead_threshold):
     want0 = (ref(x[0]).f > 0).sum(-1).double().mean().item()
     assert res.history.l0[0] == pytest.approx(want0)
     assert len(res.history.l0) == 3 and all(0 <= v <= 32 for v in res.history.l0)
+
+
+def _sparse_relu(monkeypatch):
+    "A ReLU pair whose fast forward takes the sparse branch (every density allowed)."
+    from sae_tutorial.sae import ReLUSAE
+    monkeypatch.setattr(ReLUSAE, "sparse_max_density", 1.0)
+    return _pair("relu", d_in=12, exp=4.0)
+
+
+@pytest.mark.parametrize("arch", ["relu", "topk"])
+def test_sparse_output_reads_as_the_dense_f(arch, monkeypatch):
+    """The fast forward keeps f as pairs (`out.active`) and builds the dense f when read: `.f`, out[1], unpacking and
+    _asdict all give the plain path's f; the pairs list exactly f's entries, row by row."""
+    plain, fast = _sparse_relu(monkeypatch) if arch == "relu" else _pair("topk", d_in=12, exp=4.0, k=5)
+    x = torch.randn(3, 4, 12, dtype=torch.float64)                   # leading dims [3, 4]
+    out, ref = fast(x), plain(x).f
+    a = out.active
+    assert a is not None and plain(x).active is None
+    torch.testing.assert_close(out.f, ref)
+    x_hat, f, pre, pre_mag, active = out                              # unpacking
+    torch.testing.assert_close(f, ref); torch.testing.assert_close(out[1], ref); torch.testing.assert_close(out._asdict()["f"], ref)
+    assert pre_mag is None and active is a
+    dense = torch.zeros(12, 48, dtype=torch.float64)
+    for n in range(len(a.cols)): dense[a.rows[n], a.cols[n]] = a.vals[n]          # the pairs written out one by one
+    torch.testing.assert_close(dense.reshape(3, 4, 48), ref)
+    assert torch.equal(a.crow, torch.searchsorted(a.rows, torch.arange(13)))     # row b's pairs: crow[b]:crow[b+1]
+    assert (a.rows[1:] >= a.rows[:-1]).all()
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.3])
+def test_firings_active_equals_dense_count(threshold):
+    "FeatureUsage.firings_active(out.active) == firings(out.f), including TopK rows whose top k holds zeros."
+    from sae_tutorial.train import FeatureUsage
+    _, fast = _pair("topk", d_in=12, exp=4.0, k=6)
+    with torch.no_grad(): fast.b_enc.sub_(torch.linspace(0, 3, 48, dtype=torch.float64))   # many latents below 0
+    out = fast(torch.randn(40, 12, dtype=torch.float64))
+    assert (out.active.vals == 0).any()                                # some listed entries are zero
+    u = FeatureUsage(48, window=100, threshold=threshold)
+    want = torch.tensor([int((out.f[:, i] > threshold).sum()) for i in range(48)])   # counted column by column
+    assert torch.equal(u.firings_active(out.active), want) and torch.equal(u.firings(out.f), want)
+
+
+@pytest.mark.parametrize("arch,sparsity", [("topk", "none"), ("topk", "l1"), ("relu", "l1"), ("relu", "l1_wdec")])
+def test_train_never_builds_the_dense_f(arch, sparsity, monkeypatch):
+    """train() on the fast path reads f only through out.active (losses, firing counts, L0): building the dense f
+    would fail here; its history equals training the plain path (float64)."""
+    from sae_tutorial.sae import ActiveLatents
+    from sae_tutorial.train import TrainConfig, train
+    plain, fast = _sparse_relu(monkeypatch) if arch == "relu" else _pair("topk", d_in=12, exp=4.0, k=5)
+    torch.manual_seed(1)
+    x = [torch.randn(32, 12, dtype=torch.float64) for _ in range(6)]
+    lcfg, tcfg = LossConfig(sparsity=sparsity, sparsity_coeff=0.05), TrainConfig(lr=1e-2, progress=False, log_every=1)
+    ref = train(plain, x, lcfg, tcfg)
+    def no_dense(self): raise AssertionError("the training step built the dense f")
+    monkeypatch.setattr(ActiveLatents, "dense", no_dense)
+    res = train(fast, x, lcfg, tcfg)
+    for k in ("loss", "l0", "dead", "mse"):
+        torch.testing.assert_close(torch.tensor(getattr(res.history, k), dtype=torch.float64),
+                                   torch.tensor(getattr(ref.history, k), dtype=torch.float64), rtol=1e-8, atol=1e-10)
+    assert res.history.l0[0] > 0

@@ -175,3 +175,12 @@ def test_by_feature_pieces_sum_the_same(piece):
     rows = torch.arange(B).repeat_interleave(k)
     out = _ByFeature(rows, idx.reshape(-1), d_sae, piece=piece).sum_rows(src, w.reshape(-1))
     torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("piece", [0, 4])
+def test_by_feature_no_pairs(piece):
+    "No active pairs at all (nothing fired): every latent's sum is zero, whole bags or pieces."
+    from sae_tutorial.sae import _ByFeature
+    none = torch.zeros(0, dtype=torch.long)
+    out = _ByFeature(none, none, 5, piece=piece).sum_rows(torch.randn(3, 2, dtype=torch.float64), torch.zeros(0, dtype=torch.float64))
+    assert torch.equal(out, torch.zeros(5, 2, dtype=torch.float64))
