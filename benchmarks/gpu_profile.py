@@ -10,13 +10,15 @@
 3. Exact top-k alternatives to `pre.topk(k)` on [B, S] (`topk_pieces`): sorted=True/False, and a two-stage top-k
    (top-k within G groups of S/G, then top-k of the G*k candidates) for several G. Each records 'match': the
    fraction of rows whose selected set equals torch.topk's, and the largest difference of the sorted values.
+   On a GPU also a single-pass Triton top-k (benchmarks/topk_triton.py) for a few chunk sizes / warps; a config
+   that fails to compile records its error instead of a time.
 
     python benchmarks/gpu_profile.py --dry-run --out /tmp/p     # CPU, tiny sizes; also asserts two-stage == topk
     python benchmarks/gpu_profile.py --only-pieces --out ...    # the timed pieces only, no profiler
 """
 from __future__ import annotations
 
-import argparse, json, sys, time
+import argparse, json, os, sys, time
 from pathlib import Path
 
 import torch
@@ -108,7 +110,37 @@ def topk_pieces(pre, k: int, groups) -> dict:
     for G in groups:
         res[f"two-stage G={G} (S/G={pre.shape[1] // G})"] = time_cuda(lambda: topk_two_stage(pre, k, G))
         res[f"two-stage G={G} match"] = topk_match(ref, topk_two_stage(pre, k, G))
+    if not pre.is_cuda: return res                      # the Triton kernel runs on a GPU (dry run: check_topk_triton)
+    try: from topk_triton import topk_triton
+    except Exception as e: res["triton"] = f"not available: {type(e).__name__}: {e}"; return res
+    for chunk, warps in ((1024, 4), (2048, 4), (2048, 8), (4096, 8)):
+        name = f"triton single-pass chunk={chunk} warps={warps}"
+        try:
+            res[name + " match"] = topk_match(ref, topk_triton(pre, k, chunk, warps))     # compiles it first
+            res[name] = time_cuda(lambda: topk_triton(pre, k, chunk, warps))
+        except Exception as e:
+            res[name] = f"failed: {type(e).__name__}: {str(e)[:400]}"
     return res
+
+
+def check_topk_triton():
+    """Dry run: benchmarks/topk_triton.py through Triton's CPU interpreter against torch.topk, where triton is
+    installed (its interpreter needs numpy < 2.4 as of triton 3.6); prints why not otherwise, never fails the run."""
+    import importlib.util
+    if importlib.util.find_spec("triton") is None: print("topk_triton: triton not installed here, not checked"); return
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        from topk_triton import topk_triton
+        g = torch.Generator().manual_seed(1)
+        for B, S, k, chunk in ((4, 256, 32, 64), (3, 1000, 8, 128), (2, 64, 64, 64)):
+            pre = torch.randn(B, S, generator=g); pre[0, :5] = -0.0; pre[-1, -3:] = float("-inf")
+            v, i = topk_triton(pre, k, chunk)
+            rv, ri = pre.topk(k, -1)
+            assert torch.equal(i.sort(-1).values, ri.sort(-1).values) and torch.equal(v, rv), (B, S, k, chunk)
+        print("topk_triton (Triton interpreter) == torch.topk: ok", flush=True)
+    except AssertionError: raise
+    except Exception as e: print(f"topk_triton: interpreter check not run: {type(e).__name__}: {str(e)[:200]}")
+    finally: del os.environ["TRITON_INTERPRET"]
 
 
 def check_two_stage():
@@ -187,7 +219,7 @@ def main():
     ap.add_argument("--only-pieces", action="store_true", help="the timed pieces (and top-k alternatives) only")
     a = ap.parse_args()
     global DEV
-    if a.dry_run: DEV = "cpu"; check_two_stage()
+    if a.dry_run: DEV = "cpu"; check_two_stage(); check_topk_triton()
     res = dict(gpu=torch.cuda.get_device_name(0) if DEV == "cuda" else None, torch=torch.__version__)
     res["pieces_ms"] = pieces(*((256, 64, 512) if a.dry_run else ())); print(json.dumps(res["pieces_ms"], indent=1), flush=True)
     Path(a.out + ".json").write_text(json.dumps(res, indent=1))

@@ -81,7 +81,7 @@ else
   TOY_STEPS=5
 fi
 
-part profile "${PROFILE_S:-90}" 45 env PYTHONPATH="$(pp "$PY_SITE")" python3 benchmarks/gpu_profile.py "${PROF[@]}"
+part profile "${PROFILE_S:-120}" 45 env PYTHONPATH="$(pp "$PY_SITE")" python3 benchmarks/gpu_profile.py "${PROF[@]}"
 part bench "${BENCH_S:-$([ -n "${BENCH_FULL:-}" ] && echo 230 || echo 120)}" 12 \
   env PYTHONPATH="$(pp "$PY_SITE")" SAE_BENCH_OTHER_PY="$(command -v python3)" \
   python3 benchmarks/train_throughput.py "${BENCH[@]}" --out "$R/train_throughput_gpu"
