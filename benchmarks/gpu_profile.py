@@ -223,7 +223,7 @@ def main():
     res = dict(gpu=torch.cuda.get_device_name(0) if DEV == "cuda" else None, torch=torch.__version__)
     res["pieces_ms"] = pieces(*((256, 64, 512) if a.dry_run else ())); print(json.dumps(res["pieces_ms"], indent=1), flush=True)
     Path(a.out + ".json").write_text(json.dumps(res, indent=1))
-    if a.only_pieces: return
+    if a.only_pieces: return print_topk(res)
     B, D, S = (256, 64, 512) if a.dry_run else (4096, 768, 24576)
     x = make_data(4 * B, D)
     for arch, init in (("topk", make_init(D, S)), ("relu", make_sparse_init(x, S, 32))):
@@ -235,6 +235,18 @@ def main():
         print("  aten ops (GPU time incl. children):")
         for t in r["ops"][:16]: print(f"  {t['gpu_ms_per_step']:7.3f} ms  x{t['calls']:.1f}  {t['name']}")
         Path(a.out + ".json").write_text(json.dumps(res, indent=1))
+    print_topk(res)
+
+
+def print_topk(res):
+    "One line per top-k method (last, so that a log's tail shows it): ms, rows with torch.topk's set, max val diff."
+    alt = res["pieces_ms"]["topk alternatives"]
+    print("\ntop-k alternatives on pre [B, S] (ms; rows with torch.topk's set; max |sorted vals diff|):")
+    for name, v in alt.items():
+        if name.endswith(" match"): continue
+        m = alt.get(name + " match") or alt.get(name.split(" (")[0] + " match") or {}
+        t = f"{v:8.3f}" if isinstance(v, float) else f"  {v}"
+        print(f"  {t}  {name}" + (f"  match {m['rows_same_set']:.4f}, {m['max_abs_val_diff']:.1e}" if m else ""))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements of benchmarks/, in ONE call on a CUDA machine with no network (run from the repo root):
 #   profile  gpu_profile.py: a TopK/ReLU step under torch.profiler, the sparse pieces timed alone, and the exact
-#            top-k alternatives (torch.topk sorted=True/False, sort, two-stage over G groups, each with 'match')
+#            top-k alternatives (torch.topk sorted=True/False, sort, two-stage over G groups, single-pass Triton: 'match')
 #   bench    train_throughput.py --device cuda: ours vs SAELens vs dictionary_learning and % of the matmul ceiling
 #            (default only TopK from fresh weights, the #10 target row; BENCH_FULL=1 for the whole table, ~205 s)
 #   harvest  harvest_gpu.py: harvesting tokens/s, ours vs full run_with_cache, fp32 + bf16 (random SmolLM2-135M)
@@ -10,9 +10,10 @@
 # Each part has its own timeout (seconds: PROFILE_S BENCH_S HARVEST_S TOY_S CHECKS_S) and never runs past the
 # whole call's TOTAL_S (default 480): a part gets min(its timeout, what is left - 10 s) and is skipped under 15 s.
 # PARTS=profile,harvest (comma list) runs only those, in the order above. Everything a part writes goes to
-# /tmp/sae_gpu_results/ and is packed after every part into $OUT/gpu_results.tgz (a call returns <= 8 files), beside
-# $OUT/gpu_run.log (what was printed; each part's whole output is NAME.log in the tgz). DRY_RUN=1: every part on the CPU at tiny sizes (no GPU, no wheels),
-# to check the wiring here; gpu_checks then only says it needs CUDA.
+# /tmp/sae_gpu_results/ and is packed after every part into $OUT/gpu_results.tgz (a call returns <= 8 files),
+# beside $OUT/gpu_run.log (what was printed; each part's whole output is NAME.log in the tgz).
+# DRY_RUN=1: every part on the CPU at tiny sizes (no GPU, no wheels), to check the wiring here; gpu_checks then
+# only says it needs CUDA (rc=1).
 #
 # Before the call, in the lead's checkout with PyPI access and the venv active (export PYTHONPATH=$PWD):
 #   bash benchmarks/other_tools/gpu_wheels.sh          # .whl/ (51.0 MB): SAELens, dictionary_learning, TL 3.9, ...
