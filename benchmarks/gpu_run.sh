@@ -25,7 +25,7 @@
 # Afterwards: tar xzf <files_at>/gpu_results.tgz -C /tmp/gpu_results; the files are named as benchmarks/ names them
 # (gpu_profile.json, train_throughput_gpu.{md,json}, harvest_gpu.{md,json}, toy_sweep_*_gpu.json, gpu_checks.*).
 set -u
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1   # no network there: fail fast
 DRY=${DRY_RUN:-}
 OUT=${OUT:-/tmp/sae_gpu_out$([ -n "$DRY" ] && echo _dry)}; export OUT
 R=${RESULTS:-/tmp/sae_gpu_results}; rm -rf "$R"; mkdir -p "$R" "$OUT"   # not under $OUT: a call returns <= 8 files
