@@ -99,9 +99,10 @@ def topk_groups(S: int, k: int, wanted=(24, 48, 96, 192)) -> list:
     return ok or [G for G in (2, 4, 8) if S % G == 0 and S // G >= k]
 
 
-def topk_pieces(pre, k: int, groups) -> dict:
-    "Time each exact top-k method on pre [B, S] (ms) and record how it matches torch.topk (see topk_match)."
-    res = {}
+def topk_pieces(pre, k: int, groups, res: dict | None = None, save=lambda: None) -> dict:
+    """Time each exact top-k method on pre [B, S] (ms) and record how it matches torch.topk (see topk_match), into
+    `res`; save() is called before the Triton kernels (compiled here), so a hang there loses nothing before it."""
+    res = {} if res is None else res
     ref = pre.topk(k, dim=-1, sorted=False)
     res["topk sorted=False"] = time_cuda(lambda: pre.topk(k, dim=-1, sorted=False))
     res["topk sorted=True"] = time_cuda(lambda: pre.topk(k, dim=-1, sorted=True))
@@ -110,6 +111,7 @@ def topk_pieces(pre, k: int, groups) -> dict:
     for G in groups:
         res[f"two-stage G={G} (S/G={pre.shape[1] // G})"] = time_cuda(lambda: topk_two_stage(pre, k, G))
         res[f"two-stage G={G} match"] = topk_match(ref, topk_two_stage(pre, k, G))
+    save()
     if not pre.is_cuda: return res                      # the Triton kernel runs on a GPU (dry run: check_topk_triton)
     try: from topk_triton import topk_triton
     except Exception as e: res["triton"] = f"not available: {type(e).__name__}: {e}"; return res
@@ -120,6 +122,7 @@ def topk_pieces(pre, k: int, groups) -> dict:
             res[name] = time_cuda(lambda: topk_triton(pre, k, chunk, warps))
         except Exception as e:
             res[name] = f"failed: {type(e).__name__}: {str(e)[:400]}"
+        save()
     return res
 
 
@@ -164,13 +167,14 @@ def check_two_stage():
     print("two-stage top-k == numpy argsort reference (distinct values), values equal under ties: ok", flush=True)
 
 
-def pieces(B=4096, D=768, S=24576, k=32):
+def pieces(B=4096, D=768, S=24576, k=32, res=None, save=lambda: None):
+    "The timed pieces (ms) into `res` (returned); save() is called as results arrive."
     torch.manual_seed(0)
     x = torch.randn(B, D, device=DEV); W = torch.randn(D, S, device=DEV) / D ** 0.5
     W_dec = torch.randn(S, D, device=DEV) / D ** 0.5; g = torch.randn(B, D, device=DEV)
     pre = x @ W
     top, idx = pre.topk(k, dim=-1, sorted=False); vals = top.relu()
-    res = {}
+    res = {} if res is None else res
     res["encoder addmm [B,D]@[D,S]"] = time_cuda(lambda: torch.addmm(torch.zeros(S, device=DEV), x, W))
     res["topk(k) of pre [B,S]"] = time_cuda(lambda: pre.topk(k, dim=-1, sorted=False))
     res["topk via bf16 pre"] = time_cuda(lambda: pre.to(torch.bfloat16).topk(k, dim=-1, sorted=False))
@@ -208,7 +212,9 @@ def pieces(B=4096, D=768, S=24576, k=32):
         res[f"gW_dec ({name}) pieces match"] = float((out - ref_w).norm() / ref_w.norm())
     gw_ref = ref_w
     res["gW_enc transpose-copy [S,D]->[D,S]"] = time_cuda(lambda: gw_ref.T.contiguous())
-    res["topk alternatives"] = topk_pieces(pre, k, topk_groups(S, k))
+    save()
+    res["topk alternatives"] = {}
+    topk_pieces(pre, k, topk_groups(S, k), res["topk alternatives"], save)
     return res
 
 
@@ -221,7 +227,10 @@ def main():
     global DEV
     if a.dry_run: DEV = "cpu"; check_two_stage(); check_topk_triton()
     res = dict(gpu=torch.cuda.get_device_name(0) if DEV == "cuda" else None, torch=torch.__version__)
-    res["pieces_ms"] = pieces(*((256, 64, 512) if a.dry_run else ())); print(json.dumps(res["pieces_ms"], indent=1), flush=True)
+    res["pieces_ms"] = {}
+    save = lambda: Path(a.out + ".json").write_text(json.dumps(res, indent=1))
+    pieces(*((256, 64, 512) if a.dry_run else ()), res=res["pieces_ms"], save=save)
+    print(json.dumps(res["pieces_ms"], indent=1), flush=True)
     Path(a.out + ".json").write_text(json.dumps(res, indent=1))
     if a.only_pieces: return print_topk(res)
     B, D, S = (256, 64, 512) if a.dry_run else (4096, 768, 24576)
