@@ -134,7 +134,7 @@ def main():
                     help="SmolLM2's tokenizer: a folder or .tgz (default: what gpu_harvest_files.sh writes)")
     ap.add_argument("--hook", default="blocks.15.hook_resid_post")
     ap.add_argument("--ctx-len", type=int, default=128)
-    ap.add_argument("--batches", default="32,128", help="contexts per forward pass, comma-separated")
+    ap.add_argument("--batches", default="32,128,512", help="contexts per forward pass, comma-separated")
     ap.add_argument("--contexts", type=int, default=512, help="contexts per timed run (a multiple of each batch)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dtypes", default="float32,bfloat16")
