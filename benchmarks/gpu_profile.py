@@ -7,10 +7,18 @@
    batch 4096, float32: the kernels sorted by GPU time.
 2. Each sparse piece of the TopK backward timed alone against alternatives computing the same thing
    (checked equal to 1e-4 relative first): the decode, dL/dvals at the active pairs, W_dec's gradient, and topk.
+3. Exact top-k alternatives to `pre.topk(k)` on [B, S] (`topk_pieces`): sorted=True/False, and a two-stage top-k
+   (top-k within G groups of S/G, then top-k of the G*k candidates) for several G. Each records 'match': the
+   fraction of rows whose selected set equals torch.topk's, and the largest difference of the sorted values.
+   On a GPU also a single-pass Triton top-k (benchmarks/topk_triton.py) for a few chunk sizes / warps; a config
+   that fails to compile records its error instead of a time.
+
+    python benchmarks/gpu_profile.py --dry-run --out /tmp/p     # CPU, tiny sizes; also asserts two-stage == topk
+    python benchmarks/gpu_profile.py --only-pieces --out ...    # the timed pieces only, no profiler
 """
 from __future__ import annotations
 
-import argparse, json, sys, time
+import argparse, json, os, sys, time
 from pathlib import Path
 
 import torch
@@ -64,13 +72,109 @@ def profile_steps(arch, init, x, lcfg, steps=10):
     return dict(arch=arch, wall_ms_per_step_profiled=wall, gpu_kernel_ms_per_step=total, top=rows[:25], ops=ops[:25])
 
 
-def pieces(B=4096, D=768, S=24576, k=32):
+def topk_two_stage(pre, k: int, G: int):
+    """Exact top-k of each row of pre [B, S] in two stages: the top k of each of G groups of S/G consecutive
+    columns, then the top k of those G*k candidates. Every row's top-k element is among the top k of its own group
+    (fewer than k elements of the row beat it), so the selected set equals torch.topk's when the values are
+    distinct, and the values (as a multiset) always do. Needs S % G == 0 and S/G >= k. Returns (vals, idx) [B, k],
+    unsorted, like pre.topk(k, sorted=False)."""
+    B, S = pre.shape
+    if S % G or S // G < k: raise ValueError(f"two-stage top-k needs S % G == 0 and S/G >= k; got S={S}, G={G}, k={k}")
+    v1, i1 = pre.view(B, G, S // G).topk(k, dim=-1, sorted=False)                 # [B, G, k], index within group
+    i1 = i1 + torch.arange(0, S, S // G, device=pre.device)[:, None]              # -> column of pre
+    v2, j = v1.reshape(B, G * k).topk(k, dim=-1, sorted=False)                    # [B, k] among the candidates
+    return v2, i1.reshape(B, G * k).gather(-1, j)
+
+
+def topk_match(ref, alt) -> dict:
+    "How far (vals, idx) `alt` is from `ref`: fraction of rows with the same set of columns, max |sorted vals diff|."
+    same = (ref[1].sort(-1).values == alt[1].sort(-1).values).all(-1).float().mean().item()
+    dv = (ref[0].sort(-1).values - alt[0].sort(-1).values).abs().max().item()
+    return dict(rows_same_set=same, max_abs_val_diff=dv)
+
+
+def topk_groups(S: int, k: int, wanted=(24, 48, 96, 192)) -> list:
+    "The G of `wanted` usable at width S (S % G == 0, S/G >= k); at the dry run's small S, small powers of two."
+    ok = [G for G in wanted if S % G == 0 and S // G >= k]
+    return ok or [G for G in (2, 4, 8) if S % G == 0 and S // G >= k]
+
+
+def topk_pieces(pre, k: int, groups, res: dict | None = None, save=lambda: None) -> dict:
+    """Time each exact top-k method on pre [B, S] (ms) and record how it matches torch.topk (see topk_match), into
+    `res`; save() is called before the Triton kernels (compiled here), so a hang there loses nothing before it."""
+    res = {} if res is None else res
+    ref = pre.topk(k, dim=-1, sorted=False)
+    res["topk sorted=False"] = time_cuda(lambda: pre.topk(k, dim=-1, sorted=False))
+    res["topk sorted=True"] = time_cuda(lambda: pre.topk(k, dim=-1, sorted=True))
+    res["topk sorted=True match"] = topk_match(ref, pre.topk(k, dim=-1, sorted=True))
+    res["sort descending, first k (reference)"] = time_cuda(lambda: pre.sort(-1, descending=True))
+    for G in groups:
+        res[f"two-stage G={G} (S/G={pre.shape[1] // G})"] = time_cuda(lambda: topk_two_stage(pre, k, G))
+        res[f"two-stage G={G} match"] = topk_match(ref, topk_two_stage(pre, k, G))
+    save()
+    if not pre.is_cuda: return res                      # the Triton kernel runs on a GPU (dry run: check_topk_triton)
+    try: from topk_triton import topk_triton
+    except Exception as e: res["triton"] = f"not available: {type(e).__name__}: {e}"; return res
+    for chunk, warps in ((1024, 4), (2048, 4), (2048, 8), (4096, 8)):
+        name = f"triton single-pass chunk={chunk} warps={warps}"
+        try:
+            res[name + " match"] = topk_match(ref, topk_triton(pre, k, chunk, warps))     # compiles it first
+            res[name] = time_cuda(lambda: topk_triton(pre, k, chunk, warps))
+        except Exception as e:
+            res[name] = f"failed: {type(e).__name__}: {str(e)[:400]}"
+        save()
+    return res
+
+
+def check_topk_triton():
+    """Dry run: benchmarks/topk_triton.py through Triton's CPU interpreter against torch.topk, where triton is
+    installed (its interpreter needs numpy < 2.4 as of triton 3.6); prints why not otherwise, never fails the run."""
+    import importlib.util
+    if importlib.util.find_spec("triton") is None: print("topk_triton: triton not installed here, not checked"); return
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        from topk_triton import topk_triton
+        g = torch.Generator().manual_seed(1)
+        for B, S, k, chunk in ((4, 256, 32, 64), (3, 1000, 8, 128), (2, 64, 64, 64)):
+            pre = torch.randn(B, S, generator=g); pre[0, :5] = -0.0; pre[-1, -3:] = float("-inf")
+            v, i = topk_triton(pre, k, chunk)
+            rv, ri = pre.topk(k, -1)
+            assert torch.equal(i.sort(-1).values, ri.sort(-1).values) and torch.equal(v, rv), (B, S, k, chunk)
+        print("topk_triton (Triton interpreter) == torch.topk: ok", flush=True)
+    except AssertionError: raise
+    except Exception as e: print(f"topk_triton: interpreter check not run: {type(e).__name__}: {str(e)[:200]}")
+    finally: del os.environ["TRITON_INTERPRET"]
+
+
+def check_two_stage():
+    "CPU asserts (the dry run): two-stage top-k == a numpy float64 argsort, with distinct values and with ties."
+    import numpy as np
+    g = torch.Generator().manual_seed(0)
+    for B, S, k in ((7, 96, 5), (16, 512, 32), (3, 64, 64 // 4)):
+        pre = torch.randn(B, S, generator=g, dtype=torch.float64)
+        want = np.sort(np.argsort(-pre.numpy(), axis=-1, kind="stable")[:, :k], axis=-1)
+        for G in [G for G in (1, 2, 4, 8, 16) if S % G == 0 and S // G >= k]:
+            v, i = topk_two_stage(pre, k, G)
+            assert np.array_equal(np.sort(i.numpy(), -1), want), (B, S, k, G)
+            assert torch.equal(v, pre.gather(-1, i)), "values must be pre at the returned columns"
+    pre = torch.randint(0, 5, (32, 128), generator=g).float()               # many ties: the values still agree
+    for G in (2, 4):
+        v, i = topk_two_stage(pre, 8, G)
+        assert torch.equal(v.sort(-1).values, pre.topk(8, -1).values.sort(-1).values)
+        assert torch.equal(v, pre.gather(-1, i)) and (i.sort(-1).values.diff(dim=-1) > 0).all(), "distinct columns"
+    try: topk_two_stage(torch.zeros(2, 100), 8, 3); raise AssertionError("S % G != 0 must be refused")
+    except ValueError: pass
+    print("two-stage top-k == numpy argsort reference (distinct values), values equal under ties: ok", flush=True)
+
+
+def pieces(B=4096, D=768, S=24576, k=32, res=None, save=lambda: None):
+    "The timed pieces (ms) into `res` (returned); save() is called as results arrive."
     torch.manual_seed(0)
     x = torch.randn(B, D, device=DEV); W = torch.randn(D, S, device=DEV) / D ** 0.5
     W_dec = torch.randn(S, D, device=DEV) / D ** 0.5; g = torch.randn(B, D, device=DEV)
     pre = x @ W
     top, idx = pre.topk(k, dim=-1, sorted=False); vals = top.relu()
-    res = {}
+    res = {} if res is None else res
     res["encoder addmm [B,D]@[D,S]"] = time_cuda(lambda: torch.addmm(torch.zeros(S, device=DEV), x, W))
     res["topk(k) of pre [B,S]"] = time_cuda(lambda: pre.topk(k, dim=-1, sorted=False))
     res["topk via bf16 pre"] = time_cuda(lambda: pre.to(torch.bfloat16).topk(k, dim=-1, sorted=False))
@@ -108,6 +212,9 @@ def pieces(B=4096, D=768, S=24576, k=32):
         res[f"gW_dec ({name}) pieces match"] = float((out - ref_w).norm() / ref_w.norm())
     gw_ref = ref_w
     res["gW_enc transpose-copy [S,D]->[D,S]"] = time_cuda(lambda: gw_ref.T.contiguous())
+    save()
+    res["topk alternatives"] = {}
+    topk_pieces(pre, k, topk_groups(S, k), res["topk alternatives"], save)
     return res
 
 
@@ -115,12 +222,17 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "gpu_profile"))
     ap.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU, to check the script runs")
+    ap.add_argument("--only-pieces", action="store_true", help="the timed pieces (and top-k alternatives) only")
     a = ap.parse_args()
     global DEV
-    if a.dry_run: DEV = "cpu"
+    if a.dry_run: DEV = "cpu"; check_two_stage(); check_topk_triton()
     res = dict(gpu=torch.cuda.get_device_name(0) if DEV == "cuda" else None, torch=torch.__version__)
-    res["pieces_ms"] = pieces(*((256, 64, 512) if a.dry_run else ())); print(json.dumps(res["pieces_ms"], indent=1), flush=True)
+    res["pieces_ms"] = {}
+    save = lambda: Path(a.out + ".json").write_text(json.dumps(res, indent=1))
+    pieces(*((256, 64, 512) if a.dry_run else ()), res=res["pieces_ms"], save=save)
+    print(json.dumps(res["pieces_ms"], indent=1), flush=True)
     Path(a.out + ".json").write_text(json.dumps(res, indent=1))
+    if a.only_pieces: return print_topk(res)
     B, D, S = (256, 64, 512) if a.dry_run else (4096, 768, 24576)
     x = make_data(4 * B, D)
     for arch, init in (("topk", make_init(D, S)), ("relu", make_sparse_init(x, S, 32))):
@@ -132,6 +244,18 @@ def main():
         print("  aten ops (GPU time incl. children):")
         for t in r["ops"][:16]: print(f"  {t['gpu_ms_per_step']:7.3f} ms  x{t['calls']:.1f}  {t['name']}")
         Path(a.out + ".json").write_text(json.dumps(res, indent=1))
+    print_topk(res)
+
+
+def print_topk(res):
+    "One line per top-k method (last, so that a log's tail shows it): ms, rows with torch.topk's set, max val diff."
+    alt = res["pieces_ms"]["topk alternatives"]
+    print("\ntop-k alternatives on pre [B, S] (ms; rows with torch.topk's set; max |sorted vals diff|):")
+    for name, v in alt.items():
+        if name.endswith(" match"): continue
+        m = alt.get(name + " match") or alt.get(name.split(" (")[0] + " match") or {}
+        t = f"{v:8.3f}" if isinstance(v, float) else f"  {v}"
+        print(f"  {t}  {name}" + (f"  match {m['rows_same_set']:.4f}, {m['max_abs_val_diff']:.1e}" if m else ""))
 
 
 if __name__ == "__main__":
