@@ -3,10 +3,12 @@
 #   profile  gpu_profile.py: a TopK/ReLU step under torch.profiler, the sparse pieces timed alone, and the exact
 #            top-k alternatives (torch.topk sorted=True/False, sort, two-stage over G groups, single-pass Triton: 'match')
 #   bench    train_throughput.py --device cuda: ours vs SAELens vs dictionary_learning and % of the matmul ceiling
-#            (default only TopK from fresh weights, the #10 target row; BENCH_FULL=1 for the whole table, ~205 s)
+#            (default only TopK from fresh weights, the #10 target row, with the top-k alternatives as variants of
+#            ours: fast-g<G> = row_topk over G slices, fast-triton = topk_triton.py; VARIANTS=... to choose;
+#            BENCH_FULL=1 for the whole table with plain,fast, ~205 s)
 #   harvest  harvest_gpu.py: harvesting tokens/s, ours vs full run_with_cache, fp32 + bf16 (random SmolLM2-135M)
 #   toy      toy_sweep.py --device cuda at the gpu budget: batched vs a per-instance loop, three sweeps
-#   checks   gpu_checks.py: fast == plain, determinism, ReLU switch (~35 s on the H200; CHECKS_ONLY=equal for less)
+#   checks   gpu_checks.py: fast == plain, determinism, host syncs, ReLU switch (~40 s on the H200; CHECKS_ONLY=equal for less)
 # Each part has its own timeout (seconds: PROFILE_S BENCH_S HARVEST_S TOY_S CHECKS_S) and never runs past the
 # whole call's TOTAL_S (default 480): a part gets min(its timeout, what is left - 10 s) and is skipped under 15 s.
 # PARTS=profile,harvest (comma list) runs only those, in the order above. Everything a part writes goes to
@@ -71,13 +73,13 @@ PYTHONPATH=$(pp "$PY_SITE") python3 -c "import torch; print('torch', torch.__ver
 if [ -z "$DRY" ]; then
   PROF=(--out "$R/gpu_profile")
   BENCH=(--device cuda --rounds "${ROUNDS:-1}" --steps 50 --warmup 5 --check-steps 3 --threads 8)
-  [ -n "${BENCH_FULL:-}" ] || BENCH+=(--archs topk --starts init)
+  [ -n "${BENCH_FULL:-}" ] || BENCH+=(--archs topk --starts init --variants "${VARIANTS:-fast,fast-g48,fast-g96,fast-triton}")
   HARV=(--out "$R/harvest_gpu")
   TOY_STEPS=${TOY_STEPS:-1000}
 else
   PROF=(--dry-run --out "$R/gpu_profile")
   BENCH=(--device cpu --tools ours --archs topk --starts init --d-in 32 --expansion 4 --batch 64 --steps 2 --warmup 1
-         --check-steps 1 --rounds 1 --threads 1)
+         --check-steps 1 --rounds 1 --threads 1 --variants fast,fast-g4,fast-triton)
   HARV=(--dry-run --out "$R/harvest_gpu")
   TOY_STEPS=5
 fi
@@ -93,6 +95,6 @@ part toy "${TOY_S:-75}" 18 env PYTHONPATH="$(pp "$PY_SITE")" SAE_TUTORIAL_BUDGET
   python3 benchmarks/toy_sweep.py --device $DEV --steps $TOY_STEPS --loop-subset 6 --sweep phase_diagram --out $R/toy_sweep_phase_diagram_gpu.json
   python3 benchmarks/toy_sweep.py --device $DEV --steps $TOY_STEPS --loop-subset 2 --n 200 --m 20 --settings 20 --budget-steps 10000 --out $R/toy_sweep_paper_size_gpu.json"
 part checks "${CHECKS_S:-60}" 22 env PYTHONPATH="$(pp "$PY_SITE")" \
-  python3 benchmarks/gpu_checks.py --only "${CHECKS_ONLY:-equal,determinism,switch}" --out "$R/gpu_checks"
+  python3 benchmarks/gpu_checks.py --only "${CHECKS_ONLY:-equal,determinism,syncs,switch}" --out "$R/gpu_checks"
 pack
 echo "=== done in $(( SECONDS - T0 )) s; $OUT: $(ls "$OUT" | tr '\n' ' ')"

@@ -46,6 +46,12 @@ ROOT = HERE.parent
 # the other tools' interpreter: benchmarks/.venv-other (made by other_tools/setup.sh), or $SAE_BENCH_OTHER_PY
 OTHER_PY = Path(os.environ.get("SAE_BENCH_OTHER_PY") or HERE / ".venv-other" / "bin" / "python")
 VARIANTS = ("plain", "fast")  # ours: SAEConfig(fast=False) / SAEConfig(fast=True), the package default
+# TopK top-k alternatives, each the fast path with another row_topk: fast-g<G> = TopKSAE.topk_groups = G (two rounds
+# over G slices), fast-triton = benchmarks/topk_triton.py's single-pass kernel (CUDA + Triton only).
+
+
+def known_variant(v: str) -> bool:
+    return v in VARIANTS or v == "fast-triton" or (v.startswith("fast-g") and v[6:].isdigit())
 
 # Each convention is the loss/optimizer recipe of one tool; our trainer is configured to match it.
 CONVENTIONS = {
@@ -157,7 +163,7 @@ def step_flops(row: dict, a, l0: dict) -> dict:
     B, D, S = a.batch, a.d_in, a.d_in * a.expansion
     dense = 10 * B * D * S
     algo = dense
-    if row["tool"] == "ours" and row["variant"] == "fast":
+    if row["tool"] == "ours" and row["variant"].startswith("fast"):
         limit = 1 / 64 if a.device.startswith("cuda") else 1 / 8
         if row["arch"] == "topk" or l0["mean"] / S <= limit:
             algo = 2 * B * D * S + 8 * B * l0["mean"] * D
@@ -271,10 +277,17 @@ def build_ours(a, init, device):
 
     conv = CONVENTIONS[a.convention]
     d_in, d_sae = init["W_enc"].shape
-    if a.variant not in VARIANTS:
-        raise ValueError(f"unknown variant {a.variant!r}; use one of {', '.join(VARIANTS)}.")
+    if not known_variant(a.variant):
+        raise ValueError(f"unknown variant {a.variant!r}; use one of {', '.join(VARIANTS)}, fast-g<G>, fast-triton.")
+    if a.variant.startswith("fast-g"):
+        from sae_tutorial.sae import TopKSAE
+        TopKSAE.topk_groups = int(a.variant[6:])
+    if a.variant == "fast-triton":
+        import sae_tutorial.sae
+        from topk_triton import topk_triton
+        sae_tutorial.sae.row_topk = lambda pre, k, groups=None: topk_triton(pre, k)
     cfg = SAEConfig(d_in=d_in, expansion_factor=d_sae / d_in, architecture=a.arch, k=a.k,
-                    normalize_decoder=conv["normalize_decoder"], fast=(a.variant == "fast"))
+                    normalize_decoder=conv["normalize_decoder"], fast=a.variant.startswith("fast"))
     sae = make_sae(cfg, device=device)
     with torch.no_grad():
         for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
@@ -543,8 +556,8 @@ def main():
     a.d_in = a.d_in or (768 if gpu else 576)
     a.expansion = a.expansion or (32 if gpu else 8)
     tools = a.tools.split(",")
-    if bad := sorted(set(a.variants.split(",")) - set(VARIANTS)):
-        sys.exit(f"unknown --variants {bad}; use {','.join(VARIANTS)}")
+    if bad := sorted(v for v in a.variants.split(",") if not known_variant(v)):
+        sys.exit(f"unknown --variants {bad}; use {','.join(VARIANTS)}, fast-g<G>, fast-triton")
     if any(t != "ours" for t in tools) and not OTHER_PY.exists():
         sys.exit(f"{OTHER_PY} not found: run `bash benchmarks/other_tools/setup.sh` first "
                  "(or point SAE_BENCH_OTHER_PY at a python that has sae_lens and dictionary_learning)")

@@ -603,6 +603,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'sae_tutorial.sae.load_config': ('sae.html#load_config', 'sae_tutorial/sae.py'),
                                   'sae_tutorial.sae.make_sae': ('sae.html#make_sae', 'sae_tutorial/sae.py'),
                                   'sae_tutorial.sae.rectangle': ('sae.html#rectangle', 'sae_tutorial/sae.py'),
+                                  'sae_tutorial.sae.row_topk': ('sae.html#row_topk', 'sae_tutorial/sae.py'),
                                   'sae_tutorial.sae.sae_class': ('sae.html#sae_class', 'sae_tutorial/sae.py'),
                                   'sae_tutorial.sae.step': ('sae.html#step', 'sae_tutorial/sae.py'),
                                   'sae_tutorial.sae.tensors_sha256': ('sae.html#tensors_sha256', 'sae_tutorial/sae.py')},

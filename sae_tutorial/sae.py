@@ -20,7 +20,8 @@ from .core import check_finite, atomic_file
 __all__ = ['ARCHITECTURES', 'CHECKPOINT_FORMAT', 'SAE_CLASSES', 'SAEConfig', 'SAEOutput', 'SAE', 'ReLUSAE', 'TiedReLUSAE',
            'TopKSAE', 'BatchTopKSAE', 'rectangle', 'JumpReLUFunction', 'StepFunction', 'jumprelu', 'step',
            'JumpReLUSAE', 'GatedSAE', 'sae_class', 'make_sae', 'geometric_median', 'init_b_dec_', 'load_config',
-           'tensors_sha256', 'EncodeCentered', 'TopKSparse', 'ReLUSparse', 'ActiveLatents', 'SparseSAEOutput']
+           'tensors_sha256', 'EncodeCentered', 'row_topk', 'TopKSparse', 'ReLUSparse', 'ActiveLatents',
+           'SparseSAEOutput']
 
 # %% ../nbs/02_sae.ipynb #bbbcc703
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated")
@@ -534,14 +535,27 @@ def _active_backward(needs, xc, W_enc, W_dec, vals, rows, cols, crow, g_xhat, g_
     return gxc, gW_enc, gb_enc if need_be else None, gW_dec, gb_dec if need_bd else None
 
 
+def row_topk(pre: Tensor, k: int, groups: int | None = None) -> tuple[Tensor, Tensor]:
+    """(vals, idx) [B, k]: the k largest entries of each row of pre [B, S], unsorted. `groups` G: in two rounds,
+    the k largest of each of G slices of S/G columns, then the k largest of those G·k candidates (a row's k largest
+    are each among the k largest of their own slice, so this is exact); None, or a G that does not divide S into
+    slices of at least k: one torch.topk."""
+    B, S = pre.shape
+    if not groups or groups < 2 or S % groups or S // groups < k: return pre.topk(k, dim=-1, sorted=False)
+    v, i = pre.view(B, groups, S // groups).topk(k, dim=-1, sorted=False)        # [B, G, k], column within its slice
+    i = i + torch.arange(0, S, S // groups, device=pre.device)[:, None]           # -> column of pre
+    top, j = v.reshape(B, groups * k).topk(k, dim=-1, sorted=False)              # [B, k] among the candidates
+    return top, i.reshape(B, groups * k).gather(1, j)
+
+
 class TopKSparse(torch.autograd.Function):
     "(x_hat, vals, idx, pre) of a TopK SAE; the decode and the whole backward touch only the k active latents per row."
 
     @staticmethod
-    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, k: int):
+    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, k: int, groups: int | None):
         xc = x - b_dec
         pre = torch.addmm(b_enc, xc, W_enc)                       # [B, d_sae]  the one dense matmul
-        top, idx = pre.topk(k, dim=-1, sorted=False)              # [B, k]
+        top, idx = row_topk(pre, k, groups)                       # [B, k]
         vals = top.relu_()                                        # [B, k]  f's non-zeros
         x_hat = F.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum").add_(b_dec)  # [B, d_in]
         ctx.mark_non_differentiable(idx)
@@ -556,8 +570,9 @@ class TopKSparse(torch.autograd.Function):
         ar = torch.arange(B * k, device=idx.device)
         rows, crow = torch.div(ar, k, rounding_mode="floor"), torch.arange(0, B * k + 1, k, device=idx.device)
         g = (*_active_backward(ctx.needs_input_grad[:5], xc, W_enc, W_dec, vals.reshape(-1), rows, idx.reshape(-1),
-                               crow, g_xhat, None if g_vals is None else g_vals.reshape(-1), g_pre), None)
+                               crow, g_xhat, None if g_vals is None else g_vals.reshape(-1), g_pre), None, None)
         return g
+
 
 
 # %% ../nbs/02_sae.ipynb #a3ffb839
@@ -649,12 +664,13 @@ def _topk_forward(self: TopKSAE, x: Tensor) -> SAEOutput:
     x = self._check(x)
     lead, k = x.shape[:-1], self.cfg.k
     x_hat, vals, idx, pre = TopKSparse.apply(x.reshape(-1, x.shape[-1]), self.W_enc, self.b_enc, self.W_dec,
-                                             self.b_dec, k)
+                                             self.b_dec, k, self.topk_groups)
     B, dev = len(idx), idx.device
     active = ActiveLatents(torch.arange(B, device=dev).repeat_interleave(k), idx.reshape(-1), vals.reshape(-1),
                            torch.arange(0, B * k + 1, k, device=dev), self.cfg.d_sae)
     return SparseSAEOutput(x_hat.reshape(x.shape), None, pre.reshape(*lead, -1), None, active)
 
+TopKSAE.topk_groups = None          # row_topk's G; None: one torch.topk per row (benchmarks/gpu_profile.py times both)
 ReLUSAE.sparse_max_density = None   # ReLUSparse's switch; None: 1/8 of f's entries on a CPU, 1/64 on a GPU (measured crossovers)
 
 def _relu_forward(self: ReLUSAE, x: Tensor) -> SAEOutput:

@@ -183,3 +183,32 @@ def test_train_never_builds_the_dense_f(arch, sparsity, monkeypatch):
         torch.testing.assert_close(torch.tensor(getattr(res.history, k), dtype=torch.float64),
                                    torch.tensor(getattr(ref.history, k), dtype=torch.float64), rtol=1e-8, atol=1e-10)
     assert res.history.l0[0] > 0
+
+
+@pytest.mark.parametrize("groups", [None, 1, 2, 4, 5, 7, 16, 40])
+def test_row_topk_two_stage_picks_torch_topk_set(groups):
+    """row_topk over G slices picks the same columns as torch.topk (distinct values); with ties its values are the
+    same multiset; G that does not split S into slices of >= k columns falls back to one torch.topk."""
+    from sae_tutorial.sae import row_topk
+    g = torch.Generator().manual_seed(0)
+    pre = torch.randn(33, 80, generator=g)
+    pre[0, :20] = 5.0                                                   # one row whose top 6 is all ties
+    pre[1] = torch.arange(80.0)                                         # top 6 all in the last slice
+    v, i = row_topk(pre, 6, groups)
+    ref = pre.topk(6, dim=-1)
+    torch.testing.assert_close(v.sort(-1).values, ref.values.sort(-1).values, rtol=0, atol=0)
+    assert torch.equal(pre.gather(1, i), v) and (i.sort(-1).values[:, 1:] > i.sort(-1).values[:, :-1]).all()
+    assert torch.equal(i[1:].sort(-1).values, ref.indices[1:].sort(-1).values)
+
+
+def test_topk_groups_training_equals_plain(monkeypatch):
+    "A TopK SAE with topk_groups set gives the plain path's outputs and gradients (float64)."
+    from sae_tutorial.sae import TopKSAE
+    monkeypatch.setattr(TopKSAE, "topk_groups", 4)
+    plain, fast = _pair("topk", d_in=12, exp=8.0, k=5)
+    x = torch.randn(20, 12, dtype=torch.float64)
+    for sae in (plain, fast):
+        out = sae(x); ((out.x_hat - x) ** 2).sum(-1).mean().backward()
+    torch.testing.assert_close(fast(x).f, plain(x).f)
+    for (n, a), (_, b) in zip(plain.named_parameters(), fast.named_parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-9, atol=1e-12)
