@@ -165,7 +165,7 @@ def step_flops(row: dict, a, l0: dict) -> dict:
     algo = dense
     if row["tool"] == "ours" and row["variant"].startswith("fast"):
         limit = 1 / 64 if a.device.startswith("cuda") else 1 / 8
-        if row["arch"] == "topk" or l0["mean"] / S <= limit:
+        if row["arch"] in ("topk", "batchtopk") or l0["mean"] / S <= limit:
             algo = 2 * B * D * S + 8 * B * l0["mean"] * D
     return dict(dense=dense, algorithm=algo)
 

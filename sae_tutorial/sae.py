@@ -20,8 +20,8 @@ from .core import check_finite, atomic_file
 __all__ = ['ARCHITECTURES', 'CHECKPOINT_FORMAT', 'SAE_CLASSES', 'SAEConfig', 'SAEOutput', 'SAE', 'ReLUSAE', 'TiedReLUSAE',
            'TopKSAE', 'BatchTopKSAE', 'rectangle', 'JumpReLUFunction', 'StepFunction', 'jumprelu', 'step',
            'JumpReLUSAE', 'GatedSAE', 'sae_class', 'make_sae', 'geometric_median', 'init_b_dec_', 'load_config',
-           'tensors_sha256', 'EncodeCentered', 'row_topk', 'TopKSparse', 'ReLUSparse', 'ActiveLatents',
-           'SparseSAEOutput']
+           'tensors_sha256', 'EncodeCentered', 'row_topk', 'TopKSparse', 'BatchTopKSparse', 'ReLUSparse',
+           'ActiveLatents', 'SparseSAEOutput']
 
 # %% ../nbs/02_sae.ipynb #bbbcc703
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated")
@@ -270,13 +270,17 @@ class BatchTopKSAE(SAE):
         flat = acts.reshape(-1)
         n_keep = min(self.cfg.k * (flat.numel() // self.cfg.d_sae), flat.numel())
         vals, idx = flat.topk(n_keep, sorted=False)
-        if self.training:
-            with torch.no_grad():
-                kept = vals[vals > 0]
-                if kept.numel():
-                    m, d = kept.min().to(self.threshold.dtype), self.cfg.batchtopk_threshold_decay
-                    self.threshold.copy_(torch.where(self.threshold.isnan(), m, d * self.threshold + (1 - d) * m))
+        if self.training: self.update_threshold_(vals)
         return torch.zeros_like(flat).scatter(0, idx, vals).reshape(acts.shape)
+
+    @torch.no_grad()
+    def update_threshold_(self, vals: Tensor) -> None:
+        "threshold ← EMA of the smallest positive kept value (the first batch sets it; a batch with none leaves it)."
+        if not vals.numel(): return
+        m = torch.where(vals > 0, vals, torch.inf).min().to(self.threshold.dtype)   # inf: nothing positive kept
+        d = self.cfg.batchtopk_threshold_decay
+        new = torch.where(self.threshold.isnan(), m, d * self.threshold + (1 - d) * m)
+        self.threshold.copy_(torch.where(m.isinf(), self.threshold, new))
 
     def activation(self, pre: Tensor) -> Tensor:
         if self.training: return self.batch_topk(pre)
@@ -286,6 +290,7 @@ class BatchTopKSAE(SAE):
             return self.batch_topk(pre)
         acts = F.relu(pre)
         return acts * (acts > self.threshold)
+
 
 # %% ../nbs/02_sae.ipynb #24a1e1b6
 def rectangle(u: Tensor) -> Tensor:
@@ -574,6 +579,31 @@ class TopKSparse(torch.autograd.Function):
         return g
 
 
+class BatchTopKSparse(torch.autograd.Function):
+    """(x_hat, vals, rows, cols, crow, pre) of a training BatchTopK SAE: the n_keep largest ReLU(pre) of the whole
+    batch, listed row by row as pairs f[rows[n], cols[n]] = vals[n]; decode and backward on those pairs only."""
+
+    @staticmethod
+    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, n_keep: int):
+        xc = x - b_dec
+        pre = torch.addmm(b_enc, xc, W_enc)                                    # [B, d_sae]
+        d_sae = pre.shape[1]
+        top, flat = F.relu(pre).reshape(-1).topk(n_keep, sorted=False)        # over the whole batch
+        flat, order = flat.sort()                                              # row by row
+        vals, rows, cols = top[order], flat // d_sae, flat % d_sae
+        crow = torch.searchsorted(rows, torch.arange(len(x) + 1, device=x.device))
+        x_hat = F.embedding_bag(cols, W_dec, crow[:-1], mode="sum", per_sample_weights=vals).add_(b_dec)
+        ctx.mark_non_differentiable(rows, cols, crow)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(xc, W_enc, W_dec, vals, rows, cols, crow)
+        return x_hat, vals, rows, cols, crow, pre
+
+    @staticmethod
+    def backward(ctx, g_xhat, g_vals, _g_rows, _g_cols, _g_crow, g_pre):
+        xc, W_enc, W_dec, vals, rows, cols, crow = ctx.saved_tensors
+        return (*_active_backward(ctx.needs_input_grad[:5], xc, W_enc, W_dec, vals, rows, cols, crow, g_xhat, g_vals,
+                                  g_pre), None)
+
 
 # %% ../nbs/02_sae.ipynb #a3ffb839
 class ReLUSparse(torch.autograd.Function):
@@ -670,6 +700,18 @@ def _topk_forward(self: TopKSAE, x: Tensor) -> SAEOutput:
                            torch.arange(0, B * k + 1, k, device=dev), self.cfg.d_sae)
     return SparseSAEOutput(x_hat.reshape(x.shape), None, pre.reshape(*lead, -1), None, active)
 
+def _batchtopk_forward(self: BatchTopKSAE, x: Tensor) -> SAEOutput:
+    "cfg.fast and training: BatchTopKSparse (decode and gradients from the kept pairs); else the plain path."
+    if not (self.cfg.fast and self.training and _own_maths(self, BatchTopKSAE)
+            and type(self).batch_topk is BatchTopKSAE.batch_topk): return SAE.forward(self, x)
+    x = self._check(x)
+    x2 = x.reshape(-1, x.shape[-1])
+    n_keep = min(self.cfg.k * len(x2), len(x2) * self.cfg.d_sae)
+    x_hat, vals, rows, cols, crow, pre = BatchTopKSparse.apply(x2, self.W_enc, self.b_enc, self.W_dec, self.b_dec, n_keep)
+    self.update_threshold_(vals.detach())
+    return SparseSAEOutput(x_hat.reshape(x.shape), None, pre.reshape(*x.shape[:-1], -1), None,
+                           ActiveLatents(rows, cols, vals, crow, self.cfg.d_sae))
+
 TopKSAE.topk_groups = None          # row_topk's G; None: one torch.topk per row (benchmarks/gpu_profile.py times both)
 ReLUSAE.sparse_max_density = None   # ReLUSparse's switch; None: 1/8 of f's entries on a CPU, 1/64 on a GPU (measured crossovers)
 
@@ -687,5 +729,5 @@ def _relu_forward(self: ReLUSAE, x: Tensor) -> SAEOutput:
     return SparseSAEOutput(x_hat.reshape(x.shape), None, pre.reshape(*lead, -1), None,
                            ActiveLatents(rows, cols, vals, crow, self.cfg.d_sae))
 
-SAE.pre_acts, TopKSAE.forward, ReLUSAE.forward = _pre_acts, _topk_forward, _relu_forward
+SAE.pre_acts, TopKSAE.forward, ReLUSAE.forward, BatchTopKSAE.forward = _pre_acts, _topk_forward, _relu_forward, _batchtopk_forward
 

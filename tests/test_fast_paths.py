@@ -132,11 +132,11 @@ def _sparse_relu(monkeypatch):
     return _pair("relu", d_in=12, exp=4.0)
 
 
-@pytest.mark.parametrize("arch", ["relu", "topk"])
+@pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk"])
 def test_sparse_output_reads_as_the_dense_f(arch, monkeypatch):
     """The fast forward keeps f as pairs (`out.active`) and builds the dense f when read: `.f`, out[1], unpacking and
     _asdict all give the plain path's f; the pairs list exactly f's entries, row by row."""
-    plain, fast = _sparse_relu(monkeypatch) if arch == "relu" else _pair("topk", d_in=12, exp=4.0, k=5)
+    plain, fast = _sparse_relu(monkeypatch) if arch == "relu" else _pair(arch, d_in=12, exp=4.0, k=5)
     x = torch.randn(3, 4, 12, dtype=torch.float64)                   # leading dims [3, 4]
     out, ref = fast(x), plain(x).f
     a = out.active
@@ -165,13 +165,14 @@ def test_firings_active_equals_dense_count(threshold):
     assert torch.equal(u.firings_active(out.active), want) and torch.equal(u.firings(out.f), want)
 
 
-@pytest.mark.parametrize("arch,sparsity", [("topk", "none"), ("topk", "l1"), ("relu", "l1"), ("relu", "l1_wdec")])
+@pytest.mark.parametrize("arch,sparsity", [("topk", "none"), ("topk", "l1"), ("relu", "l1"), ("relu", "l1_wdec"),
+                                           ("batchtopk", "none")])
 def test_train_never_builds_the_dense_f(arch, sparsity, monkeypatch):
     """train() on the fast path reads f only through out.active (losses, firing counts, L0): building the dense f
     would fail here; its history equals training the plain path (float64)."""
     from sae_tutorial.sae import ActiveLatents
     from sae_tutorial.train import TrainConfig, train
-    plain, fast = _sparse_relu(monkeypatch) if arch == "relu" else _pair("topk", d_in=12, exp=4.0, k=5)
+    plain, fast = _sparse_relu(monkeypatch) if arch == "relu" else _pair(arch, d_in=12, exp=4.0, k=5)
     torch.manual_seed(1)
     x = [torch.randn(32, 12, dtype=torch.float64) for _ in range(6)]
     lcfg, tcfg = LossConfig(sparsity=sparsity, sparsity_coeff=0.05), TrainConfig(lr=1e-2, progress=False, log_every=1)
@@ -183,6 +184,18 @@ def test_train_never_builds_the_dense_f(arch, sparsity, monkeypatch):
         torch.testing.assert_close(torch.tensor(getattr(res.history, k), dtype=torch.float64),
                                    torch.tensor(getattr(ref.history, k), dtype=torch.float64), rtol=1e-8, atol=1e-10)
     assert res.history.l0[0] > 0
+    if arch == "batchtopk": torch.testing.assert_close(fast.threshold, plain.threshold)   # the same EMA threshold
+
+
+def test_batchtopk_threshold_update_by_hand():
+    "update_threshold_: the first batch sets the smallest positive kept value, later ones the EMA; none positive: unchanged."
+    sae = make_sae(SAEConfig(d_in=4, expansion_factor=2, architecture="batchtopk", k=2, batchtopk_threshold_decay=0.75))
+    sae.update_threshold_(torch.tensor([0.0, 0.5, 0.2, 0.9]))
+    assert sae.threshold.item() == pytest.approx(0.2)
+    sae.update_threshold_(torch.tensor([0.0, 0.0]))                    # nothing positive kept
+    assert sae.threshold.item() == pytest.approx(0.2)
+    sae.update_threshold_(torch.tensor([0.6, 1.0]))
+    assert sae.threshold.item() == pytest.approx(0.75 * 0.2 + 0.25 * 0.6)
 
 
 @pytest.mark.parametrize("groups", [None, 1, 2, 4, 5, 7, 16, 40])

@@ -81,9 +81,13 @@ def test_fast_path_is_used():
     assert "TopKSparse" in _graph(fast(x).x_hat) and "TopKSparse" not in _graph(plain(x).x_hat)
     plain, fast = _pair("relu")
     assert "ReLUSparse" in _graph(fast(x).x_hat) and "ReLUSparse" not in _graph(plain(x).x_hat)
-    for arch in ("jumprelu", "batchtopk"):
-        plain, fast = _pair(arch)
-        assert "EncodeCentered" in _graph(fast(x).x_hat) and "EncodeCentered" not in _graph(plain(x).x_hat)
+    plain, fast = _pair("batchtopk")                          # training mode: the kept pairs
+    assert "BatchTopKSparse" in _graph(fast(x).x_hat) and "BatchTopKSparse" not in _graph(plain(x).x_hat)
+    plain, fast = _pair("jumprelu")
+    assert "EncodeCentered" in _graph(fast(x).x_hat) and "EncodeCentered" not in _graph(plain(x).x_hat)
+    plain, fast = _pair("batchtopk"); plain.threshold.fill_(0.1); fast.threshold.fill_(0.1)
+    fast.eval()                                              # eval: the threshold rule, on EncodeCentered's pre
+    assert "EncodeCentered" in _graph(fast(x).x_hat) and "BatchTopKSparse" not in _graph(fast(x).x_hat)
 
 
 def test_one_row_input():
