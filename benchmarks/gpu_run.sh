@@ -72,7 +72,7 @@ PYTHONPATH=$(pp "$PY_SITE") python3 -c "import torch; print('torch', torch.__ver
 
 if [ -z "$DRY" ]; then
   PROF=(--out "$R/gpu_profile")
-  BENCH=(--device cuda --rounds "${ROUNDS:-1}" --steps 50 --warmup 5 --check-steps 3 --threads 8)
+  BENCH=(--device cuda --rounds "${ROUNDS:-1}" --steps 50 --warmup 5 --check-steps 3 --threads 8 --timing "${TIMING:-block}")
   [ -n "${BENCH_FULL:-}" ] || BENCH+=(--archs topk --starts init --variants "${VARIANTS:-fast,fast-g48,fast-g96,fast-triton}")
   HARV=(--out "$R/harvest_gpu")
   TOY_STEPS=${TOY_STEPS:-1000}

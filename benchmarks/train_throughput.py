@@ -354,6 +354,11 @@ def stepper(step):
 BUILDERS = {"saelens": build_saelens, "dictionary_learning": build_dictionary_learning, "ours": build_ours}
 
 
+def timing_of(a) -> str:
+    "'block' (default on a GPU): tokens/s over the timed steps run back to back, as in training; 'step' (default on a CPU): the median of steps timed one by one."
+    return a.timing or ("block" if a.device.startswith("cuda") else "step")
+
+
 def worker(a) -> dict:
     from safetensors.torch import load_file
 
@@ -378,10 +383,18 @@ def worker(a) -> dict:
     run, versions = BUILDERS[a.tool](a, init, device)
     res["build_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    _, all_times = run(batches, a.warmup + a.steps, False, sync)
+    if timing_of(a) == "block":      # warm-up, then the timed steps as one stretch: one sync before, one after
+        run(batches, a.warmup, False, sync)
+        sync(); t, c = time.perf_counter(), time.process_time()
+        run(batches, a.steps, False, lambda: None)
+        sync(); t, c = time.perf_counter() - t, time.process_time() - c
+        times, cpu = [t / a.steps] * a.steps, [c / a.steps] * a.steps
+    else:                            # every step timed alone, the GPU synchronised before and after it
+        _, all_times = run(batches, a.warmup + a.steps, False, sync)
+        times = [t for t, _ in all_times[a.warmup:]]
+        cpu = [c for _, c in all_times[a.warmup:]]
     res["run_s"] = time.perf_counter() - t0
-    times = [t for t, _ in all_times[a.warmup:]]
-    cpu = [c for _, c in all_times[a.warmup:]]
+    res["timing"] = timing_of(a)
     peak_rss = mem.stop()
     res.update(versions=versions, step_s=times, step_cpu_s=cpu, tokens_per_s=a.batch / statistics.median(times),
                tokens_per_cpu_s=a.batch / statistics.median(cpu),
@@ -437,7 +450,7 @@ def run_one(a, job, data_path, init_paths, check):
     cmd = [py, str(Path(__file__).resolve()), "--worker", "--tool", tool, "--arch", arch, "--start", start,
            "--convention", conv, "--variant", variant, "--data", str(data_path), "--init", str(init_paths[start]),
            "--device", a.device, "--batch", str(a.batch), "--steps", str(a.steps), "--warmup", str(a.warmup),
-           "--check-steps", str(a.check_steps if check else 0), "--threads", str(a.threads),
+           "--check-steps", str(a.check_steps if check else 0), "--threads", str(a.threads), "--timing", timing_of(a),
            "--lr", str(a.lr), "--l1", str(a.l1), "--k", str(a.k)]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
                WANDB_MODE="disabled", TQDM_DISABLE="1")
@@ -539,6 +552,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--check-steps", type=int, default=5)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--timing", choices=["block", "step"], default=None,
+                    help="block: the timed steps back to back, synchronised once before and once after (default on a GPU: "
+                         "how training runs); step: each step synchronised and timed alone, the median (default on a CPU)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--lr", type=float, default=4e-4)
     ap.add_argument("--l1", type=float, default=5e-3)
@@ -597,7 +613,10 @@ def write_results(a, runs, cmd, m, wall_s):
     rows, table = summarise(runs, a)
     note = (f"Machine: {m['cpu']}, {m['cores']} cores, {m['mem']} RAM, GPU: {m['gpu']}; torch {m['torch']}; "
             f"device {a.device}. d_in {a.d_in}, d_sae {a.d_in * a.expansion}, batch {a.batch} tokens, "
-            f"{a.warmup} warm-up + {a.steps} timed steps per run (tokens/s from the median step), {a.rounds} "
+            f"{a.warmup} warm-up + {a.steps} timed steps per run (tokens/s "
+            + ("over the timed steps run back to back, synchronised once before and once after: how training runs"
+               if timing_of(a) == "block" else "from the median step, each step synchronised and timed alone")
+            + f"), {a.rounds} "
             f"interleaved rounds (A B A B ...), median shown; {a.threads} torch threads. Wall time {wall_s:.0f} s.")
     if getattr(a, "ceiling", None):
         c = a.ceiling
