@@ -175,6 +175,10 @@ def summarise(runs, a, d_sae) -> list[dict]:
 def render(rows, a, meta) -> str:
     m = meta["machine"]
     loads = meta["loads"]
+    archs = a.archs.split(",")
+    relu = ("ReLU: L1 coefficient {a.l1} warmed up linearly over the first {a.l1_warmup} steps (l1·(s+1)/w at step s, as "
+            "ours and dictionary_learning do it; SAELens's coefficient scheduler, which gives l1·s/w, is advanced by one "
+            "step at the start to match); no dead-latent resampling").format(a=a)
     md = ["# A whole training run side by side: ours vs SAELens vs dictionary_learning", "",
           f"Command: `{meta['command']}`", "",
           f"Machine: {m['cpu']}, {m['cores']} cores (shared with other jobs: the 1-minute load average during the "
@@ -188,12 +192,10 @@ def render(rows, a, meta) -> str:
           "reproduce.start_sae (seeded init, b_dec at the data mean), the same weights for every tool. "
           f"d_sae {', '.join(f'{k} {v}' for k, v in meta['d_sae'].items())}.", "",
           f"Schedule (the simplest one all three trainers follow exactly): learning rate {a.lr} constant (no warm-up, "
-          f"no decay); ReLU: L1 coefficient {a.l1} warmed up linearly over the first {a.l1_warmup} steps "
-          "(l1·(s+1)/w at step s, as ours and dictionary_learning do it; SAELens's coefficient scheduler, which "
-          "gives l1·s/w, is advanced by one step at the start to match); no dead-latent resampling"
-          + (f"; TopK: k {a.k}, no AuxK" if "topk" in a.archs else "") + ". This differs from the reproduction's "
-          "own schedule (learning-rate warm-up and cosine decay, Anthropic resampling): relu_run.md times that one "
-          "for ours, fast vs plain.", "",
+          "no decay); " + "; ".join(([relu] if "relu" in archs else []) + ([f"TopK: k {a.k}, no AuxK"] if "topk" in archs else []))
+          + ". This differs from the reproduction's own schedule (learning-rate warm-up and cosine decay, "
+          + ", ".join((["Anthropic resampling"] if "relu" in archs else []) + (["AuxK"] if "topk" in archs else []))
+          + ")" + (": relu_run.md times that one for ours, fast vs plain." if "relu" in archs else "."), "",
           "| arch | convention | tool | train wall (s): median (each round) | tokens/s | tokens per CPU-s | "
           "speedup of ours: wall / CPU | first step on the sparse branch (steps on it) | held-out L0 | held-out EV | "
           "first steps' losses: max rel. diff | final W_dec: rel. diff to the tool |",
@@ -244,9 +246,14 @@ def main():
     ap.add_argument("--check-steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(HERE / "whole_run"), help="writes OUT.md and OUT.json")
+    ap.add_argument("--render", metavar="JSON", help="only rewrite OUT.md from a saved results JSON")
     a = ap.parse_args()
     if a.worker:
         print(json.dumps(worker(a)))
+        return
+    if a.render:
+        d = json.loads(Path(a.render).read_text())
+        Path(a.out + ".md").write_text(render(d["rows"], argparse.Namespace(**d["args"]), d))
         return
 
     from safetensors.torch import save_file
