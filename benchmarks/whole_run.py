@@ -169,6 +169,10 @@ def summarise(runs, a, d_sae) -> list[dict]:
         if o.get("losses") and t.get("losses"):
             o["max_rel_loss_diff"] = max(abs(x - y) / abs(y) for x, y in zip(o["losses"], t["losses"]))
         o["final_W_dec_rel_diff"] = weight_diff(o["weights"], t["weights"])
+        p = next((r for r in rows if r["tool"] == "ours" and r["variant"] == "plain" and r["arch"] == o["arch"]
+                  and r["convention"] == o["convention"] and "error" not in r), None)
+        if p is not None and p is not o:            # the control: ours, fast vs plain path (same maths, other rounding)
+            o["final_W_dec_rel_diff_to_plain"] = weight_diff(o["weights"], p["weights"])
     return rows
 
 
@@ -200,7 +204,7 @@ def render(rows, a, meta) -> str:
           "speedup of ours: wall / CPU | first step on the sparse branch (steps on it) | held-out L0 | held-out EV | "
           "first steps' losses: max rel. diff | final W_dec: rel. diff to the tool |",
           "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in sorted(rows, key=lambda r: (r["arch"], r["convention"], r["tool"] == "ours")):
+    for r in sorted(rows, key=lambda r: (r["arch"], r["convention"], r["tool"] == "ours", r["variant"])):
         name = r["tool"] + (f" ({r['variant']})" if r["tool"] == "ours" else "")
         if "error" in r:
             md.append(f"| {r['arch']} | {r['convention']} | {name} | error: {' / '.join(r['error'])[:150]} |||||||||"); continue
@@ -210,6 +214,7 @@ def render(rows, a, meta) -> str:
         if r["arch"] == "topk": fs = "— (TopK: every step)" if r["tool"] == "ours" else "— (dense)"
         ld = f"{r['max_rel_loss_diff']:.1e}" if "max_rel_loss_diff" in r else ""
         wd = f"{r['final_W_dec_rel_diff']:.1e}" if "final_W_dec_rel_diff" in r else ""
+        if "final_W_dec_rel_diff_to_plain" in r: wd += f" (to ours (plain): {r['final_W_dec_rel_diff_to_plain']:.1e})"
         md.append(f"| {r['arch']} | {r['convention']} | {name} | {r['wall_s']:.1f} ({' / '.join('%.1f' % w for w in r['walls'])}) | "
                   f"{r['tokens_per_s']:,.0f} | {r['tokens_per_cpu_s']:,.0f} | {sp} | {fs} | {r['eval_l0']:.1f} | "
                   f"{r['eval_explained_variance']:.4f} | {ld} | {wd} |")
@@ -222,7 +227,10 @@ def render(rows, a, meta) -> str:
            f"held-out store ({meta['eval_rows']:,} rows), round 0 (rounds agree to {meta['rounds_agree']:.1e} in EV). "
            "First steps' losses: ours against the tool over the first "
            f"{a.check_steps} steps from the same weights (float32). Final W_dec: ‖W_dec(ours) − W_dec(tool)‖ / "
-           "‖W_dec(tool)‖ after the whole run, how far float32 rounding let the two runs drift apart.", "",
+           "‖W_dec(tool)‖ after the whole run, how far float32 rounding let the two runs drift apart"
+           + ("; in brackets the same for ours' fast path against ours' plain path (SAEConfig(fast=False)), a control: "
+              "the same maths by construction (tests/test_fast_pkg.py), other rounding."
+              if any(r["tool"] == "ours" and r["variant"] == "plain" for r in rows) else "."), "",
            "Conventions (ours follows the tool's in each pair):", ""]
     md += [f"- **{k}**: {v['doc']}" for k, v in tt.CONVENTIONS.items()]
     return "\n".join(md) + "\n"
@@ -242,6 +250,8 @@ def main():
     ap.add_argument("--l1", type=float, default=None, help="default: the reproduction's l1_coeff")
     ap.add_argument("--l1-warmup", type=int, default=None, help="default: the reproduction's (steps // 10)")
     ap.add_argument("--k", type=int, default=None, help="TopK k; default: the reproduction's")
+    ap.add_argument("--variants", default="fast", help="ours: fast (the default path) and/or plain (SAEConfig(fast=False)), "
+                    "a control: same maths as fast, other float32 rounding")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--check-steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
@@ -297,7 +307,10 @@ def main():
         paths[arch] = tmp / f"init_{arch}.safetensors"
         save_file(tt._ours_layout(sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec), str(paths[arch]))
 
-    jobs = [j for arch in archs for conv in tools for j in ((conv, arch, conv, "plain"), ("ours", arch, conv, "fast"))]
+    variants = a.variants.split(",")
+    if bad := sorted(set(variants) - set(tt.VARIANTS)): sys.exit(f"unknown --variants {bad}; use {','.join(tt.VARIANTS)}")
+    jobs = [j for arch in archs for conv in tools
+            for j in [(conv, arch, conv, "plain")] + [("ours", arch, conv, v) for v in variants]]
     cmd = "python " + " ".join([str(Path(__file__).relative_to(ROOT))] + sys.argv[1:])
     runs, t0 = [], time.time()
     for rnd in range(a.rounds):
