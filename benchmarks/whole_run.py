@@ -188,7 +188,7 @@ def render(rows, a, meta) -> str:
           f"Machine: {m['cpu']}, {m['cores']} cores (shared with other jobs: the 1-minute load average during the "
           f"runs was median {statistics.median(loads):.1f}, max {max(loads):.1f}), {m['mem']} RAM, torch {m['torch']}, "
           f"{a.threads} torch thread(s) per run, CPU. Total wall time {meta['wall_s'] / 60:.1f} min. "
-          f"{a.rounds} interleaved rounds (every run of a round in turn: A B A B ...); the table shows the median "
+          f"{a.rounds} interleaved round{'s' if a.rounds != 1 else ''} (every run of a round in turn: A B A B ...); the table shows the median "
           "wall time of the rounds, each round's in the next column, so the ratios come from runs made side by side.", "",
           f"Data: {meta['store']} ({meta['n_rows']:,} rows of SmolLM2-135M {meta['hook']}, d_in {meta['d_in']}), "
           f"{a.steps} steps of {meta['batch']} tokens ({a.steps * meta['batch']:,} tokens), the reproduction's batches "
@@ -212,6 +212,9 @@ def render(rows, a, meta) -> str:
         fs = (f"{r['first_sparse_step']} ({r['sparse_steps']} of {a.steps})" if r.get("first_sparse_step") is not None
               else ("never" if "sparse_steps" in r else "— (dense)"))
         if r["arch"] == "topk": fs = "— (TopK: every step)" if r["tool"] == "ours" else "— (dense)"
+        if r["tool"] == "ours" and r["variant"] == "plain":
+            fs = "— (plain path" + (f"; f ≤ 1/8 non-zero from step {r['first_sparse_step']})"
+                                    if r.get("first_sparse_step") is not None and r["arch"] == "relu" else ")")
         ld = f"{r['max_rel_loss_diff']:.1e}" if "max_rel_loss_diff" in r else ""
         wd = f"{r['final_W_dec_rel_diff']:.1e}" if "final_W_dec_rel_diff" in r else ""
         if "final_W_dec_rel_diff_to_plain" in r: wd += f" (to ours (plain): {r['final_W_dec_rel_diff_to_plain']:.1e})"
@@ -230,7 +233,9 @@ def render(rows, a, meta) -> str:
            "‖W_dec(tool)‖ after the whole run, how far float32 rounding let the two runs drift apart"
            + ("; in brackets the same for ours' fast path against ours' plain path (SAEConfig(fast=False)), a control: "
               "the same maths by construction (tests/test_fast_pkg.py), other rounding."
-              if any(r["tool"] == "ours" and r["variant"] == "plain" for r in rows) else "."), "",
+              if any(r["tool"] == "ours" and r["variant"] == "plain" for r in rows) else
+              ". The drift is rounding, not different maths: whole_run_control.md (`--variants fast,plain`) runs ours' "
+              "plain path beside them, and ours' fast and plain paths drift apart as far."), "",
            "Conventions (ours follows the tool's in each pair):", ""]
     md += [f"- **{k}**: {v['doc']}" for k, v in tt.CONVENTIONS.items()]
     return "\n".join(md) + "\n"
