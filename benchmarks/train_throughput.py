@@ -38,6 +38,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -202,6 +203,24 @@ class PeakRSS:
 # ----------------------------------------------------------------------------------------------
 # workers: build a trainer from the shared init, expose step(x) -> loss-or-None
 # ----------------------------------------------------------------------------------------------
+class Built(NamedTuple):
+    """One tool's trainer, built from the shared init (what each BUILDERS entry returns; whole_run.py uses it too)."""
+    run: Callable        # run(batches, n_steps, want_loss, sync) -> (losses or None, [(wall s, CPU s) per step])
+    versions: dict       # package versions (+ the code path of ours)
+    weights: Callable    # () -> the trained {W_enc [d_in, d_sae], b_enc, W_dec [d_sae, d_in], b_dec}, in our layout, on the CPU
+    history: Callable = lambda: None  # () -> ours: the last run's per-step TrainHistory as a dict; other tools: None
+
+
+def _l1_warmup(a) -> int:
+    "Steps of linear L1 warm-up (whole_run.py sets it; train_throughput.py runs have none)."
+    return int(getattr(a, "l1_warmup", 0) or 0)
+
+
+def _ours_layout(W_enc, b_enc, W_dec, b_dec) -> dict:
+    return {k: v.detach().float().cpu().clone(memory_format=torch.contiguous_format) for k, v in
+            dict(W_enc=W_enc, b_enc=b_enc, W_dec=W_dec, b_dec=b_dec).items()}
+
+
 def build_saelens(a, init, device):
     import sae_lens
     from sae_lens import LoggingConfig, SAETrainer, StandardTrainingSAE, StandardTrainingSAEConfig
@@ -211,7 +230,7 @@ def build_saelens(a, init, device):
     d_in, d_sae = init["W_enc"].shape
     if a.arch == "relu":
         sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae, device=device,
-                                                            l1_coefficient=a.l1, l1_warm_up_steps=0))
+                                                            l1_coefficient=a.l1, l1_warm_up_steps=_l1_warmup(a)))
     else:
         sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, device=device, k=a.k,
                                                     rescale_acts_by_decoder_norm=False))
@@ -223,6 +242,11 @@ def build_saelens(a, init, device):
                            lr_end=a.lr / 10, device=device, dead_feature_window=10**6,
                            feature_sampling_window=10**6, logger=LoggingConfig(log_to_wandb=False))
     trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=iter(()))
+    if a.arch == "relu" and _l1_warmup(a):
+        # SAELens's step s uses l1 * s / warm_up (0 at the first step), ours and dictionary_learning's
+        # l1 * (s + 1) / warm_up: advancing its coefficient scheduler once makes the schedules the same
+        for sched in trainer.coefficient_schedulers.values():
+            sched.step()
 
     def step(x, want_loss):
         trainer.maybe_reset_sparsity()          # what SAETrainer.fit does around each step
@@ -230,7 +254,8 @@ def build_saelens(a, init, device):
         trainer.n_training_steps += 1
         return out.loss.item() if want_loss else None
 
-    return stepper(step), {"sae-lens": sae_lens.__version__}
+    return Built(stepper(step), {"sae-lens": sae_lens.__version__},
+                 lambda: _ours_layout(sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec))
 
 
 def build_dictionary_learning(a, init, device):
@@ -241,7 +266,7 @@ def build_dictionary_learning(a, init, device):
     common = dict(steps=10**7, activation_dim=d_in, dict_size=d_sae, layer=0, lm_name="bench",
                   lr=a.lr, warmup_steps=0, device=device)
     if a.arch == "relu":
-        tr = StandardTrainer(l1_penalty=a.l1, sparsity_warmup_steps=None, **common)
+        tr = StandardTrainer(l1_penalty=a.l1, sparsity_warmup_steps=_l1_warmup(a) or None, **common)
         ae_b_dec = tr.ae.bias
     else:
         tr = TopKTrainer(k=a.k, **common)
@@ -264,7 +289,8 @@ def build_dictionary_learning(a, init, device):
         r = tr.update(count[0], x)
         return loss if loss is not None else r
 
-    return stepper(step), {"dictionary-learning": md.version("dictionary-learning")}
+    return Built(stepper(step), {"dictionary-learning": md.version("dictionary-learning")},
+                 lambda: _ours_layout(tr.ae.encoder.weight.T, tr.ae.encoder.bias, tr.ae.decoder.weight.T, ae_b_dec))
 
 
 def build_ours(a, init, device):
@@ -296,12 +322,15 @@ def build_ours(a, init, device):
                       sparsity_coeff=a.l1 if a.arch == "relu" else 0.0)
     clip = conv["clip"] if a.arch == "relu" else CONV_TOPK_CLIP[a.convention]
     versions = {"sae_tutorial": getattr(sae_tutorial, "__version__", "?")}
+    weights = lambda: _ours_layout(sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)
     try:
         from sae_tutorial.train import TrainConfig, train
     except ImportError:
         train = None
 
     if train is not None:
+        last = {}
+
         def run(batches, n_steps, want_loss, sync):
             stamps = []
 
@@ -311,15 +340,19 @@ def build_ours(a, init, device):
                     stamps.append((time.perf_counter(), time.process_time()))
                     yield batches[i % len(batches)]
             tcfg = TrainConfig(lr=a.lr, steps=n_steps, decay="constant", warmup_steps=0, clip_grad_norm=clip,
+                               sparsity_warmup_steps=_l1_warmup(a) if a.arch == "relu" else 0,
                                progress=False, log_every=max(n_steps, 1), device=device)
             res = train(sae, stream(), lcfg, tcfg)
+            last["history"] = res.history
             sync()
             stamps.append((time.perf_counter(), time.process_time()))
             return (res.history.loss if want_loss else None), [(t1[0] - t0[0], t1[1] - t0[1])
                                                                for t0, t1 in zip(stamps, stamps[1:])]
         versions["path"] = "sae_tutorial.train.train"
-        return run, versions
+        return Built(run, versions, weights, lambda: last["history"].as_dict() if last else None)
 
+    if _l1_warmup(a):
+        raise NotImplementedError("the per-step fallback has no L1 warm-up; update sae_tutorial (it needs train.train).")
     opt = torch.optim.Adam(sae.parameters(), lr=a.lr)
 
     def step(x, want_loss):
@@ -335,7 +368,7 @@ def build_ours(a, init, device):
         return loss.total.item() if want_loss else None
 
     versions["path"] = "per-step loop (sae_tutorial.train not found)"
-    return stepper(step), versions
+    return Built(stepper(step), versions, weights)
 
 
 def stepper(step):
@@ -380,7 +413,7 @@ def worker(a) -> dict:
     mem = PeakRSS().start()
     base_rss = mem.peak / 2**20
     t0 = time.perf_counter()
-    run, versions = BUILDERS[a.tool](a, init, device)
+    run, versions = BUILDERS[a.tool](a, init, device)[:2]
     res["build_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if timing_of(a) == "block":      # warm-up, then the timed steps as one stretch: one sync before, one after
@@ -405,7 +438,7 @@ def worker(a) -> dict:
         res["mem_train_mb"] = res["cuda_peak_mb"]
     del run
     if a.check_steps:  # after timing, so the RSS baseline above is not inflated by freed check-run memory
-        run, _ = BUILDERS[a.tool](a, init, device)
+        run = BUILDERS[a.tool](a, init, device).run
         res["losses"] = [float(l) for l in run(batches, a.check_steps, True, sync)[0]]
     return res
 
