@@ -619,7 +619,7 @@ class ReLUSparse(torch.autograd.Function):
         n_pairs = int(fired.sum())                                             # one host sync
         if n_pairs <= max_density * pre.numel():
             rows, cols = fired.nonzero(as_tuple=True)                          # f's non-zeros, row by row
-            vals = pre[fired]                                                  # [n_pairs], same order
+            vals = pre[rows, cols]                                             # [n_pairs] (a gather: no second nonzero)
             crow = torch.searchsorted(rows, torch.arange(len(x) + 1, device=x.device))   # row b: crow[b]:crow[b+1]
             x_hat = F.embedding_bag(cols, W_dec, crow[:-1], mode="sum", per_sample_weights=vals).add_(b_dec)
         else:
@@ -650,6 +650,7 @@ class ReLUSparse(torch.autograd.Function):
         gb_dec -= W_enc @ gb_enc
         return (gp @ W_enc.T if need_x else None, xc.T @ gp if need_We else None, gb_enc if need_be else None,
                 gW_dec, gb_dec if need_bd else None, None)
+
 
 
 # %% ../nbs/02_sae.ipynb #cefb4c77
