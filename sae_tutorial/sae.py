@@ -20,8 +20,8 @@ from .core import check_finite, atomic_file
 __all__ = ['ARCHITECTURES', 'CHECKPOINT_FORMAT', 'SAE_CLASSES', 'SAEConfig', 'SAEOutput', 'SAE', 'ReLUSAE', 'TiedReLUSAE',
            'TopKSAE', 'BatchTopKSAE', 'rectangle', 'JumpReLUFunction', 'StepFunction', 'jumprelu', 'step',
            'JumpReLUSAE', 'GatedSAE', 'sae_class', 'make_sae', 'geometric_median', 'init_b_dec_', 'load_config',
-           'tensors_sha256', 'EncodeCentered', 'row_topk', 'TopKSparse', 'BatchTopKSparse', 'ReLUSparse',
-           'ActiveLatents', 'SparseSAEOutput']
+           'tensors_sha256', 'EncodeCentered', 'row_topk', 'TopKSparse', 'batch_topk_flat', 'BatchTopKSparse',
+           'ReLUSparse', 'ActiveLatents', 'SparseSAEOutput']
 
 # %% ../nbs/02_sae.ipynb #bbbcc703
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated")
@@ -579,16 +579,30 @@ class TopKSparse(torch.autograd.Function):
         return g
 
 
+def batch_topk_flat(pre: Tensor, n_keep: int, cut: float | None = None) -> tuple[Tensor, Tensor]:
+    """(vals, flat) [n_keep]: the n_keep largest ReLU(pre) of the whole batch and their indices into pre.reshape(-1),
+    unsorted. `cut` > 0: first keep only the entries above it; if at least n_keep are, the n_keep largest are all
+    among them (so this is exact) and one selection over the few candidates replaces the one over every entry;
+    else the whole batch is searched."""
+    flat_pre = pre.reshape(-1)
+    if cut is not None and cut > 0:
+        cand = (flat_pre > cut).nonzero().squeeze(1)                  # entries above the cut (one host sync)
+        if len(cand) >= n_keep:
+            vals, j = flat_pre[cand].topk(n_keep, sorted=False)
+            return vals, cand[j]
+    return F.relu(flat_pre).topk(n_keep, sorted=False)
+
+
 class BatchTopKSparse(torch.autograd.Function):
     """(x_hat, vals, rows, cols, crow, pre) of a training BatchTopK SAE: the n_keep largest ReLU(pre) of the whole
     batch, listed row by row as pairs f[rows[n], cols[n]] = vals[n]; decode and backward on those pairs only."""
 
     @staticmethod
-    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, n_keep: int):
+    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, n_keep: int, cut: float | None):
         xc = x - b_dec
         pre = torch.addmm(b_enc, xc, W_enc)                                    # [B, d_sae]
         d_sae = pre.shape[1]
-        top, flat = F.relu(pre).reshape(-1).topk(n_keep, sorted=False)        # over the whole batch
+        top, flat = batch_topk_flat(pre, n_keep, cut)                          # over the whole batch
         flat, order = flat.sort()                                              # row by row
         vals, rows, cols = top[order], flat // d_sae, flat % d_sae
         crow = torch.searchsorted(rows, torch.arange(len(x) + 1, device=x.device))
@@ -602,7 +616,8 @@ class BatchTopKSparse(torch.autograd.Function):
     def backward(ctx, g_xhat, g_vals, _g_rows, _g_cols, _g_crow, g_pre):
         xc, W_enc, W_dec, vals, rows, cols, crow = ctx.saved_tensors
         return (*_active_backward(ctx.needs_input_grad[:5], xc, W_enc, W_dec, vals, rows, cols, crow, g_xhat, g_vals,
-                                  g_pre), None)
+                                  g_pre), None, None)
+
 
 
 # %% ../nbs/02_sae.ipynb #a3ffb839
@@ -708,11 +723,15 @@ def _batchtopk_forward(self: BatchTopKSAE, x: Tensor) -> SAEOutput:
     x = self._check(x)
     x2 = x.reshape(-1, x.shape[-1])
     n_keep = min(self.cfg.k * len(x2), len(x2) * self.cfg.d_sae)
-    x_hat, vals, rows, cols, crow, pre = BatchTopKSparse.apply(x2, self.W_enc, self.b_enc, self.W_dec, self.b_dec, n_keep)
+    t = float(self.threshold)                         # the last batches' smallest kept value (nan before any)
+    cut = None if self.candidate_cut is None or t != t else self.candidate_cut * t
+    x_hat, vals, rows, cols, crow, pre = BatchTopKSparse.apply(x2, self.W_enc, self.b_enc, self.W_dec, self.b_dec,
+                                                               n_keep, cut)
     self.update_threshold_(vals.detach())
     return SparseSAEOutput(x_hat.reshape(x.shape), None, pre.reshape(*x.shape[:-1], -1), None,
                            ActiveLatents(rows, cols, vals, crow, self.cfg.d_sae))
 
+BatchTopKSAE.candidate_cut = 0.5     # batch_topk_flat's cut = 0.5 · threshold; None: always search every entry
 TopKSAE.topk_groups = None          # row_topk's G; None: one torch.topk per row (benchmarks/gpu_profile.py times both)
 ReLUSAE.sparse_max_density = None   # ReLUSparse's switch; None: 1/8 of f's entries on a CPU, 1/64 on a GPU (measured crossovers)
 

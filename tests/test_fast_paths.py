@@ -225,3 +225,27 @@ def test_topk_groups_training_equals_plain(monkeypatch):
     torch.testing.assert_close(fast(x).f, plain(x).f)
     for (n, a), (_, b) in zip(plain.named_parameters(), fast.named_parameters()):
         torch.testing.assert_close(b.grad, a.grad, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("cut", [None, 0.0, 0.5, 1.5, 2.5, 10.0])
+def test_batch_topk_flat_is_exact_for_any_cut(cut):
+    """batch_topk_flat keeps the n_keep largest ReLU(pre) of the whole batch whatever the cut: through the candidates
+    above it when enough are (cut 0.5, 1.5), by the full search when too few are (2.5, 10) or no cut is given."""
+    from sae_tutorial.sae import batch_topk_flat
+    g = torch.Generator().manual_seed(3)
+    pre = torch.randn(16, 50, generator=g, dtype=torch.float64)
+    n_keep = 40
+    ref = torch.relu(pre).reshape(-1).topk(n_keep)
+    if cut == 1.5: assert (pre > 1.5).sum() >= n_keep                   # the candidate branch ...
+    if cut == 2.5: assert (pre > 2.5).sum() < n_keep                    # ... and the fall-back are both exercised
+    vals, flat = batch_topk_flat(pre, n_keep, cut)
+    assert torch.equal(flat.sort().values, ref.indices.sort().values)
+    assert torch.equal(pre.reshape(-1)[flat], vals)
+
+
+def test_batch_topk_flat_keeps_zeros_when_few_entries_fire():
+    "Fewer positive entries than n_keep: the kept set is topped up with zeros, as torch.topk of ReLU(pre) does."
+    from sae_tutorial.sae import batch_topk_flat
+    pre = -torch.rand(4, 10, dtype=torch.float64); pre[0, :3] = torch.tensor([3.0, 2.0, 1.0])
+    vals, flat = batch_topk_flat(pre, 5, cut=0.5)
+    assert sorted(vals.tolist()) == [0.0, 0.0, 1.0, 2.0, 3.0] and {0, 1, 2} <= set(flat.tolist())
