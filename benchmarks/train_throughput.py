@@ -13,7 +13,8 @@ What it does
   temp folder. Every tool starts from those exact weights and sees the exact same batches.
 - Runs each tool's own trainer step in its own subprocess (the other tools live in
   benchmarks/.venv-other; sae_tutorial in the project venv): SAELens `SAETrainer.step`,
-  dictionary_learning `StandardTrainer.update` / `TopKTrainer.update`, sae_tutorial `train`.
+  dictionary_learning `StandardTrainer.update` / `TopKTrainer.update` / `BatchTopKTrainer.update`, sae_tutorial `train`.
+  Architectures (--archs): relu, topk, batchtopk (BATCHTOPK_NOTES says how each BatchTopK pair is matched).
 - "Same math": the tools disagree on conventions, so each comparison is a *pair* run under one
   convention and our trainer is configured to follow the other tool's convention (see
   CONVENTIONS below). Round 0 records the first `--check-steps` losses of every run from the same
@@ -622,7 +623,7 @@ def main():
                     help="init = fresh weights (half the ReLU latents fire); sparse = part-way-trained-like ReLU weights "
                          "(see make_sparse_init; ReLU only)")
     ap.add_argument("--sparse-l0", type=float, default=32, help="mean active latents per token of the sparse start")
-    ap.add_argument("--archs", default="relu,topk")
+    ap.add_argument("--archs", default="relu,topk", help="comma-separated: relu, topk, batchtopk")
     ap.add_argument("--tools", default="ours,saelens,dictionary_learning")
     ap.add_argument("--variants", default="plain,fast", help="variants of ours: plain = SAEConfig(fast=False), fast = SAEConfig(fast=True) (the default)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
