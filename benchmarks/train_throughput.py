@@ -13,7 +13,8 @@ What it does
   temp folder. Every tool starts from those exact weights and sees the exact same batches.
 - Runs each tool's own trainer step in its own subprocess (the other tools live in
   benchmarks/.venv-other; sae_tutorial in the project venv): SAELens `SAETrainer.step`,
-  dictionary_learning `StandardTrainer.update` / `TopKTrainer.update`, sae_tutorial `train`.
+  dictionary_learning `StandardTrainer.update` / `TopKTrainer.update` / `BatchTopKTrainer.update`, sae_tutorial `train`.
+  Architectures (--archs): relu, topk, batchtopk (BATCHTOPK_NOTES says how each BatchTopK pair is matched).
 - "Same math": the tools disagree on conventions, so each comparison is a *pair* run under one
   convention and our trainer is configured to follow the other tool's convention (see
   CONVENTIONS below). Round 0 records the first `--check-steps` losses of every run from the same
@@ -68,6 +69,29 @@ CONVENTIONS = {
         normalize_decoder=True, clip=None, relu_sparsity="l1"),
 }
 CONV_TOPK_CLIP = {"saelens": 1.0, "dictionary_learning": 1.0}
+# BatchTopK (--archs batchtopk): the clipping and decoder handling of each convention are TopK's; what else each tool's
+# BatchTopK step does and how it is matched (rendered into the markdown when batchtopk rows are present):
+BATCHTOPK_DECAY = 0.99  # the eval threshold's EMA decay: ours SAEConfig.batchtopk_threshold_decay (its default),
+#                         SAELens topk_threshold_lr = 1 - decay (its default), dictionary_learning threshold_beta = decay
+BATCHTOPK_NOTES = {
+    "saelens": "BatchTopKTrainingSAE (a TopKTrainingSAE whose activation keeps the int(k*B) largest ReLU(pre) of the "
+               "whole batch) through the same SAETrainer.step as TopK: plain Adam, grad-norm clip 1.0, no decoder "
+               "normalisation, recon = sum_d (x-x_hat)^2 averaged over tokens. Its default rescale_acts_by_decoder_norm=True "
+               "(select on pre*||W_dec[i]||, decode with W_dec[i]/||W_dec[i]||) is switched off, as for TopK, so it is "
+               "the pure BatchTopK ours runs (ours with normalize_decoder=False). Its AuxK (aux_loss_coefficient 1) is "
+               "inactive (no latent is dead this early); ours runs aux='none'. Eval threshold: an EMA, "
+               f"topk_threshold_lr = {1 - BATCHTOPK_DECAY:g}, of the smallest positive kept value, the same update as ours, "
+               "but its EMA starts from 0 (float64 buffer) where ours (NaN at start) takes the first batch's value, so "
+               "after n steps SAELens's = ours - decay^n * m_1 (m_1: the first batch's smallest kept value). This cannot "
+               "be configured away; it does not enter the training loss.",
+    "dictionary_learning": "BatchTopKTrainer: the k*B largest ReLU(pre) of the batch, recon = sum_d (x-x_hat)^2 "
+               "averaged over tokens, decoder-parallel gradient projected out, grad-norm clip 1.0, Adam, decoder "
+               "renormalised (ours with normalize_decoder=True, clip 1.0). Stepped from step=1 as its TopKTrainer "
+               "(step=0 would set b_dec to the batch's geometric median). Its AuxK (auxk_alpha 1/32, dead after 10M "
+               "tokens without firing) is inactive in these runs; ours runs aux='none'. Eval threshold: its defaults "
+               f"(threshold_beta 0.999, updates only after step 1000) are set to ours: threshold_beta = {BATCHTOPK_DECAY:g}, "
+               "threshold_start_step = 0, so both take the first batch's smallest kept value and then the same EMA.",
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -121,8 +145,14 @@ def make_sparse_init(x: torch.Tensor, d_sae: int, target_l0: float, seed: int = 
     return dict(W_enc=W_dec.T.contiguous(), b_enc=torch.full((d_sae,), -t), W_dec=W_dec, b_dec=b_dec)
 
 
-def start_l0(arch: str, init: dict, x: torch.Tensor, k: int) -> dict:
-    "Active latents per token at the start weights: the mean and the busiest token (ReLU), or k (TopK)."
+def start_l0(arch: str, init: dict, x: torch.Tensor, k: int, batch: int | None = None) -> dict:
+    """Active latents per token at the start weights: the mean and the busiest token (ReLU), or k (TopK). BatchTopK:
+    over the first batch (`batch` rows), with `min_kept` = the smallest positive kept value (its first threshold)."""
+    if arch == "batchtopk":
+        acts = torch.relu((x[:batch] - init["b_dec"]) @ init["W_enc"] + init["b_enc"])      # [batch, d_sae]
+        vals, idx = acts.flatten().topk(k * len(acts), sorted=False)
+        n = torch.zeros(acts.numel()).index_fill_(0, idx, 1.0).view_as(acts).sum(-1)
+        return dict(mean=float(n.mean()), max=int(n.max()), min_kept=float(vals[vals > 0].min()))
     if arch != "relu": return dict(mean=float(k), max=k)
     n = torch.cat([(((xb - init["b_dec"]) @ init["W_enc"] + init["b_enc"]) > 0).sum(-1).float()
                    for xb in x.split(2048)])
@@ -209,6 +239,7 @@ class Built(NamedTuple):
     versions: dict       # package versions (+ the code path of ours)
     weights: Callable    # () -> the trained {W_enc [d_in, d_sae], b_enc, W_dec [d_sae, d_in], b_dec}, in our layout, on the CPU
     history: Callable = lambda: None  # () -> ours: the last run's per-step TrainHistory as a dict; other tools: None
+    threshold: Callable = lambda: None  # () -> BatchTopK: the eval threshold (float) after the steps run; else None
 
 
 def _l1_warmup(a) -> int:
@@ -225,12 +256,17 @@ def build_saelens(a, init, device):
     import sae_lens
     from sae_lens import LoggingConfig, SAETrainer, StandardTrainingSAE, StandardTrainingSAEConfig
     from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig
+    from sae_lens import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
     from sae_lens.config import SAETrainerConfig
 
     d_in, d_sae = init["W_enc"].shape
     if a.arch == "relu":
         sae = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=d_in, d_sae=d_sae, device=device,
                                                             l1_coefficient=a.l1, l1_warm_up_steps=_l1_warmup(a)))
+    elif a.arch == "batchtopk":  # see BATCHTOPK_NOTES
+        sae = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, device=device, k=a.k,
+                                                              rescale_acts_by_decoder_norm=False,
+                                                              topk_threshold_lr=1 - BATCHTOPK_DECAY))
     else:
         sae = TopKTrainingSAE(TopKTrainingSAEConfig(d_in=d_in, d_sae=d_sae, device=device, k=a.k,
                                                     rescale_acts_by_decoder_norm=False))
@@ -255,12 +291,13 @@ def build_saelens(a, init, device):
         return out.loss.item() if want_loss else None
 
     return Built(stepper(step), {"sae-lens": sae_lens.__version__},
-                 lambda: _ours_layout(sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec))
+                 lambda: _ours_layout(sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec),
+                 threshold=(lambda: float(sae.topk_threshold)) if a.arch == "batchtopk" else (lambda: None))
 
 
 def build_dictionary_learning(a, init, device):
     import importlib.metadata as md
-    from dictionary_learning.trainers import StandardTrainer, TopKTrainer
+    from dictionary_learning.trainers import BatchTopKTrainer, StandardTrainer, TopKTrainer
 
     d_in, d_sae = init["W_enc"].shape
     common = dict(steps=10**7, activation_dim=d_in, dict_size=d_sae, layer=0, lm_name="bench",
@@ -268,6 +305,9 @@ def build_dictionary_learning(a, init, device):
     if a.arch == "relu":
         tr = StandardTrainer(l1_penalty=a.l1, sparsity_warmup_steps=_l1_warmup(a) or None, **common)
         ae_b_dec = tr.ae.bias
+    elif a.arch == "batchtopk":  # see BATCHTOPK_NOTES: its eval-threshold EMA set to ours
+        tr = BatchTopKTrainer(k=a.k, threshold_beta=BATCHTOPK_DECAY, threshold_start_step=0, **common)
+        ae_b_dec = tr.ae.b_dec
     else:
         tr = TopKTrainer(k=a.k, **common)
         ae_b_dec = tr.ae.b_dec
@@ -283,6 +323,8 @@ def build_dictionary_learning(a, init, device):
         # median (an init choice, not part of a step); no schedule here depends on the number.
         count[0] += 1
         loss = None
+        if a.arch == "batchtopk":  # BatchTopKTrainer.update returns the loss it minimised; an extra .loss call
+            return tr.update(count[0], x)  # would move its threshold EMA (and firing counts) a second time
         if want_loss:  # StandardTrainer.update returns nothing; read the loss it is about to minimise
             with torch.no_grad():
                 loss = float(tr.loss(x, step=count[0]))
@@ -290,7 +332,8 @@ def build_dictionary_learning(a, init, device):
         return loss if loss is not None else r
 
     return Built(stepper(step), {"dictionary-learning": md.version("dictionary-learning")},
-                 lambda: _ours_layout(tr.ae.encoder.weight.T, tr.ae.encoder.bias, tr.ae.decoder.weight.T, ae_b_dec))
+                 lambda: _ours_layout(tr.ae.encoder.weight.T, tr.ae.encoder.bias, tr.ae.decoder.weight.T, ae_b_dec),
+                 threshold=(lambda: float(tr.ae.threshold)) if a.arch == "batchtopk" else (lambda: None))
 
 
 def build_ours(a, init, device):
@@ -313,7 +356,8 @@ def build_ours(a, init, device):
         from topk_triton import topk_triton
         sae_tutorial.sae.row_topk = lambda pre, k, groups=None: topk_triton(pre, k)
     cfg = SAEConfig(d_in=d_in, expansion_factor=d_sae / d_in, architecture=a.arch, k=a.k,
-                    normalize_decoder=conv["normalize_decoder"], fast=a.variant.startswith("fast"))
+                    normalize_decoder=conv["normalize_decoder"], fast=a.variant.startswith("fast"),
+                    **(dict(batchtopk_threshold_decay=BATCHTOPK_DECAY) if a.arch == "batchtopk" else {}))
     sae = make_sae(cfg, device=device)
     with torch.no_grad():
         for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
@@ -323,6 +367,7 @@ def build_ours(a, init, device):
     clip = conv["clip"] if a.arch == "relu" else CONV_TOPK_CLIP[a.convention]
     versions = {"sae_tutorial": getattr(sae_tutorial, "__version__", "?")}
     weights = lambda: _ours_layout(sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec)
+    threshold = (lambda: float(sae.threshold)) if a.arch == "batchtopk" else (lambda: None)
     try:
         from sae_tutorial.train import TrainConfig, train
     except ImportError:
@@ -349,7 +394,7 @@ def build_ours(a, init, device):
             return (res.history.loss if want_loss else None), [(t1[0] - t0[0], t1[1] - t0[1])
                                                                for t0, t1 in zip(stamps, stamps[1:])]
         versions["path"] = "sae_tutorial.train.train"
-        return Built(run, versions, weights, lambda: last["history"].as_dict() if last else None)
+        return Built(run, versions, weights, lambda: last["history"].as_dict() if last else None, threshold)
 
     if _l1_warmup(a):
         raise NotImplementedError("the per-step fallback has no L1 warm-up; update sae_tutorial (it needs train.train).")
@@ -368,7 +413,7 @@ def build_ours(a, init, device):
         return loss.total.item() if want_loss else None
 
     versions["path"] = "per-step loop (sae_tutorial.train not found)"
-    return Built(stepper(step), versions, weights)
+    return Built(stepper(step), versions, weights, threshold=threshold)
 
 
 def stepper(step):
@@ -389,7 +434,7 @@ BUILDERS = {"saelens": build_saelens, "dictionary_learning": build_dictionary_le
 
 def timing_of(a) -> str:
     "'block' (default on a GPU): tokens/s over the timed steps run back to back, as in training; 'step' (default on a CPU): the median of steps timed one by one."
-    return a.timing or ("block" if a.device.startswith("cuda") else "step")
+    return getattr(a, "timing", None) or ("block" if a.device.startswith("cuda") else "step")
 
 
 def worker(a) -> dict:
@@ -438,8 +483,10 @@ def worker(a) -> dict:
         res["mem_train_mb"] = res["cuda_peak_mb"]
     del run
     if a.check_steps:  # after timing, so the RSS baseline above is not inflated by freed check-run memory
-        run = BUILDERS[a.tool](a, init, device).run
-        res["losses"] = [float(l) for l in run(batches, a.check_steps, True, sync)[0]]
+        built = BUILDERS[a.tool](a, init, device)
+        res["losses"] = [float(l) for l in built.run(batches, a.check_steps, True, sync)[0]]
+        if (thr := built.threshold()) is not None:   # BatchTopK: the eval threshold after the check steps
+            res["threshold"] = thr
     return res
 
 
@@ -514,6 +561,8 @@ def summarise(runs, a) -> tuple[list[dict], str]:
                    rss_peak_mb=statistics.median(r["rss_peak_mb"] for r in ok),
                    losses=next((r["losses"] for r in ok if r.get("losses")), None),
                    versions=ok[0]["versions"])
+        if (thr := next((r["threshold"] for r in ok if "threshold" in r), None)) is not None:
+            row["threshold"] = thr
         l0 = getattr(a, "l0", {}).get(f"{row['arch']}/{row['start']}")
         if l0: row["l0"] = l0
         if getattr(a, "ceiling", None) and l0:
@@ -574,7 +623,7 @@ def main():
                     help="init = fresh weights (half the ReLU latents fire); sparse = part-way-trained-like ReLU weights "
                          "(see make_sparse_init; ReLU only)")
     ap.add_argument("--sparse-l0", type=float, default=32, help="mean active latents per token of the sparse start")
-    ap.add_argument("--archs", default="relu,topk")
+    ap.add_argument("--archs", default="relu,topk", help="comma-separated: relu, topk, batchtopk")
     ap.add_argument("--tools", default="ours,saelens,dictionary_learning")
     ap.add_argument("--variants", default="plain,fast", help="variants of ours: plain = SAEConfig(fast=False), fast = SAEConfig(fast=True) (the default)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -623,7 +672,7 @@ def main():
     for name, init in inits.items():
         init_paths[name] = tmp / f"init_{name}.safetensors"
         save_file(init, str(init_paths[name]))
-    a.l0 = {f"{arch}/{st}": start_l0(arch, inits[st], x, a.k) for arch in a.archs.split(",") for st in inits}
+    a.l0 = {f"{arch}/{st}": start_l0(arch, inits[st], x, a.k, a.batch) for arch in a.archs.split(",") for st in inits}
     a.ceiling = matmul_ceiling(a.batch, a.d_in, a.d_in * a.expansion, a.device) if gpu else None
     if gpu: print(f"matmul ceiling: {a.ceiling}", file=sys.stderr, flush=True)
     jobs = jobs_for(a.archs.split(","), tools, a.variants.split(","), starts)
@@ -647,7 +696,8 @@ def write_results(a, runs, cmd, m, wall_s):
     note = (f"Machine: {m['cpu']}, {m['cores']} cores, {m['mem']} RAM, GPU: {m['gpu']}; torch {m['torch']}; "
             f"device {a.device}. d_in {a.d_in}, d_sae {a.d_in * a.expansion}, batch {a.batch} tokens, "
             f"{a.warmup} warm-up + {a.steps} timed steps per run (tokens/s "
-            + ("over the timed steps run back to back, synchronised once before and once after: how training runs"
+            + ("from the median step" if "timing" not in vars(a)   # a results JSON from before --timing: its wording
+               else "over the timed steps run back to back, synchronised once before and once after: how training runs"
                if timing_of(a) == "block" else "from the median step, each step synchronised and timed alone")
             + f"), {a.rounds} "
             f"interleaved rounds (A B A B ...), median shown; {a.threads} torch threads. Wall time {wall_s:.0f} s.")
@@ -685,10 +735,36 @@ def write_results(a, runs, cmd, m, wall_s):
     md += ["", "dictionary_learning's TopKTrainer is stepped from step=1: at step=0 it replaces b_dec by the first "
            "batch's geometric median (an initialisation, not a training step), which would break the identical start. "
            "Its AuxK and SAELens's AuxK are inactive here (no latent is dead this early), as is ours (aux='none')."]
+    md += batchtopk_notes(rows, a)
     (Path(a.out + ".md")).write_text("\n".join(md) + "\n")
     Path(a.out + ".json").write_text(json.dumps(dict(command=cmd, machine=m, args=vars(a), rows=rows,
                                                      runs=runs, wall_s=wall_s), indent=1))
     print(table)
+
+
+def batchtopk_notes(rows, a) -> list[str]:
+    """The markdown on the BatchTopK rows (none without them): what each tool's step does and how ours is matched
+    (BATCHTOPK_NOTES), and the eval threshold each run ended its check steps with."""
+    btk = [r for r in rows if r["arch"] == "batchtopk" and "error" not in r]
+    if not btk:
+        return []
+    md = ["", "BatchTopK (ours: `BatchTopKSAE`, in training the k·B largest ReLU(pre) of the batch of B rows; its eval "
+          f"threshold an EMA, decay {BATCHTOPK_DECAY:g}, of the smallest positive kept value, the first batch setting it). "
+          "Each tool's BatchTopK step and how the pair is matched:", ""]
+    md += [f"- **{k}**: {v}" for k, v in BATCHTOPK_NOTES.items() if any(r["convention"] == k for r in btk)]
+    thr = [r for r in btk if "threshold" in r]
+    if thr:
+        n = a.check_steps
+        m1 = (getattr(a, "l0", None) or {}).get("batchtopk/init", {}).get("min_kept")
+        parts = []
+        for r in sorted(thr, key=lambda r: (r["convention"], r["tool"] != "ours", r["variant"])):
+            name = r["tool"] + (f" ({r['variant']})" if r["tool"] == "ours" else "")
+            extra = (f" (+ decay^{n} * m_1 = {r['threshold'] + BATCHTOPK_DECAY ** n * m1:.6g})"
+                     if r["tool"] == "saelens" and m1 is not None else "")
+            parts.append(f"{r['convention']} / {name}: {r['threshold']:.6g}{extra}")
+        md += ["", f"Eval threshold after the {n} check steps: " + "; ".join(parts)
+               + (f". m_1, the first batch's smallest kept value at the start weights, is {m1:.6g}." if m1 is not None else ".")]
+    return md
 
 
 def render_only(path: str, out: str):
