@@ -188,3 +188,17 @@ def test_by_feature_no_pairs(piece):
     none = torch.zeros(0, dtype=torch.long)
     out = _ByFeature(none, none, 5, piece=piece).sum_rows(torch.randn(3, 2, dtype=torch.float64), torch.zeros(0, dtype=torch.float64))
     assert torch.equal(out, torch.zeros(5, 2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "relu"])
+def test_gpu_layout_of_the_sums_equals_plain(arch, monkeypatch):
+    """The GPU's way of summing per latent (bags cut into pieces, sized without asking the device) run on the CPU
+    with tiny pieces inside whole training steps: the same outputs and gradients as the plain path."""
+    from sae_tutorial import sae as sae_mod
+    init = sae_mod._ByFeature.__init__
+    monkeypatch.setattr(sae_mod._ByFeature, "__init__", lambda self, rows, cols, d_sae, piece=None: init(self, rows, cols, d_sae, 3))
+    monkeypatch.setattr(sae_mod.ReLUSAE, "sparse_max_density", 1.0)          # ReLU on its sparse branch
+    plain, fast = _pair(arch)
+    x = torch.randn(40, 12, dtype=torch.float64)
+    x[:, 0] += 4.0                                                            # one direction every row shares
+    _assert_same(plain, fast, x, LOSSES["l1" if arch == "relu" else "recon"], True)
