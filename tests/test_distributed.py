@@ -187,3 +187,23 @@ def test_write_disk_store_publishes_whole_or_nothing(tmp_path, monkeypatch):
     back = ActivationStore.load(D.write_disk_store(x, tmp_path/"store"))
     assert torch.equal(back.get(range(10)), x)
     with pytest.raises(FileExistsError): D.write_disk_store(x, tmp_path/"store")
+
+
+def test_torchrun_ranks_stop_together_on_non_finite_loss(store, tmp_path):
+    """A run whose loss overflows (lr 1e30) stops on both ranks at the same step with the trainer's message, and
+    torchrun exits with an error instead of hanging; rank 0 publishes nothing."""
+    tc = TrainConfig(lr=1e30, steps=20, warmup_steps=0, progress=False, log_every=1)
+    job = DDPJob(store=str(store.path), out=str(tmp_path/"out"), sae_cfg=SAEConfig(d_in=16, expansion_factor=2),
+                 loss_cfg=LossConfig(), train_cfg=tc, global_batch_size=32)
+    job.save(tmp_path/"job.json")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "sae_tutorial.distributed", "--job", str(tmp_path/"job.json"), "--cpu"],
+                       capture_output=True, text=True, env=env, timeout=180, cwd=tmp_path)
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    steps = {l.split("Non-finite loss or gradient at step ")[1].split(" ")[0] for l in out.splitlines()
+             if "Non-finite loss or gradient at step" in l and ", rank " in l}
+    ranks = {l.split(", rank ")[1][0] for l in out.splitlines() if "Non-finite loss or gradient at step" in l and ", rank " in l}
+    assert ranks == {"0", "1"} and len(steps) == 1, out[-3000:]
+    assert not (tmp_path/"out"/"sae").exists()
