@@ -115,11 +115,15 @@ class TrainConfig:
 
 # %% ../nbs/04_training.ipynb #85eb020f
 def make_optimizer(sae: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam:
-    """Adam over the SAE's parameters with the config's lr and betas. On a GPU, PyTorch's fused Adam: the same update
-    in one kernel instead of a dozen passes over the weights (0.8 ms of a 10 ms TopK step on an H200)."""
+    """Adam over the SAE's parameters with the config's lr and betas: PyTorch's fused Adam where this torch has it
+    for the parameters' device, the same update in one pass instead of a dozen over the weights (an H200 TopK
+    step: 0.8 → 0.4 ms; 576 × 8 on one CPU thread: about 17 → 4 ms); else the default implementation."""
     params = list(sae.parameters())
-    fused = bool(params) and all(p.is_cuda for p in params)
-    return torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused or None)
+    kw = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    if params and len({p.device for p in params}) == 1:
+        try: return torch.optim.Adam(params, fused=True, **kw)
+        except (RuntimeError, ValueError): pass                  # an older torch, or a device without it
+    return torch.optim.Adam(params, **kw)
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, n_steps: int) -> LRScheduler:
     "Linear warm-up (LinearLR) then cosine / linear / constant decay, chained with SequentialLR."
@@ -134,6 +138,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, n_steps: 
 def sparsity_coeff_at(step: int, coeff: float, warmup_steps: int) -> float:
     "Sparsity coefficient at `step`: rises linearly from coeff/warmup_steps to coeff, then stays."
     return coeff if warmup_steps <= 0 else coeff * min(1.0, (step + 1) / warmup_steps)
+
 
 # %% ../nbs/04_training.ipynb #7e2d93fe
 class FeatureUsage:

@@ -232,3 +232,20 @@ def test_usage_and_dead_mask_match_a_brute_force_window():
         np.testing.assert_array_equal(u.usage().numpy(), last.mean(0))
         want_dead = (~last.any(0)) if len(allf) >= window else np.zeros(d_sae, bool)
         np.testing.assert_array_equal(u.dead_mask().numpy(), want_dead)
+
+
+def test_make_optimizer_fused_adam_is_adam():
+    "make_optimizer's (fused, where torch has it) Adam takes the steps of torch's default Adam, to float64 rounding."
+    from sae_tutorial.train import make_optimizer
+    torch.manual_seed(0)
+    a = make_sae(SAEConfig(d_in=8, expansion_factor=2), dtype=torch.float64)
+    b = make_sae(SAEConfig(d_in=8, expansion_factor=2), dtype=torch.float64); b.load_state_dict(a.state_dict())
+    cfg = TrainConfig(lr=1e-2, beta1=0.8, beta2=0.95, eps=1e-7)
+    opt_a, opt_b = make_optimizer(a, cfg), torch.optim.Adam(b.parameters(), lr=1e-2, betas=(0.8, 0.95), eps=1e-7)
+    assert opt_a.param_groups[0]["fused"] in (True, None)
+    x = torch.randn(16, 8, dtype=torch.float64)
+    for _ in range(5):
+        for m, o in ((a, opt_a), (b, opt_b)):
+            o.zero_grad(); ((m(x).x_hat - x) ** 2).sum().backward(); o.step()
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14, msg=lambda s: f"{n}: {s}")
