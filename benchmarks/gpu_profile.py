@@ -7,13 +7,13 @@
    batch 4096, float32: the kernels sorted by GPU time.
 2. Each sparse piece of the TopK backward timed alone against alternatives computing the same thing
    (checked equal to 1e-4 relative first): the decode, dL/dvals at the active pairs, W_dec's gradient, and topk.
-3. Exact top-k alternatives to `pre.topk(k)` on [B, S] (`topk_pieces`): sorted=True/False, and a two-stage top-k
-   (top-k within G groups of S/G, then top-k of the G*k candidates) for several G. Each records 'match': the
+3. Exact top-k alternatives to `pre.topk(k)` on [B, S] (`topk_pieces`): sorted=True/False, and the package's two-round
+   `row_topk` (top-k within G slices of S/G, then top-k of the G*k candidates; tested in tests/test_fast_paths.py) for several G. Each records 'match': the
    fraction of rows whose selected set equals torch.topk's, and the largest difference of the sorted values.
    On a GPU also a single-pass Triton top-k (benchmarks/topk_triton.py) for a few chunk sizes / warps; a config
    that fails to compile records its error instead of a time.
 
-    python benchmarks/gpu_profile.py --dry-run --out /tmp/p     # CPU, tiny sizes; also asserts two-stage == topk
+    python benchmarks/gpu_profile.py --dry-run --out /tmp/p     # CPU, tiny sizes (the wiring; every 'match' reads 1)
     python benchmarks/gpu_profile.py --only-pieces --out ...    # the timed pieces only, no profiler
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from sae_tutorial.losses import LossConfig                     # noqa: E402
-from sae_tutorial.sae import SAEConfig, make_sae, _ByFeature   # noqa: E402
+from sae_tutorial.sae import SAEConfig, make_sae, _ByFeature, row_topk   # noqa: E402
 from sae_tutorial.train import TrainConfig, train              # noqa: E402
 from train_throughput import make_data, make_sparse_init, make_init, time_cuda as _time_cuda  # noqa: E402
 
@@ -72,20 +72,6 @@ def profile_steps(arch, init, x, lcfg, steps=10):
     return dict(arch=arch, wall_ms_per_step_profiled=wall, gpu_kernel_ms_per_step=total, top=rows[:25], ops=ops[:25])
 
 
-def topk_two_stage(pre, k: int, G: int):
-    """Exact top-k of each row of pre [B, S] in two stages: the top k of each of G groups of S/G consecutive
-    columns, then the top k of those G*k candidates. Every row's top-k element is among the top k of its own group
-    (fewer than k elements of the row beat it), so the selected set equals torch.topk's when the values are
-    distinct, and the values (as a multiset) always do. Needs S % G == 0 and S/G >= k. Returns (vals, idx) [B, k],
-    unsorted, like pre.topk(k, sorted=False)."""
-    B, S = pre.shape
-    if S % G or S // G < k: raise ValueError(f"two-stage top-k needs S % G == 0 and S/G >= k; got S={S}, G={G}, k={k}")
-    v1, i1 = pre.view(B, G, S // G).topk(k, dim=-1, sorted=False)                 # [B, G, k], index within group
-    i1 = i1 + torch.arange(0, S, S // G, device=pre.device)[:, None]              # -> column of pre
-    v2, j = v1.reshape(B, G * k).topk(k, dim=-1, sorted=False)                    # [B, k] among the candidates
-    return v2, i1.reshape(B, G * k).gather(-1, j)
-
-
 def topk_match(ref, alt) -> dict:
     "How far (vals, idx) `alt` is from `ref`: fraction of rows with the same set of columns, max |sorted vals diff|."
     same = (ref[1].sort(-1).values == alt[1].sort(-1).values).all(-1).float().mean().item()
@@ -109,8 +95,8 @@ def topk_pieces(pre, k: int, groups, res: dict | None = None, save=lambda: None)
     res["topk sorted=True match"] = topk_match(ref, pre.topk(k, dim=-1, sorted=True))
     res["sort descending, first k (reference)"] = time_cuda(lambda: pre.sort(-1, descending=True))
     for G in groups:
-        res[f"two-stage G={G} (S/G={pre.shape[1] // G})"] = time_cuda(lambda: topk_two_stage(pre, k, G))
-        res[f"two-stage G={G} match"] = topk_match(ref, topk_two_stage(pre, k, G))
+        res[f"two-stage G={G} (S/G={pre.shape[1] // G})"] = time_cuda(lambda: row_topk(pre, k, G))
+        res[f"two-stage G={G} match"] = topk_match(ref, row_topk(pre, k, G))
     save()
     if not pre.is_cuda: return res                      # the Triton kernel runs on a GPU (dry run: check_topk_triton)
     try: from topk_triton import topk_triton
@@ -144,27 +130,6 @@ def check_topk_triton():
     except AssertionError: raise
     except Exception as e: print(f"topk_triton: interpreter check not run: {type(e).__name__}: {str(e)[:200]}")
     finally: del os.environ["TRITON_INTERPRET"]
-
-
-def check_two_stage():
-    "CPU asserts (the dry run): two-stage top-k == a numpy float64 argsort, with distinct values and with ties."
-    import numpy as np
-    g = torch.Generator().manual_seed(0)
-    for B, S, k in ((7, 96, 5), (16, 512, 32), (3, 64, 64 // 4)):
-        pre = torch.randn(B, S, generator=g, dtype=torch.float64)
-        want = np.sort(np.argsort(-pre.numpy(), axis=-1, kind="stable")[:, :k], axis=-1)
-        for G in [G for G in (1, 2, 4, 8, 16) if S % G == 0 and S // G >= k]:
-            v, i = topk_two_stage(pre, k, G)
-            assert np.array_equal(np.sort(i.numpy(), -1), want), (B, S, k, G)
-            assert torch.equal(v, pre.gather(-1, i)), "values must be pre at the returned columns"
-    pre = torch.randint(0, 5, (32, 128), generator=g).float()               # many ties: the values still agree
-    for G in (2, 4):
-        v, i = topk_two_stage(pre, 8, G)
-        assert torch.equal(v.sort(-1).values, pre.topk(8, -1).values.sort(-1).values)
-        assert torch.equal(v, pre.gather(-1, i)) and (i.sort(-1).values.diff(dim=-1) > 0).all(), "distinct columns"
-    try: topk_two_stage(torch.zeros(2, 100), 8, 3); raise AssertionError("S % G != 0 must be refused")
-    except ValueError: pass
-    print("two-stage top-k == numpy argsort reference (distinct values), values equal under ties: ok", flush=True)
 
 
 def pieces(B=4096, D=768, S=24576, k=32, res=None, save=lambda: None):
@@ -225,7 +190,7 @@ def main():
     ap.add_argument("--only-pieces", action="store_true", help="the timed pieces (and top-k alternatives) only")
     a = ap.parse_args()
     global DEV
-    if a.dry_run: DEV = "cpu"; check_two_stage(); check_topk_triton()
+    if a.dry_run: DEV = "cpu"; check_topk_triton()
     res = dict(gpu=torch.cuda.get_device_name(0) if DEV == "cuda" else None, torch=torch.__version__)
     res["pieces_ms"] = {}
     save = lambda: Path(a.out + ".json").write_text(json.dumps(res, indent=1))

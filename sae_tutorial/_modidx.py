@@ -603,6 +603,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'sae_tutorial.sae._relu_forward': ('sae.html#_relu_forward', 'sae_tutorial/sae.py'),
                                   'sae_tutorial.sae._sum_to': ('sae.html#_sum_to', 'sae_tutorial/sae.py'),
                                   'sae_tutorial.sae._topk_forward': ('sae.html#_topk_forward', 'sae_tutorial/sae.py'),
+                                  'sae_tutorial.sae._topk_rows': ('sae.html#_topk_rows', 'sae_tutorial/sae.py'),
                                   'sae_tutorial.sae.batch_topk_flat': ('sae.html#batch_topk_flat', 'sae_tutorial/sae.py'),
                                   'sae_tutorial.sae.geometric_median': ('sae.html#geometric_median', 'sae_tutorial/sae.py'),
                                   'sae_tutorial.sae.init_b_dec_': ('sae.html#init_b_dec_', 'sae_tutorial/sae.py'),

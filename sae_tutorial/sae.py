@@ -553,6 +553,11 @@ def row_topk(pre: Tensor, k: int, groups: int | None = None) -> tuple[Tensor, Te
     return top, i.reshape(B, groups * k).gather(1, j)
 
 
+def _topk_rows(B: int, k: int, device) -> tuple[Tensor, Tensor]:
+    "(rows [B·k], crow [B + 1]) of k pairs per row listed row by row: the flat layout of a TopK idx [B, k]."
+    return torch.arange(B, device=device).repeat_interleave(k), torch.arange(0, B * k + 1, k, device=device)
+
+
 class TopKSparse(torch.autograd.Function):
     "(x_hat, vals, idx, pre) of a TopK SAE; the decode and the whole backward touch only the k active latents per row."
 
@@ -571,9 +576,7 @@ class TopKSparse(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_xhat, g_vals, _g_idx, g_pre):
         xc, W_enc, W_dec, vals, idx = ctx.saved_tensors
-        B, k = idx.shape
-        ar = torch.arange(B * k, device=idx.device)
-        rows, crow = torch.div(ar, k, rounding_mode="floor"), torch.arange(0, B * k + 1, k, device=idx.device)
+        rows, crow = _topk_rows(*idx.shape, idx.device)
         g = (*_active_backward(ctx.needs_input_grad[:5], xc, W_enc, W_dec, vals.reshape(-1), rows, idx.reshape(-1),
                                crow, g_xhat, None if g_vals is None else g_vals.reshape(-1), g_pre), None, None)
         return g
@@ -620,11 +623,13 @@ class BatchTopKSparse(torch.autograd.Function):
 
 
 
+
 # %% ../nbs/02_sae.ipynb #a3ffb839
 class ReLUSparse(torch.autograd.Function):
-    """(x_hat, vals, rows, cols, pre) of a ReLU SAE for x [B, d_in]. If at most `max_density` of f's entries are
-    non-zero, f[rows[n], cols[n]] = vals[n] (row by row) and the decode and backward are `_active_backward`'s;
-    otherwise rows and cols are empty, vals is the dense f [B, d_sae] and the decode and backward are dense."""
+    """(x_hat, vals, rows, cols, crow, pre) of a ReLU SAE for x [B, d_in]. If at most `max_density` of f's entries
+    are non-zero, f[rows[n], cols[n]] = vals[n] (row b's are crow[b]:crow[b+1]) and the decode and backward are
+    `_active_backward`'s; otherwise rows, cols and crow are empty, vals is the dense f [B, d_sae] and the decode and
+    backward are dense."""
 
     @staticmethod
     def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, max_density: float):
@@ -638,16 +643,16 @@ class ReLUSparse(torch.autograd.Function):
             crow = torch.searchsorted(rows, torch.arange(len(x) + 1, device=x.device))   # row b: crow[b]:crow[b+1]
             x_hat = F.embedding_bag(cols, W_dec, crow[:-1], mode="sum", per_sample_weights=vals).add_(b_dec)
         else:
-            vals, crow = F.relu(pre), None
-            rows = cols = torch.empty(0, dtype=torch.long, device=x.device)
+            vals = F.relu(pre)
+            rows = cols = crow = torch.empty(0, dtype=torch.long, device=x.device)
             x_hat = torch.addmm(b_dec, vals, W_dec)
-        ctx.mark_non_differentiable(rows, cols)
+        ctx.mark_non_differentiable(rows, cols, crow)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(xc, W_enc, W_dec, vals, rows, cols, crow)
-        return x_hat, vals, rows, cols, pre
+        return x_hat, vals, rows, cols, crow, pre
 
     @staticmethod
-    def backward(ctx, g_xhat, g_vals, _g_rows, _g_cols, g_pre):
+    def backward(ctx, g_xhat, g_vals, _g_rows, _g_cols, _g_crow, g_pre):
         xc, W_enc, W_dec, vals, rows, cols, crow = ctx.saved_tensors
         needs = ctx.needs_input_grad[:5]
         if vals.dim() == 1:
@@ -665,6 +670,7 @@ class ReLUSparse(torch.autograd.Function):
         gb_dec -= W_enc @ gb_enc
         return (gp @ W_enc.T if need_x else None, xc.T @ gp if need_We else None, gb_enc if need_be else None,
                 gW_dec, gb_dec if need_bd else None, None)
+
 
 
 
@@ -711,9 +717,8 @@ def _topk_forward(self: TopKSAE, x: Tensor) -> SAEOutput:
     lead, k = x.shape[:-1], self.cfg.k
     x_hat, vals, idx, pre = TopKSparse.apply(x.reshape(-1, x.shape[-1]), self.W_enc, self.b_enc, self.W_dec,
                                              self.b_dec, k, self.topk_groups)
-    B, dev = len(idx), idx.device
-    active = ActiveLatents(torch.arange(B, device=dev).repeat_interleave(k), idx.reshape(-1), vals.reshape(-1),
-                           torch.arange(0, B * k + 1, k, device=dev), self.cfg.d_sae)
+    rows, crow = _topk_rows(len(idx), k, idx.device)
+    active = ActiveLatents(rows, idx.reshape(-1), vals.reshape(-1), crow, self.cfg.d_sae)
     return SparseSAEOutput(x_hat.reshape(x.shape), None, pre.reshape(*lead, -1), None, active)
 
 def _batchtopk_forward(self: BatchTopKSAE, x: Tensor) -> SAEOutput:
@@ -743,12 +748,12 @@ def _relu_forward(self: ReLUSAE, x: Tensor) -> SAEOutput:
     density = self.sparse_max_density
     if density is None: density = 1 / 64 if x.is_cuda else 1 / 8
     x2 = x.reshape(-1, x.shape[-1])
-    x_hat, vals, rows, cols, pre = ReLUSparse.apply(x2, self.W_enc, self.b_enc, self.W_dec, self.b_dec, density)
+    x_hat, vals, rows, cols, crow, pre = ReLUSparse.apply(x2, self.W_enc, self.b_enc, self.W_dec, self.b_dec, density)
     if vals.dim() == 2: return SAEOutput(x_hat.reshape(x.shape), vals.reshape(*lead, -1), pre.reshape(*lead, -1))
-    crow = torch.searchsorted(rows, torch.arange(len(x2) + 1, device=x.device))
     return SparseSAEOutput(x_hat.reshape(x.shape), None, pre.reshape(*lead, -1), None,
                            ActiveLatents(rows, cols, vals, crow, self.cfg.d_sae))
 
 SAE.pre_acts, TopKSAE.forward, ReLUSAE.forward, BatchTopKSAE.forward = _pre_acts, _topk_forward, _relu_forward, _batchtopk_forward
+
 
 

@@ -111,6 +111,15 @@ def test_train_ddp_single_process_is_train(store):
     for k, v in ra.sae.state_dict().items(): torch.testing.assert_close(rb.sae.state_dict()[k], v, rtol=0, atol=0)
 
 
+def torchrun_two_ranks(job: DDPJob, tmp_path, timeout: int) -> subprocess.CompletedProcess:
+    "`torchrun --nproc_per_node 2 -m sae_tutorial.distributed --job ... --cpu` (gloo) on `job`, saved in tmp_path."
+    job.save(tmp_path/"job.json")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "sae_tutorial.distributed", "--job", str(tmp_path/"job.json"), "--cpu"],
+                          capture_output=True, text=True, env=env, timeout=timeout, cwd=tmp_path)
+
+
 def test_torchrun_two_ranks_match_one_process(store, tmp_path):
     """torchrun --nproc_per_node 2 (gloo, CPU) with AuxK, a short dead window and Anthropic resampling gives the
     weights, losses and resampling events of one process with the same global batch (float64: rounding ~1e-15)."""
@@ -125,11 +134,7 @@ def test_torchrun_two_ranks_match_one_process(store, tmp_path):
     ref = train(SAE.load(tmp_path/"init"), global_batches(store, B, epochs=None), loss_cfg, tc)
     job = DDPJob(store=str(store.path), out=str(tmp_path/"out"), sae_cfg=sae_cfg, loss_cfg=loss_cfg, train_cfg=tc,
                  global_batch_size=B, init=str(tmp_path/"init"), dtype="float64")
-    job.save(tmp_path/"job.json")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "sae_tutorial.distributed", "--job", str(tmp_path/"job.json"), "--cpu"],
-                       capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path)
+    r = torchrun_two_ranks(job, tmp_path, timeout=240)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     out = json.loads((tmp_path/"out"/"history.json").read_text())
     assert out["world_size"] == 2 and out["steps"] == steps
@@ -195,11 +200,7 @@ def test_torchrun_ranks_stop_together_on_non_finite_loss(store, tmp_path):
     tc = TrainConfig(lr=1e30, steps=20, warmup_steps=0, progress=False, log_every=1)
     job = DDPJob(store=str(store.path), out=str(tmp_path/"out"), sae_cfg=SAEConfig(d_in=16, expansion_factor=2),
                  loss_cfg=LossConfig(), train_cfg=tc, global_batch_size=32)
-    job.save(tmp_path/"job.json")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                        "-m", "sae_tutorial.distributed", "--job", str(tmp_path/"job.json"), "--cpu"],
-                       capture_output=True, text=True, env=env, timeout=180, cwd=tmp_path)
+    r = torchrun_two_ranks(job, tmp_path, timeout=180)
     out = r.stdout + r.stderr
     assert r.returncode != 0
     steps = {l.split("Non-finite loss or gradient at step ")[1].split(" ")[0] for l in out.splitlines()

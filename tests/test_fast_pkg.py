@@ -141,7 +141,7 @@ def test_relu_sparse_branch_is_chosen_by_density(monkeypatch):
     f = fast(x).f
     n, total = int((f > 0).sum()), f.numel()
     args = (x, fast.W_enc, fast.b_enc, fast.W_dec, fast.b_dec)
-    x_hat, vals, rows, cols, _ = ReLUSparse.apply(*args, (n + 0.5) / total)
+    x_hat, vals, rows, cols, _, _ = ReLUSparse.apply(*args, (n + 0.5) / total)
     assert vals.shape == rows.shape == cols.shape == (n,)
     torch.testing.assert_close(vals, f[rows, cols]); assert (vals > 0).all()
     assert ReLUSparse.apply(*args, (n - 0.5) / total)[1].shape == f.shape
