@@ -5,7 +5,8 @@ interface, initialise it the way the papers do, and save it in a format anyone c
 
 # %% ../nbs/02_sae.ipynb #fef88c91
 from __future__ import annotations
-import hashlib, json, math, warnings
+import contextvars, hashlib, json, math, warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 from typing import NamedTuple
@@ -16,12 +17,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file, load_file, save as save_safetensors
 from .core import check_finite, atomic_file
 
+
 # %% auto #0
-__all__ = ['ARCHITECTURES', 'CHECKPOINT_FORMAT', 'SAE_CLASSES', 'SAEConfig', 'SAEOutput', 'SAE', 'ReLUSAE', 'TiedReLUSAE',
-           'TopKSAE', 'BatchTopKSAE', 'rectangle', 'JumpReLUFunction', 'StepFunction', 'jumprelu', 'step',
-           'JumpReLUSAE', 'GatedSAE', 'sae_class', 'make_sae', 'geometric_median', 'init_b_dec_', 'load_config',
-           'tensors_sha256', 'EncodeCentered', 'row_topk', 'TopKSparse', 'batch_topk_flat', 'BatchTopKSparse',
-           'ReLUSparse', 'ActiveLatents', 'SparseSAEOutput']
+__all__ = ['ARCHITECTURES', 'CHECKPOINT_FORMAT', 'SAE_CLASSES', 'SAEConfig', 'SAEOutput', 'input_check_deferred', 'SAE',
+           'ReLUSAE', 'TiedReLUSAE', 'TopKSAE', 'BatchTopKSAE', 'rectangle', 'JumpReLUFunction', 'StepFunction',
+           'jumprelu', 'step', 'JumpReLUSAE', 'GatedSAE', 'sae_class', 'make_sae', 'geometric_median', 'init_b_dec_',
+           'load_config', 'tensors_sha256', 'EncodeCentered', 'row_topk', 'TopKSparse', 'batch_topk_flat',
+           'BatchTopKSparse', 'ReLUSparse', 'ActiveLatents', 'SparseSAEOutput']
 
 # %% ../nbs/02_sae.ipynb #bbbcc703
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated")
@@ -100,6 +102,17 @@ class SAEOutput(NamedTuple):
     active: "ActiveLatents | None" = None  # fast TopK/ReLU only: f's non-zeros as pairs (see 'A faster path')
 
 # %% ../nbs/02_sae.ipynb #5cb81936
+_input_check_deferred = contextvars.ContextVar("input_check_deferred", default=False)
+
+@contextmanager
+def input_check_deferred():
+    """Inside this block an SAE's forward skips its NaN/Inf test of x (shape, dtype and device are still checked).
+    The test reads a verdict back from the device, so on a GPU it stops the CPU until every queued kernel has
+    run; `train` uses this block on a GPU and finds a bad batch from the loss one step later instead."""
+    token = _input_check_deferred.set(True)
+    try: yield
+    finally: _input_check_deferred.reset(token)
+
 def _sum_to(grad: Tensor, shape) -> Tensor:
     "Sum a broadcast gradient back to `shape`."
     return grad.sum_to_size(shape) if tuple(grad.shape) != tuple(shape) else grad
@@ -148,7 +161,7 @@ class SAE(nn.Module):
                              f"pass {name}.to({self.W_dec.dtype}) or build the SAE with that dtype.")
         if x.device != self.W_dec.device:
             raise ValueError(f"{name} is on {x.device} but the SAE is on {self.W_dec.device}; move one of them.")
-        return check_finite(x, f"SAE {name}")
+        return x if _input_check_deferred.get() else check_finite(x, f"SAE {name}")
 
     # --- the maths --------------------------------------------------------------------------------------
     def pre_acts(self, x: Tensor) -> Tensor:
@@ -233,6 +246,7 @@ class SAE(nn.Module):
         _check_identity(Path(path)/"sae.safetensors", meta, cfg)
         sae.load_state_dict(tensors)
         return sae
+
 
 # %% ../nbs/02_sae.ipynb #aec26da1
 class ReLUSAE(SAE):

@@ -2,7 +2,7 @@
 
 # %% ../nbs/04_training.ipynb #33a60d5a
 from __future__ import annotations
-import itertools, json, math, os, random, shutil, time
+import contextlib, itertools, json, math, os, random, shutil, time
 from collections import deque
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -15,14 +15,16 @@ from safetensors import SafetensorError
 from safetensors.torch import save_file, load_file
 from tqdm.auto import tqdm
 from .core import check_finite, atomic_folder, sha256_file
-from .sae import SAE, SAEConfig
+from .sae import SAE, SAEConfig, input_check_deferred
 from .losses import LossConfig, sae_loss
+
 
 # %% auto #0
 __all__ = ['DECAYS', 'RESAMPLERS', 'EXTRA_ENCODER_PARAMS', 'HISTORY_KEYS', 'SparseFeatureData', 'TrainConfig', 'make_optimizer',
            'make_scheduler', 'sparsity_coeff_at', 'FeatureUsage', 'ResampleEvent', 'reset_adam_rows_',
            'resample_dead_features', 'TrainHistory', 'TrainResult', 'save_checkpoint', 'latest_checkpoint',
-           'prune_checkpoints', 'CheckpointError', 'Checkpoint', 'load_checkpoint', 'restore_rng', 'RankSync', 'train']
+           'prune_checkpoints', 'CheckpointError', 'Checkpoint', 'load_checkpoint', 'restore_rng', 'StepGuard',
+           'RankSync', 'train']
 
 # %% ../nbs/04_training.ipynb #c0a9a8d3
 class SparseFeatureData:
@@ -459,6 +461,80 @@ def restore_rng(ckpt: Checkpoint) -> None:
     "Set the global torch (cpu, cuda), python and numpy RNGs to the checkpoint's states."
     _set_rng_state(ckpt.rng_tensors, ckpt.rng_json)
 
+# %% ../nbs/04_training.ipynb #314823b4
+class _StepCheck(NamedTuple):
+    step: int; batch_idx: int; x: Tensor     # the step, its batch's index and the batch (to count its NaN/Inf entries)
+    halted: Tensor; ready: object            # host copy of the halt flag after this step; CUDA event once it is there
+
+class StepGuard:
+    """Clips the global gradient norm and stops training at the first step whose loss or gradient norm is NaN/Inf,
+    with the weights as they were before that step.
+
+    `deferred=False`: `clip_grad_norm_`, then the host reads the verdict before the optimiser step (one host
+    sync per step, free on a CPU). `deferred=True` (fused Adam only): the verdict and the clip factor stay on the
+    device and go to fused Adam as `found_inf` (skip this update) and `grad_scale` (divide the gradients by
+    max(1, (‖g‖ + 1e-6)/max_norm) in Adam's own pass: `clip_grad_norm_`'s factor, as a divisor). The halt flag
+    is sticky, so once a step is bad no later update happens either; the host reads each step's flag one step
+    later, from a copy made while the GPU is already working on the next step, and raises then. Only the
+    decoder renormalisation still runs on the skipped step, on rows that are already unit norm."""
+    def __init__(self, optimizer, params, max_norm: float | None, deferred: bool = False,
+                 reduce: Callable[[Tensor], Tensor] | None = None, on_rank: str = "", input_errors: bool = False):
+        self.optimizer, self.params, self.max_norm, self.deferred = optimizer, list(params), max_norm, deferred
+        self.reduce, self.on_rank = reduce or (lambda t: t), on_rank    # reduce: sum over data-parallel ranks
+        self.input_errors = input_errors    # a bad step whose batch has NaN/Inf raises the ValueError of the SAE's input check
+        self.bad_step, self.queue = None, deque()      # bad_step: the first bad step once found
+        if deferred:
+            if not optimizer.defaults.get("fused"): raise ValueError("deferred=True needs Adam(fused=True): it skips the step on the device.")
+            self.halted = torch.zeros((), device=self.params[0].device)       # float32 0/1, read by fused Adam
+            optimizer.found_inf = self.halted
+
+    def __call__(self, loss: Tensor, step: int, batch_idx: int, x: Tensor) -> Tensor:
+        "Clip after backward, before `optimizer.step()`; return the gradient norm before clipping (a 0-dim tensor)."
+        if not self.deferred:
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_norm or float("inf"))
+            not_ok = ~(torch.isfinite(loss) & torch.isfinite(norm))
+            if bool(self.reduce(not_ok.to(torch.float32).reshape(1))): self._raise(step, batch_idx, x)   # the host sync
+            return norm
+        norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+        bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(norm))
+        torch.maximum(self.halted, bad.float(), out=self.halted)            # in place: Adam holds this tensor
+        if self.max_norm: self.optimizer.grad_scale = ((norm.float() + 1e-6) / self.max_norm).clamp_min(1.0)
+        cuda = self.halted.is_cuda
+        host = torch.empty((), pin_memory=cuda); host.copy_(self.halted, non_blocking=cuda)
+        ready = torch.cuda.Event() if cuda else None
+        if cuda: ready.record()
+        self.queue.append(_StepCheck(step, batch_idx, x, host, ready))
+        self.resolve(keep=1)
+        return norm
+
+    def resolve(self, keep: int = 0, quiet: bool = False) -> None:
+        "Read the verdicts of all but the newest `keep` steps (waiting only for those); raise at a bad one unless `quiet`."
+        while len(self.queue) > keep:
+            c = self.queue.popleft()
+            if c.ready is not None: c.ready.synchronize()
+            if bool(c.halted) and self.bad_step is None:
+                self.bad_step = c.step
+                if not quiet: self._raise(c.step, c.batch_idx, c.x)
+
+    def _raise(self, step: int, batch_idx: int, x: Tensor):
+        self.bad_step, self.queue = step, deque()
+        n_bad = int((~torch.isfinite(x)).sum())
+        where = f"step {step} (batch index {batch_idx}{self.on_rank})"
+        if n_bad and self.input_errors:           # what the SAE's own input check would have said, had it run
+            raise ValueError(f"Step {step}, batch index {batch_idx}{self.on_rank}: SAE x has {n_bad} NaN/Inf entries "
+                             f"(of {x.numel()}); clean or mask them before passing it on (sae_tutorial.core.check_finite). "
+                             "Training stopped before that step's update, so the SAE holds the weights of the previous step.")
+        raise FloatingPointError(
+            f"Non-finite loss or gradient at {where}; the batch has {n_bad} NaN/Inf entries. "
+            "Training stopped before the optimiser step, so the SAE holds the weights of the previous step. "
+            + ("Clean or mask the activations (sae_tutorial.core.check_finite)." if n_bad else "Lower the learning rate or clip gradients."))
+
+def _defer_checks(sae: SAE, optimizer, device: torch.device, world: int) -> bool:
+    "Whether `train` defers its NaN/Inf checks (StepGuard(deferred=True)): one CUDA process with fused Adam."
+    return (device.type == "cuda" and world == 1 and bool(optimizer.defaults.get("fused"))
+            and hasattr(torch.nn.utils, "get_total_norm"))
+
+
 # %% ../nbs/04_training.ipynb #19c37ce7
 def _check_batch(x, d_in: int, batch_idx: int) -> Tensor:
     if not isinstance(x, Tensor): raise TypeError(f"Batch {batch_idx} is a {type(x).__name__}; expected a Tensor [batch, d_in={d_in}].")
@@ -493,8 +569,8 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
 
     Each step: forward, loss (sparsity coefficient warmed up), backward, remove the decoder gradient parallel
     to its rows, clip the global gradient norm, Adam step, scheduler step, renormalise decoder rows,
-    update dead-latent statistics. A non-finite loss or gradient stops training before the optimiser step,
-    naming the batch. `resume_from`: a checkpoint folder (or the checkpoint_dir) to continue exactly from.
+    update dead-latent statistics. A non-finite loss or gradient stops training before its optimiser step,
+    naming the batch (`StepGuard`; on a GPU the check is read one step later, the bad update skipped on the device). `resume_from`: a checkpoint folder (or the checkpoint_dir) to continue exactly from.
     `sync`: the data-parallel seam (see `RankSync`); leave it None for one process."""
     cfg, loss_cfg, sync = train_cfg or TrainConfig(), loss_cfg or LossConfig(), sync or RankSync()
     rank, world = sync.rank, sync.world_size
@@ -505,6 +581,9 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
     n_steps = cfg.n_steps(batches)
     optimizer, params = make_optimizer(sae, cfg), [p for p in sae.parameters() if p.requires_grad]
     scheduler = make_scheduler(optimizer, cfg, n_steps)
+    deferred = _defer_checks(sae, optimizer, device, world)
+    defer_input = deferred and sae.cfg.check_input and not any(True for _ in sae.buffers())   # BatchTopK's forward updates
+    guard = StepGuard(optimizer, params, cfg.clip_grad_norm, deferred, sync.reduce, on_rank, defer_input)  # a buffer: checked first
     usage = FeatureUsage(d_sae, cfg.dead_window, cfg.dead_threshold, device)
     gen = torch.Generator().manual_seed(cfg.seed)
     state = {"step": 0, "batches_drawn": 0}
@@ -524,8 +603,10 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
         x = next(it); i = state["batches_drawn"]; state["batches_drawn"] += 1
         return _check_batch(x, d_in, i).to(device=device, dtype=dtype, non_blocking=True), i
 
-    def flush():
+    def flush(final=False):
         nonlocal block_start, block_tokens
+        guard.resolve(quiet=final)                                           # raises at a bad step not yet reported
+        if guard.bad_step is not None: pending[:] = [p for p in pending if p[0] < guard.bad_step]
         if not pending: return
         vals = torch.stack([torch.stack(p) for _, p, _, _ in pending]).double()
         vals = (sync.reduce(vals) / world).cpu().tolist()                      # averages over ranks
@@ -544,6 +625,7 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
             try: x, bi = next_batch()
             except StopIteration: break
             if _should_resample(step, cfg, n_steps):
+                guard.resolve()                                                 # no resampling after a bad step
                 dead = usage.dead_mask()
                 n_dead = int(dead.sum())
                 if n_dead:
@@ -560,20 +642,14 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
             lr, coeff = optimizer.param_groups[0]["lr"], sparsity_coeff_at(step, loss_cfg.sparsity_coeff, cfg.sparsity_warmup_steps)
             dead = usage.dead_mask()
             with torch.enable_grad():       # even if the data generator yields from inside torch.no_grad()
-                try: out = model(x)
+                try:
+                    with input_check_deferred() if defer_input else contextlib.nullcontext(): out = model(x)
                 except ValueError as e: raise ValueError(f"Step {step}, batch index {bi}{on_rank}: {e}") from e
                 losses = sae_loss(sae, x, out, loss_cfg, sparsity_coeff=coeff, dead_mask=dead)
                 optimizer.zero_grad(set_to_none=True)
                 losses.total.backward()
             sae.remove_parallel_grad_()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad_norm or float("inf"))
-            not_ok = ~(torch.isfinite(losses.total) & torch.isfinite(grad_norm))
-            if bool(sync.reduce(not_ok.to(torch.float32).reshape(1))):         # one host sync per step; all ranks stop together
-                bad = int((~torch.isfinite(x)).sum())
-                raise FloatingPointError(
-                    f"Non-finite loss or gradient at step {step} (batch index {bi}{on_rank}); the batch has {bad} NaN/Inf entries. "
-                    "Training stopped before the optimiser step, so the SAE holds the weights of the previous step. "
-                    + ("Clean or mask the activations (sae_tutorial.core.check_finite)." if bad else "Lower the learning rate or clip gradients."))
+            grad_norm = guard(losses.total, step, bi, x)                        # clip; NaN/Inf check (all ranks stop together)
             optimizer.step(); scheduler.step()
             sae.normalize_decoder_()
             with torch.no_grad():
@@ -596,7 +672,9 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
                                     state, history, resamples, cfg)
                     prune_checkpoints(ckpt_dir, cfg.keep_checkpoints)
                 sync.barrier()
+        guard.resolve()
     finally:
-        flush(); bar.close()
+        flush(final=True); bar.close()
     sae.eval()
     return TrainResult(sae, history, resamples, state["step"])
+

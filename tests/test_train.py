@@ -249,3 +249,64 @@ def test_make_optimizer_fused_adam_is_adam():
             o.zero_grad(); ((m(x).x_hat - x) ** 2).sum().backward(); o.step()
     for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14, msg=lambda s: f"{n}: {s}")
+
+# ---------------------------------------------------------------- the deferred NaN/Inf check (a GPU's), forced on the CPU
+@pytest.fixture
+def deferred(monkeypatch):
+    "Run `train` as it runs on one GPU with fused Adam: StepGuard(deferred=True), the SAE's input check off."
+    import sae_tutorial.train as T
+    monkeypatch.setattr(T, "_defer_checks", lambda *a: True)
+
+@pytest.mark.parametrize("arch", ["relu", "topk"])
+@pytest.mark.parametrize("check_input", [True, False])
+def test_deferred_check_stops_one_step_late_with_the_weights_before_the_bad_step(deferred, check_input, arch, tmp_path):
+    "The bad step's update is skipped on the device; the error names its batch; no checkpoint is written after it."
+    kw = dict(check_input=check_input, architecture=arch, **({"k": 4} if arch == "topk" else {}))
+    clean = list(_data().batches(32, n_batches=20, seed=1))
+    bad = [x.clone() for x in clean]; bad[7][3, 2] = float("nan")
+    sae = _sae(**kw)
+    with pytest.raises(ValueError if check_input else FloatingPointError, match="batch index 7"):
+        train(sae, bad, LossConfig(), TrainConfig(lr=1e-3, steps=20, progress=False, log_every=3,
+                                                   checkpoint_dir=str(tmp_path), checkpoint_every=4))
+    assert latest_checkpoint(tmp_path).name == "step_000000004"      # the one due after step 7 was never written
+    ref = train(_sae(**kw), clean[:7], LossConfig(), TrainConfig(lr=1e-3, steps=20, progress=False))
+    assert ref.steps == 7
+    for (n, a), b in zip(ref.sae.named_parameters(), sae.parameters()):
+        if n == "W_dec":                                              # renormalised once more on the skipped step
+            a = a.detach() / a.detach().norm(dim=1, keepdim=True).clamp_min(1e-12)
+        assert torch.isfinite(b).all() and torch.equal(a, b), n
+
+@pytest.mark.parametrize("clip", [None, 0.05])
+def test_deferred_and_plain_checks_train_alike(monkeypatch, clip):
+    "No clipping: bit-identical runs. An active clip: Adam divides by the factor instead of multiplying, so float32 rounding."
+    import sae_tutorial.train as T
+    runs = []
+    for defer in (False, True):
+        monkeypatch.setattr(T, "_defer_checks", lambda *a, d=defer: d)
+        runs.append(train(_sae(), _data().batches(64, seed=1), LossConfig(sparsity_coeff=1e-2),
+                          TrainConfig(lr=1e-3, steps=30, clip_grad_norm=clip, progress=False, log_every=7)))
+    plain, dfr = runs
+    if clip: assert (np.array(plain.history.grad_norm) > clip).mean() > 0.5   # the clip acted on most steps
+    for key in ("loss", "grad_norm", "l0"):
+        np.testing.assert_allclose(getattr(dfr.history, key), getattr(plain.history, key), rtol=0 if clip is None else 1e-5)
+    for (n, a), b in zip(plain.sae.named_parameters(), dfr.sae.parameters()):
+        if clip is None: assert torch.equal(a, b), n
+        else: torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+def test_deferred_training_keeps_the_input_check_where_the_forward_updates_state(deferred):
+    "BatchTopK's forward moves its threshold EMA: with deferral its input check still runs, so a NaN batch never reaches it."
+    clean = list(_data().batches(32, n_batches=10, seed=1))
+    bad = [x.clone() for x in clean]; bad[4][0, 0] = float("inf")
+    sae = _sae(architecture="batchtopk", k=4)
+    with pytest.raises(ValueError, match="batch index 4"):
+        train(sae, bad, LossConfig(sparsity="none", sparsity_coeff=0.0), TrainConfig(lr=1e-3, steps=10, progress=False))
+    assert torch.isfinite(sae.threshold)
+
+def test_input_check_deferred_skips_only_the_finiteness_test():
+    from sae_tutorial.sae import input_check_deferred
+    sae, x = _sae(), torch.randn(4, D_IN); x[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="1 NaN"): sae(x)
+    with input_check_deferred():
+        assert torch.isnan(sae(x).x_hat[1]).all()                    # no error: the trainer checks the loss instead
+        with pytest.raises(ValueError, match="last dimension"): sae(torch.randn(4, D_IN + 1))
+    with pytest.raises(ValueError, match="1 NaN"): sae(x)           # the block ended: the check is back
