@@ -112,6 +112,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'sae_tutorial.cli.main': ('cli.html#main', 'sae_tutorial/cli.py')},
             'sae_tutorial.core': { 'sae_tutorial.core._clear_stale': ('core.html#_clear_stale', 'sae_tutorial/core.py'),
                                    'sae_tutorial.core._disk_full_hint': ('core.html#_disk_full_hint', 'sae_tutorial/core.py'),
+                                   'sae_tutorial.core._fsync': ('core.html#_fsync', 'sae_tutorial/core.py'),
                                    'sae_tutorial.core._pid_alive': ('core.html#_pid_alive', 'sae_tutorial/core.py'),
                                    'sae_tutorial.core.atomic_file': ('core.html#atomic_file', 'sae_tutorial/core.py'),
                                    'sae_tutorial.core.atomic_folder': ('core.html#atomic_folder', 'sae_tutorial/core.py'),

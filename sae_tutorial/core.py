@@ -118,11 +118,24 @@ def _disk_full_hint(e: OSError, final: Path) -> OSError:
                    f"partial files were removed; free some space or write to a larger disk "
                    f"(a `path=` argument, or SAE_TUTORIAL_CACHE for the cache).")
 
+def _fsync(path: Path, directory: bool = False) -> None:
+    "Make the OS write `path` to the disk now: a file's bytes, or a folder's list of names."
+    try: fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    except OSError:
+        if directory: return                            # a folder cannot be opened for this on Windows
+        raise
+    try: os.fsync(fd)
+    except OSError:
+        if not directory: raise                         # a file that cannot be written out is an error;
+    finally: os.close(fd)                               # some filesystems refuse it for folders: harmless
+
 @contextmanager
 def atomic_folder(final, overwrite: bool = False):
     """Yield a fresh temporary folder next to `final`; when the block ends without error, rename it to `final`
     in one step. On any error (disk full included) the temporary folder is removed and `final` is untouched.
-    `overwrite=True` replaces an existing `final`; otherwise an existing `final` raises `FileExistsError`."""
+    `overwrite=True` replaces an existing `final`; otherwise an existing `final` raises `FileExistsError`.
+    Before the rename every file and folder inside is flushed to the disk, and the parent folder after it, so
+    that a power cut, not only a killed process, leaves the old state or the complete new one."""
     final = Path(final); final.parent.mkdir(parents=True, exist_ok=True)
     _clear_stale(final)
     if final.exists() and not overwrite:
@@ -131,6 +144,9 @@ def atomic_folder(final, overwrite: bool = False):
     os.chmod(tmp, 0o755)
     try:
         yield tmp
+        for d, _, files in os.walk(tmp):
+            for name in files: _fsync(Path(d)/name)
+            _fsync(Path(d), directory=True)
         if final.exists() and not overwrite:            # appeared while we were building: keep it, drop ours
             raise FileExistsError(f"{final} was created by someone else while this one was being built; "
                                   "delete it or choose another path.")
@@ -138,6 +154,7 @@ def atomic_folder(final, overwrite: bool = False):
             old = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.tmp-{os.getpid()}-old"))
             os.replace(final, old/"x"); os.replace(tmp, final); shutil.rmtree(old, ignore_errors=True)
         else: os.replace(tmp, final)
+        _fsync(final.parent, directory=True)            # the parent records the new name
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         err = _disk_full_hint(e, final)
@@ -148,15 +165,19 @@ def atomic_folder(final, overwrite: bool = False):
 
 @contextmanager
 def atomic_file(path, mode: str = "w", **kw):
-    "Open a temporary file next to `path` for writing; rename it onto `path` when the block ends without error."
+    """Open a temporary file next to `path` for writing; rename it onto `path` when the block ends without error
+    (flushed to the disk before the rename, and the folder after it, as in `atomic_folder`)."""
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     _clear_stale(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-{os.getpid()}-")
     try:
         umask = os.umask(0); os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)                   # mkstemp makes 0600; a published file gets the usual mode
-        with os.fdopen(fd, mode, **kw) as f: yield f
+        with os.fdopen(fd, mode, **kw) as f:
+            yield f
+            f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync(path.parent, directory=True)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
         err = _disk_full_hint(e, path)
@@ -164,3 +185,4 @@ def atomic_file(path, mode: str = "w", **kw):
         raise err from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True); raise
+

@@ -86,3 +86,36 @@ def test_atomic_file_gets_the_usual_mode(tmp_path):
     finally:
         os.umask(umask)
     assert (tmp_path / "run.json").stat().st_mode & 0o777 == 0o644
+
+def _record_fsync_and_rename(monkeypatch):
+    "Log (event, path) for every os.fsync (path of its descriptor, via /proc) and os.replace, in order."
+    import sae_tutorial.core as core
+    log, fsync, replace = [], os.fsync, os.replace
+    def rec_fsync(fd):
+        log.append(("fsync", os.path.realpath(f"/proc/self/fd/{fd}"))); return fsync(fd)
+    def rec_replace(a, b):
+        log.append(("replace", os.path.realpath(b))); return replace(a, b)
+    monkeypatch.setattr(core.os, "fsync", rec_fsync); monkeypatch.setattr(core.os, "replace", rec_replace)
+    return log
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="maps descriptors to paths through /proc")
+def test_atomic_folder_flushes_every_file_before_the_rename_and_the_parent_after(tmp_path, monkeypatch):
+    from sae_tutorial.core import atomic_folder
+    log = _record_fsync_and_rename(monkeypatch)
+    with atomic_folder(tmp_path/"run") as t:
+        (t/"a.bin").write_bytes(b"1" * 10); (t/"sub").mkdir(); (t/"sub"/"b.json").write_text("{}")
+    names = [os.path.basename(p) for _, p in log]
+    i = [e for e, _ in log].index("replace")
+    assert {"a.bin", "b.json", "sub"} <= set(names[:i])                # files and the inner folder: before
+    assert log[i] == ("replace", str((tmp_path/"run").resolve()))
+    assert log[i + 1:] == [("fsync", str(tmp_path.resolve()))]         # the parent, which holds the new name: after
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="maps descriptors to paths through /proc")
+def test_atomic_file_flushes_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    from sae_tutorial.core import atomic_file
+    log = _record_fsync_and_rename(monkeypatch)
+    with atomic_file(tmp_path/"x.txt") as f: f.write("hello")
+    assert [e for e, _ in log] == ["fsync", "replace", "fsync"]
+    assert os.path.basename(log[0][1]).startswith(".x.txt.tmp-")       # the temporary file's bytes ...
+    assert log[2][1] == str(tmp_path.resolve())                          # ... and the folder's new name
+    assert (tmp_path/"x.txt").read_text() == "hello"
