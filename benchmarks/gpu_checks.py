@@ -14,6 +14,10 @@
    for TopK and ReLU on its sparse branch (TopK's forward and backward are meant to have none; ReLU counts its
    pairs once; `train` reads its NaN/Inf verdict one step late from a pinned copy, so only the history flush
    every `log_every` steps should count: 0.1 per step over these 10).
+5. The deferred NaN/Inf check of `train` on the GPU (StepGuard: fused Adam's found_inf and grad_scale, the verdict
+   read one step late): a NaN in batch 5 must raise naming batch 5 with finite weights equal, up to the GPU's
+   run-to-run rounding, to a clean 5-step run's (W_dec renormalised once more); a clean run with the clip active
+   must match the plain check's run within float32 rounding.
 3. ReLUSparse's switch on the GPU: forward + backward time of the dense and the sparse branch at 768 x 24576,
    batch 4096, as the fraction of non-zero entries of f grows (the CPU crossover is about 1/6).
 """
@@ -177,6 +181,50 @@ def check_syncs(dev):
     return rows
 
 
+def check_deferred(dev, size=(768, 8), batch=4096):
+    "StepGuard(deferred=True) as `train` runs it on one GPU: a NaN batch, and a clean run against the plain check."
+    import sae_tutorial.train as T
+    from sae_tutorial.train import TrainConfig, train
+    d_in, exp = size
+    auto, rows = T._defer_checks, []
+    try:
+        for arch in ("topk", "relu"):
+            def sae0():
+                torch.manual_seed(0)
+                return make_sae(SAEConfig(d_in=d_in, expansion_factor=exp, architecture=arch, k=32), device=dev)
+            g = torch.Generator(device=dev).manual_seed(1)
+            xs = [torch.randn(batch, d_in, device=dev, generator=g) for _ in range(8)]
+            bad = [x.clone() for x in xs]; bad[5][7, 3] = float("nan")
+            lc = LossConfig(sparsity="l1" if arch == "relu" else "none", sparsity_coeff=1e-3)
+            tc = lambda: TrainConfig(lr=1e-3, steps=8, clip_grad_norm=0.05, progress=False, log_every=8)
+            probe = sae0()
+            r = dict(arch=arch, deferred=bool(T._defer_checks(probe, T.make_optimizer(probe, tc()), torch.device(dev), 1)))
+            sae = sae0()
+            try: train(sae, bad, lc, tc()); r["error"] = "none raised"
+            except (ValueError, FloatingPointError) as e: r["error"] = f"{type(e).__name__}: {str(e)[:100]}"
+            ref = train(sae0(), xs[:5], lc, tc()).sae
+            diff = 0.0
+            for (n, a), b in zip(ref.named_parameters(), sae.parameters()):
+                a = a.detach()
+                if n == "W_dec": a = a / a.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                diff = max(diff, float((a - b.detach()).abs().max()))
+            r.update(names_batch_5="batch index 5" in r["error"], weights_finite=all(bool(torch.isfinite(p).all()) for p in sae.parameters()),
+                     max_abs_diff_to_clean_5_steps=diff)
+            runs = []
+            for d in (False, True):
+                T._defer_checks = lambda *a, d=d: d
+                runs.append(train(sae0(), xs, lc, tc()))
+            T._defer_checks = auto
+            r["clipped_steps"] = int(sum(n > 0.05 for n in runs[0].history.grad_norm))
+            r["plain_vs_deferred_max_rel"] = max(rel(b.detach(), a.detach()) for a, b in
+                                                 zip(runs[0].sae.parameters(), runs[1].sae.parameters()))
+            r["ok"] = (r["names_batch_5"] and r["weights_finite"] and diff < 1e-4 and r["plain_vs_deferred_max_rel"] < 1e-4)
+            rows.append(r); print(r, flush=True)
+    finally:
+        T._defer_checks = auto
+    return rows
+
+
 def render(res: dict) -> str:
     "benchmarks/gpu_checks.md from the results dict."
     md = ["# GPU checks", "", f"Command: `{res.get('command')}` on {res.get('gpu')}, torch {res.get('torch')}.", ""]
@@ -210,13 +258,21 @@ def render(res: dict) -> str:
                "| architecture | forward | backward | train, per step | first messages |", "|---|---:|---:|---:|---|"]
         md += [f"| {r['arch']} | {r['forward']} | {r['backward']} | {r['train_per_step']:.1f} | "
                f"{' / '.join(r['forward_msgs'] + r['backward_msgs'])[:160]} |" for r in res["syncs"]]
+    if "deferred" in res:
+        md += ["", "## train's deferred NaN/Inf check", "", "768 x 6144, batch 4096, 8 steps, clip 0.05: a NaN in batch 5, "
+               "then a clean run with the plain check and with the deferred one.", "",
+               "| architecture | deferred | error | weights finite | max abs diff to a clean 5-step run | steps clipped | "
+               "plain vs deferred (max rel.) | ok |", "|---|---|---|---|---:|---:|---:|---|"]
+        md += [f"| {r['arch']} | {r['deferred']} | {r['error'][:70]} | {r['weights_finite']} | "
+               f"{r['max_abs_diff_to_clean_5_steps']:.1e} | {r['clipped_steps']} | {r['plain_vs_deferred_max_rel']:.1e} | "
+               f"{'yes' if r['ok'] else 'NO'} |" for r in res["deferred"]]
     return "\n".join(md) + "\n"
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "gpu_checks"))
-    ap.add_argument("--only", default="equal,determinism,switch,syncs")
+    ap.add_argument("--only", default="equal,determinism,deferred,switch,syncs")
     ap.add_argument("--render", metavar="JSON", help="only write OUT.md from a saved JSON")
     a = ap.parse_args()
     if a.render:
@@ -225,11 +281,12 @@ def main():
     dev = "cuda"
     res = dict(gpu=torch.cuda.get_device_name(0), torch=torch.__version__, command="python " + " ".join(sys.argv))
     t0 = time.perf_counter()
-    if "equal" in a.only: res["fast_equals_plain"] = check_fast_equals_plain(dev)
-    Path(a.out + ".json").write_text(json.dumps(res, indent=1))
-    if "determinism" in a.only: res["determinism"] = check_determinism()
-    Path(a.out + ".json").write_text(json.dumps(res, indent=1))
-    if "syncs" in a.only: res["syncs"] = check_syncs(dev)
+    for key, name, check in [("equal", "fast_equals_plain", lambda: check_fast_equals_plain(dev)),   # cheap ones first:
+                             ("deferred", "deferred", lambda: check_deferred(dev)),                    # a timeout keeps them
+                             ("syncs", "syncs", lambda: check_syncs(dev)),
+                             ("determinism", "determinism", check_determinism)]:
+        if key in a.only: res[name] = check()
+        Path(a.out + ".json").write_text(json.dumps(res, indent=1))
     Path(a.out + ".json").write_text(json.dumps(res, indent=1))
     if "switch" in a.only: res["relu_switch"] = check_relu_switch(dev)
     res["wall_s"] = time.perf_counter() - t0

@@ -8,7 +8,8 @@
 #            BENCH_FULL=1 for the whole table with plain,fast, ~205 s)
 #   harvest  harvest_gpu.py: harvesting tokens/s, ours vs full run_with_cache, fp32 + bf16 (random SmolLM2-135M)
 #   toy      toy_sweep.py --device cuda at the gpu budget: batched vs a per-instance loop, three sweeps
-#   checks   gpu_checks.py: fast == plain, determinism, host syncs, ReLU switch (~40 s on the H200; CHECKS_ONLY=equal for less)
+#   checks   gpu_checks.py: fast == plain, train's deferred NaN check, host syncs, determinism, ReLU switch
+#            (~45 s on the H200; CHECKS_ONLY=equal,deferred for less)
 # Each part has its own timeout (seconds: PROFILE_S BENCH_S HARVEST_S TOY_S CHECKS_S) and never runs past the
 # whole call's TOTAL_S (default 480): a part gets min(its timeout, what is left - 10 s) and is skipped under 15 s.
 # PARTS=profile,harvest (comma list) runs only those, in the order above. Everything a part writes goes to
@@ -94,7 +95,7 @@ part toy "${TOY_S:-75}" 18 env PYTHONPATH="$(pp "$PY_SITE")" SAE_TUTORIAL_BUDGET
   python3 benchmarks/toy_sweep.py --device $DEV --steps $TOY_STEPS --loop-subset 3 --out $R/toy_sweep_dimensionality_gpu.json
   python3 benchmarks/toy_sweep.py --device $DEV --steps $TOY_STEPS --loop-subset 6 --sweep phase_diagram --out $R/toy_sweep_phase_diagram_gpu.json
   python3 benchmarks/toy_sweep.py --device $DEV --steps $TOY_STEPS --loop-subset 2 --n 200 --m 20 --settings 20 --budget-steps 10000 --out $R/toy_sweep_paper_size_gpu.json"
-part checks "${CHECKS_S:-60}" 22 env PYTHONPATH="$(pp "$PY_SITE")" \
-  python3 benchmarks/gpu_checks.py --only "${CHECKS_ONLY:-equal,determinism,syncs,switch}" --out "$R/gpu_checks"
+part checks "${CHECKS_S:-75}" 24 env PYTHONPATH="$(pp "$PY_SITE")" \
+  python3 benchmarks/gpu_checks.py --only "${CHECKS_ONLY:-equal,deferred,syncs,determinism,switch}" --out "$R/gpu_checks"
 pack
 echo "=== done in $(( SECONDS - T0 )) s; $OUT: $(ls "$OUT" | tr '\n' ' ')"

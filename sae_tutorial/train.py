@@ -521,9 +521,10 @@ class StepGuard:
         n_bad = int((~torch.isfinite(x)).sum())
         where = f"step {step} (batch index {batch_idx}{self.on_rank})"
         if n_bad and self.input_errors:           # what the SAE's own input check would have said, had it run
-            raise ValueError(f"Step {step}, batch index {batch_idx}{self.on_rank}: SAE x has {n_bad} NaN/Inf entries "
-                             f"(of {x.numel()}); clean or mask them before passing it on (sae_tutorial.core.check_finite). "
-                             "Training stopped before that step's update, so the SAE holds the weights of the previous step.")
+            try: check_finite(x, "SAE x")
+            except ValueError as e:
+                raise ValueError(f"Step {step}, batch index {batch_idx}{self.on_rank}: {e} Training stopped before "
+                                 "that step's update, so the SAE holds the weights of the previous step.") from None
         raise FloatingPointError(
             f"Non-finite loss or gradient at {where}; the batch has {n_bad} NaN/Inf entries. "
             "Training stopped before the optimiser step, so the SAE holds the weights of the previous step. "
@@ -533,6 +534,7 @@ def _defer_checks(sae: SAE, optimizer, device: torch.device, world: int) -> bool
     "Whether `train` defers its NaN/Inf checks (StepGuard(deferred=True)): one CUDA process with fused Adam."
     return (device.type == "cuda" and world == 1 and bool(optimizer.defaults.get("fused"))
             and hasattr(torch.nn.utils, "get_total_norm"))
+
 
 
 # %% ../nbs/04_training.ipynb #19c37ce7
