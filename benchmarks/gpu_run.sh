@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # The GPU measurements of benchmarks/, in ONE call on a CUDA machine with no network (run from the repo root):
-#   profile  gpu_profile.py: a TopK/ReLU step under torch.profiler, the sparse pieces timed alone, and the exact
-#            top-k alternatives (torch.topk sorted=True/False, sort, two-stage over G groups, single-pass Triton: 'match')
 #   bench    train_throughput.py --device cuda: ours vs SAELens vs dictionary_learning and % of the matmul ceiling
 #            (default only TopK from fresh weights, the #10 target row, with the top-k alternatives as variants of
 #            ours: fast-g<G> = row_topk over G slices, fast-triton = topk_triton.py; VARIANTS=... to choose;
 #            BENCH_FULL=1 for the whole table with plain,fast, ~205 s)
-#   harvest  harvest_gpu.py: harvesting tokens/s, ours vs full run_with_cache, fp32 + bf16 (random SmolLM2-135M)
-#   toy      toy_sweep.py --device cuda at the gpu budget: batched vs a per-instance loop, three sweeps
 #   checks   gpu_checks.py: fast == plain, train's deferred NaN check, host syncs, determinism, ReLU switch
 #            (~45 s on the H200; CHECKS_ONLY=equal,deferred for less)
+#   profile  gpu_profile.py: a TopK/ReLU step under torch.profiler, the sparse pieces timed alone, and the exact
+#            top-k alternatives (torch.topk sorted=True/False, sort, two-stage over G groups, single-pass Triton: 'match')
+#   harvest  harvest_gpu.py: harvesting tokens/s, ours vs full run_with_cache, fp32 + bf16 (random SmolLM2-135M)
+#   toy      toy_sweep.py --device cuda at the gpu budget: batched vs a per-instance loop, three sweeps
 # Each part has its own timeout (seconds: PROFILE_S BENCH_S HARVEST_S TOY_S CHECKS_S) and never runs past the
 # whole call's TOTAL_S (default 480): a part gets min(its timeout, what is left - 10 s) and is skipped under 15 s.
-# PARTS=profile,harvest (comma list) runs only those, in the order above. Everything a part writes goes to
+# PARTS=profile,harvest (comma list) runs only those, in the order above (the #10 target and the checks of new
+# GPU code first, so that a short call still brings them back). Everything a part writes goes to
 # /tmp/sae_gpu_results/ and is packed after every part into $OUT/gpu_results.tgz (a call returns <= 8 files),
 # beside $OUT/gpu_run.log (what was printed; each part's whole output is NAME.log in the tgz).
 # DRY_RUN=1: every part on the CPU at tiny sizes (no GPU, no wheels), to check the wiring here; gpu_checks then
@@ -34,7 +35,7 @@ OUT=${OUT:-/tmp/sae_gpu_out$([ -n "$DRY" ] && echo _dry)}; export OUT
 R=${RESULTS:-/tmp/sae_gpu_results}; rm -rf "$R"; mkdir -p "$R" "$OUT"   # not under $OUT: a call returns <= 8 files
 ROOT=$(pwd)
 TOTAL_S=${TOTAL_S:-480}; T0=$SECONDS
-PARTS=${PARTS:-profile,bench,harvest,toy,checks}
+PARTS=${PARTS:-bench,checks,profile,harvest,toy}
 exec > >(tee -a "$OUT/gpu_run.log") 2>&1
 
 left() { echo $(( TOTAL_S - (SECONDS - T0) )); }
@@ -85,17 +86,17 @@ else
   TOY_STEPS=5
 fi
 
-part profile "${PROFILE_S:-120}" 45 env PYTHONPATH="$(pp "$PY_SITE")" python3 benchmarks/gpu_profile.py "${PROF[@]}"
 part bench "${BENCH_S:-$([ -n "${BENCH_FULL:-}" ] && echo 230 || echo 120)}" 12 \
   env PYTHONPATH="$(pp "$PY_SITE")" SAE_BENCH_OTHER_PY="$(command -v python3)" \
   python3 benchmarks/train_throughput.py "${BENCH[@]}" --out "$R/train_throughput_gpu"
+part checks "${CHECKS_S:-75}" 24 env PYTHONPATH="$(pp "$PY_SITE")" \
+  python3 benchmarks/gpu_checks.py --only "${CHECKS_ONLY:-equal,deferred,syncs,determinism,switch}" --out "$R/gpu_checks"
+part profile "${PROFILE_S:-120}" 45 env PYTHONPATH="$(pp "$PY_SITE")" python3 benchmarks/gpu_profile.py "${PROF[@]}"
 part harvest "${HARVEST_S:-120}" 8 env PYTHONPATH="$(pp "$PY_TL4")" python3 benchmarks/harvest_gpu.py "${HARV[@]}"
 part toy "${TOY_S:-75}" 18 env PYTHONPATH="$(pp "$PY_SITE")" SAE_TUTORIAL_BUDGET=$BUD bash -c "
   set -e
   python3 benchmarks/toy_sweep.py --device $DEV --steps $TOY_STEPS --loop-subset 3 --out $R/toy_sweep_dimensionality_gpu.json
   python3 benchmarks/toy_sweep.py --device $DEV --steps $TOY_STEPS --loop-subset 6 --sweep phase_diagram --out $R/toy_sweep_phase_diagram_gpu.json
   python3 benchmarks/toy_sweep.py --device $DEV --steps $TOY_STEPS --loop-subset 2 --n 200 --m 20 --settings 20 --budget-steps 10000 --out $R/toy_sweep_paper_size_gpu.json"
-part checks "${CHECKS_S:-75}" 24 env PYTHONPATH="$(pp "$PY_SITE")" \
-  python3 benchmarks/gpu_checks.py --only "${CHECKS_ONLY:-equal,deferred,syncs,determinism,switch}" --out "$R/gpu_checks"
 pack
 echo "=== done in $(( SECONDS - T0 )) s; $OUT: $(ls "$OUT" | tr '\n' ' ')"
