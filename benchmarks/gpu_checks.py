@@ -176,6 +176,14 @@ def check_syncs(dev):
         n = 10
         n_sync, msgs = count(lambda: train(sae, [x] * n, lc, TrainConfig(lr=1e-4, progress=False, log_every=n)))
         r["train_per_step"], r["train_msgs"] = n_sync / n, msgs
+
+        def ms_per_step(batches):      # train's data path: batches already on the GPU, or on the CPU (pinned by train)
+            torch.cuda.synchronize(); t = time.perf_counter()
+            train(sae, batches, lc, TrainConfig(lr=1e-4, progress=False, log_every=len(batches)))
+            torch.cuda.synchronize(); return (time.perf_counter() - t) / len(batches) * 1e3
+        x_cpu = x.cpu()
+        ms_per_step([x] * 5)
+        r["ms_per_step_gpu_batches"], r["ms_per_step_cpu_batches"] = ms_per_step([x] * 20), ms_per_step([x_cpu] * 20)
         rows.append(r); print(r, flush=True)
     ReLUSAE.sparse_max_density = None
     return rows
@@ -255,9 +263,12 @@ def render(res: dict) -> str:
         md += ["## Host syncs", "", "CUDA sync-debug warnings (the CPU waiting for the GPU) at 768 x 6144, batch 4096: "
                "one forward with its loss (input test deferred, as in `train`), its backward, and `train` per step over 10 steps "
                "(one history flush at the end: 0.1 per step).", "",
-               "| architecture | forward | backward | train, per step | first messages |", "|---|---:|---:|---:|---|"]
+               "| architecture | forward | backward | train, per step | first messages | train ms/step: batches on the GPU / on the CPU |",
+               "|---|---:|---:|---:|---|---:|"]
         md += [f"| {r['arch']} | {r['forward']} | {r['backward']} | {r['train_per_step']:.1f} | "
-               f"{' / '.join(r['forward_msgs'] + r['backward_msgs'])[:160]} |" for r in res["syncs"]]
+               f"{' / '.join(r['forward_msgs'] + r['backward_msgs'])[:160]} | "
+               f"{r.get('ms_per_step_gpu_batches', float('nan')):.2f} / {r.get('ms_per_step_cpu_batches', float('nan')):.2f} |"
+               for r in res["syncs"]]
     if "deferred" in res:
         md += ["", "## train's deferred NaN/Inf check", "", "768 x 6144, batch 4096, 8 steps, clip 0.05: a NaN in batch 5, "
                "then a clean run with the plain check and with the deferred one.", "",

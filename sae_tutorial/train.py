@@ -601,9 +601,13 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
                desc="train SAE" + (f" ×{world}" if world > 1 else ""))
     pending, block_start, block_tokens = [], time.perf_counter(), 0
 
+    pin = device.type == "cuda"          # a large copy from pageable memory waits until the GPU's queue reaches it
+
     def next_batch():
         x = next(it); i = state["batches_drawn"]; state["batches_drawn"] += 1
-        return _check_batch(x, d_in, i).to(device=device, dtype=dtype, non_blocking=True), i
+        x = _check_batch(x, d_in, i)
+        if pin and x.device.type == "cpu": x = x.pin_memory()                # then the copy below runs alongside
+        return x.to(device=device, dtype=dtype, non_blocking=True), i
 
     def flush(final=False):
         nonlocal block_start, block_tokens
@@ -679,4 +683,5 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
         flush(final=True); bar.close()
     sae.eval()
     return TrainResult(sae, history, resamples, state["step"])
+
 
