@@ -502,7 +502,7 @@ class StepGuard:
         cuda = self.halted.is_cuda
         host = torch.empty((), pin_memory=cuda); host.copy_(self.halted, non_blocking=cuda)
         ready = torch.cuda.Event() if cuda else None
-        if cuda: ready.record()
+        if cuda: ready.record(torch.cuda.current_stream(self.halted.device))   # the copy's stream, whatever the current device
         self.queue.append(_StepCheck(step, batch_idx, x, host, ready))
         self.resolve(keep=1)
         return norm
@@ -534,6 +534,7 @@ def _defer_checks(sae: SAE, optimizer, device: torch.device, world: int) -> bool
     "Whether `train` defers its NaN/Inf checks (StepGuard(deferred=True)): one CUDA process with fused Adam."
     return (device.type == "cuda" and world == 1 and bool(optimizer.defaults.get("fused"))
             and hasattr(torch.nn.utils, "get_total_norm"))
+
 
 
 
