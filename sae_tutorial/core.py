@@ -185,4 +185,3 @@ def atomic_file(path, mode: str = "w", **kw):
         raise err from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True); raise
-

@@ -17,7 +17,6 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file, load_file, save as save_safetensors
 from .core import check_finite, atomic_file
 
-
 # %% auto #0
 __all__ = ['ARCHITECTURES', 'CHECKPOINT_FORMAT', 'SAE_CLASSES', 'SAEConfig', 'SAEOutput', 'input_check_deferred', 'SAE',
            'ReLUSAE', 'TiedReLUSAE', 'TopKSAE', 'BatchTopKSAE', 'rectangle', 'JumpReLUFunction', 'StepFunction',
@@ -247,7 +246,6 @@ class SAE(nn.Module):
         sae.load_state_dict(tensors)
         return sae
 
-
 # %% ../nbs/02_sae.ipynb #aec26da1
 class ReLUSAE(SAE):
     "f = ReLU((x - b_dec) @ W_enc + b_enc)"
@@ -304,7 +302,6 @@ class BatchTopKSAE(SAE):
             return self.batch_topk(pre)
         acts = F.relu(pre)
         return acts * (acts > self.threshold)
-
 
 # %% ../nbs/02_sae.ipynb #24a1e1b6
 def rectangle(u: Tensor) -> Tensor:
@@ -635,9 +632,6 @@ class BatchTopKSparse(torch.autograd.Function):
         return (*_active_backward(ctx.needs_input_grad[:5], xc, W_enc, W_dec, vals, rows, cols, crow, g_xhat, g_vals,
                                   g_pre), None, None)
 
-
-
-
 # %% ../nbs/02_sae.ipynb #a3ffb839
 class ReLUSparse(torch.autograd.Function):
     """(x_hat, vals, rows, cols, crow, pre) of a ReLU SAE for x [B, d_in]. If at most `max_density` of f's entries
@@ -684,9 +678,6 @@ class ReLUSparse(torch.autograd.Function):
         gb_dec -= W_enc @ gb_enc
         return (gp @ W_enc.T if need_x else None, xc.T @ gp if need_We else None, gb_enc if need_be else None,
                 gW_dec, gb_dec if need_bd else None, None)
-
-
-
 
 # %% ../nbs/02_sae.ipynb #cefb4c77
 def _pre_acts(self: SAE, x: Tensor) -> Tensor:
@@ -768,6 +759,3 @@ def _relu_forward(self: ReLUSAE, x: Tensor) -> SAEOutput:
                            ActiveLatents(rows, cols, vals, crow, self.cfg.d_sae))
 
 SAE.pre_acts, TopKSAE.forward, ReLUSAE.forward, BatchTopKSAE.forward = _pre_acts, _topk_forward, _relu_forward, _batchtopk_forward
-
-
-

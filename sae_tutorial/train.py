@@ -18,7 +18,6 @@ from .core import check_finite, atomic_folder, sha256_file
 from .sae import SAE, SAEConfig, input_check_deferred
 from .losses import LossConfig, sae_loss
 
-
 # %% auto #0
 __all__ = ['DECAYS', 'RESAMPLERS', 'EXTRA_ENCODER_PARAMS', 'HISTORY_KEYS', 'SparseFeatureData', 'TrainConfig', 'make_optimizer',
            'make_scheduler', 'sparsity_coeff_at', 'FeatureUsage', 'ResampleEvent', 'reset_adam_rows_',
@@ -140,7 +139,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, n_steps: 
 def sparsity_coeff_at(step: int, coeff: float, warmup_steps: int) -> float:
     "Sparsity coefficient at `step`: rises linearly from coeff/warmup_steps to coeff, then stays."
     return coeff if warmup_steps <= 0 else coeff * min(1.0, (step + 1) / warmup_steps)
-
 
 # %% ../nbs/04_training.ipynb #7e2d93fe
 class FeatureUsage:
@@ -535,9 +533,6 @@ def _defer_checks(sae: SAE, optimizer, device: torch.device, world: int) -> bool
     return (device.type == "cuda" and world == 1 and bool(optimizer.defaults.get("fused"))
             and hasattr(torch.nn.utils, "get_total_norm"))
 
-
-
-
 # %% ../nbs/04_training.ipynb #19c37ce7
 def _check_batch(x, d_in: int, batch_idx: int) -> Tensor:
     if not isinstance(x, Tensor): raise TypeError(f"Batch {batch_idx} is a {type(x).__name__}; expected a Tensor [batch, d_in={d_in}].")
@@ -573,7 +568,8 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
     Each step: forward, loss (sparsity coefficient warmed up), backward, remove the decoder gradient parallel
     to its rows, clip the global gradient norm, Adam step, scheduler step, renormalise decoder rows,
     update dead-latent statistics. A non-finite loss or gradient stops training before its optimiser step,
-    naming the batch (`StepGuard`; on a GPU the check is read one step later, the bad update skipped on the device). `resume_from`: a checkpoint folder (or the checkpoint_dir) to continue exactly from.
+    naming the batch (`StepGuard`; on a GPU the check is read one step later, the bad update skipped on the
+    device). `resume_from`: a checkpoint folder (or the checkpoint_dir) to continue exactly from.
     `sync`: the data-parallel seam (see `RankSync`); leave it None for one process."""
     cfg, loss_cfg, sync = train_cfg or TrainConfig(), loss_cfg or LossConfig(), sync or RankSync()
     rank, world = sync.rank, sync.world_size
@@ -684,5 +680,3 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
         flush(final=True); bar.close()
     sae.eval()
     return TrainResult(sae, history, resamples, state["step"])
-
-
