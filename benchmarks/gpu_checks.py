@@ -206,7 +206,7 @@ def check_deferred(dev, size=(768, 8), batch=4096):
             lc = LossConfig(sparsity="l1" if arch == "relu" else "none", sparsity_coeff=1e-3)
             tc = lambda: TrainConfig(lr=1e-3, steps=8, clip_grad_norm=0.05, progress=False, log_every=8)
             probe = sae0()
-            r = dict(arch=arch, deferred=bool(T._defer_checks(probe, T.make_optimizer(probe, tc()), torch.device(dev), 1)))
+            r = dict(arch=arch, deferred=bool(T._defer_checks(T.make_optimizer(probe, tc()), torch.device(dev), 1)))
             sae = sae0()
             try: train(sae, bad, lc, tc()); r["error"] = "none raised"
             except (ValueError, FloatingPointError) as e: r["error"] = f"{type(e).__name__}: {str(e)[:100]}"

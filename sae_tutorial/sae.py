@@ -564,6 +564,20 @@ def row_topk(pre: Tensor, k: int, groups: int | None = None) -> tuple[Tensor, Te
     return top, i.reshape(B, groups * k).gather(1, j)
 
 
+def _decode_pairs(rows: Tensor, cols: Tensor, vals: Tensor, W_dec: Tensor, b_dec: Tensor, B: int) -> tuple[Tensor, Tensor]:
+    """(crow [B + 1], x_hat [B, d_in]) for f's pairs listed row by row (rows non-decreasing): row b's pairs are
+    crow[b]:crow[b+1], and x_hat[b] = Σ_n vals[n] · W_dec[cols[n]] over them, + b_dec."""
+    crow = torch.searchsorted(rows, torch.arange(B + 1, device=rows.device))
+    return crow, F.embedding_bag(cols, W_dec, crow[:-1], mode="sum", per_sample_weights=vals).add_(b_dec)
+
+
+def _save_pairs(ctx, xc, W_enc, W_dec, vals, rows, cols, crow) -> None:
+    "Keep what `_active_backward` needs; the index tensors get no gradient, and outputs no loss used give None."
+    ctx.mark_non_differentiable(rows, cols, crow)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(xc, W_enc, W_dec, vals, rows, cols, crow)
+
+
 def _topk_rows(B: int, k: int, device) -> tuple[Tensor, Tensor]:
     "(rows [B·k], crow [B + 1]) of k pairs per row listed row by row: the flat layout of a TopK idx [B, k]."
     return torch.arange(B, device=device).repeat_interleave(k), torch.arange(0, B * k + 1, k, device=device)
@@ -619,11 +633,8 @@ class BatchTopKSparse(torch.autograd.Function):
         top, flat = batch_topk_flat(pre, n_keep, cut)                          # over the whole batch
         flat, order = flat.sort()                                              # row by row
         vals, rows, cols = top[order], flat // d_sae, flat % d_sae
-        crow = torch.searchsorted(rows, torch.arange(len(x) + 1, device=x.device))
-        x_hat = F.embedding_bag(cols, W_dec, crow[:-1], mode="sum", per_sample_weights=vals).add_(b_dec)
-        ctx.mark_non_differentiable(rows, cols, crow)
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(xc, W_enc, W_dec, vals, rows, cols, crow)
+        crow, x_hat = _decode_pairs(rows, cols, vals, W_dec, b_dec, len(x))
+        _save_pairs(ctx, xc, W_enc, W_dec, vals, rows, cols, crow)
         return x_hat, vals, rows, cols, crow, pre
 
     @staticmethod
@@ -648,15 +659,12 @@ class ReLUSparse(torch.autograd.Function):
         if n_pairs <= max_density * pre.numel():
             rows, cols = fired.nonzero(as_tuple=True)                          # f's non-zeros, row by row
             vals = pre[rows, cols]                                             # [n_pairs] (a gather: no second nonzero)
-            crow = torch.searchsorted(rows, torch.arange(len(x) + 1, device=x.device))   # row b: crow[b]:crow[b+1]
-            x_hat = F.embedding_bag(cols, W_dec, crow[:-1], mode="sum", per_sample_weights=vals).add_(b_dec)
+            crow, x_hat = _decode_pairs(rows, cols, vals, W_dec, b_dec, len(x))
         else:
             vals = F.relu(pre)
             rows = cols = crow = torch.empty(0, dtype=torch.long, device=x.device)
             x_hat = torch.addmm(b_dec, vals, W_dec)
-        ctx.mark_non_differentiable(rows, cols, crow)
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(xc, W_enc, W_dec, vals, rows, cols, crow)
+        _save_pairs(ctx, xc, W_enc, W_dec, vals, rows, cols, crow)
         return x_hat, vals, rows, cols, crow, pre
 
     @staticmethod

@@ -528,7 +528,7 @@ class StepGuard:
             "Training stopped before the optimiser step, so the SAE holds the weights of the previous step. "
             + ("Clean or mask the activations (sae_tutorial.core.check_finite)." if n_bad else "Lower the learning rate or clip gradients."))
 
-def _defer_checks(sae: SAE, optimizer, device: torch.device, world: int) -> bool:
+def _defer_checks(optimizer, device: torch.device, world: int) -> bool:
     "Whether `train` defers its NaN/Inf checks (StepGuard(deferred=True)): one CUDA process with fused Adam."
     return (device.type == "cuda" and world == 1 and bool(optimizer.defaults.get("fused"))
             and hasattr(torch.nn.utils, "get_total_norm"))
@@ -580,7 +580,7 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
     n_steps = cfg.n_steps(batches)
     optimizer, params = make_optimizer(sae, cfg), [p for p in sae.parameters() if p.requires_grad]
     scheduler = make_scheduler(optimizer, cfg, n_steps)
-    deferred = _defer_checks(sae, optimizer, device, world)
+    deferred = _defer_checks(optimizer, device, world)
     defer_input = deferred and sae.cfg.check_input and not any(True for _ in sae.buffers())   # BatchTopK's forward updates
     guard = StepGuard(optimizer, params, cfg.clip_grad_norm, deferred, sync.reduce, on_rank, defer_input)  # a buffer: checked first
     usage = FeatureUsage(d_sae, cfg.dead_window, cfg.dead_threshold, device)
