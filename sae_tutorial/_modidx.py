@@ -565,6 +565,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                   'sae_tutorial/sae.py'),
                                   'sae_tutorial.sae.SAE.reset_parameters': ('sae.html#sae.reset_parameters', 'sae_tutorial/sae.py'),
                                   'sae_tutorial.sae.SAE.save': ('sae.html#sae.save', 'sae_tutorial/sae.py'),
+                                  'sae_tutorial.sae.SAE.scaled_input': ('sae.html#sae.scaled_input', 'sae_tutorial/sae.py'),
                                   'sae_tutorial.sae.SAEConfig': ('sae.html#saeconfig', 'sae_tutorial/sae.py'),
                                   'sae_tutorial.sae.SAEConfig.__post_init__': ('sae.html#saeconfig.__post_init__', 'sae_tutorial/sae.py'),
                                   'sae_tutorial.sae.SAEConfig.d_sae': ('sae.html#saeconfig.d_sae', 'sae_tutorial/sae.py'),

@@ -43,6 +43,14 @@ class SAEConfig:
     batchtopk_threshold_decay: float = 0.99  # EMA decay of BatchTopK's inference threshold
     check_input: bool = True               # validate shape, dtype and finiteness of x at every forward
     fast: bool = True                      # same maths, less work (last section); False: the plain autograd path
+    # --- units and provenance: what applying a saved SAE to a model's raw activations needs ---
+    input_scale: float = 1.0               # s: encode(x) sees s * x, x_hat is divided by s (1: x is already in training units)
+    input_scale_method: str | None = None  # how s was estimated, e.g. "sqrt(d_in / mean ||x||^2) over 150,000 rows"
+    model: str | None = None               # the language model whose activations it was trained on
+    model_sha256: str | None = None        # sha256 of that model's weights file (or of the pinned archive holding it)
+    hook: str | None = None                # the hook point, e.g. "blocks.15.hook_resid_post"
+    tokens_trained: int | None = None      # activation vectors seen in training (with repeats)
+    distinct_tokens: int | None = None     # distinct activation vectors in the training data
 
     def __post_init__(self):
         if not isinstance(self.d_in, int) or self.d_in < 1:
@@ -61,6 +69,9 @@ class SAEConfig:
             raise ValueError(f"init_decoder_norm must be > 0 (or None), got {self.init_decoder_norm}.")
         if not self.jumprelu_bandwidth > 0 or not self.jumprelu_init_threshold > 0:
             raise ValueError("jumprelu_bandwidth and jumprelu_init_threshold must both be > 0.")
+        if not (isinstance(self.input_scale, (int, float)) and not isinstance(self.input_scale, bool)
+                and math.isfinite(self.input_scale) and self.input_scale > 0):
+            raise ValueError(f"input_scale must be a finite number > 0, got {self.input_scale!r}.")
         if not 0 <= self.batchtopk_threshold_decay < 1:
             raise ValueError(f"batchtopk_threshold_decay must lie in [0, 1), got {self.batchtopk_threshold_decay}.")
 
@@ -76,13 +87,13 @@ class SAEConfig:
         return 1.0 if self.normalize_decoder else 0.1
 
     def to_dict(self) -> dict:
-        "The fields as plain JSON types (what cfg.json holds, plus `d_sae` and `format`)."
+        "The fields as plain JSON types (what cfg.json holds, plus `d_sae` and `format`; `SAE.save` adds `dtype`)."
         return {"format": CHECKPOINT_FORMAT, **asdict(self), "d_sae": self.d_sae}
 
     @classmethod
     def from_dict(cls, d: dict) -> "SAEConfig":
         "Inverse of `to_dict`; unknown fields raise (the file was written by something else)."
-        d = dict(d); d.pop("format", None); d_sae = d.pop("d_sae", None)
+        d = dict(d); d.pop("format", None); d.pop("dtype", None); d_sae = d.pop("d_sae", None)
         known = {f.name for f in fields(cls)}
         if unknown := sorted(set(d) - known):
             raise ValueError(f"unknown SAEConfig fields {unknown}; known fields are {sorted(known)}.")
@@ -176,19 +187,25 @@ class SAE(nn.Module):
         pre = self.pre_acts(x)
         return SAEOutput(None, self.activation(pre), pre)
 
+    def scaled_input(self, x: Tensor) -> Tensor:
+        "s · x with s = cfg.input_scale: a saved SAE takes a model's raw activations (x itself when s is 1)."
+        s = self.cfg.input_scale
+        return x if s == 1 else x * s
+
     def encode(self, x: Tensor) -> Tensor:
-        "f = σ((x - b_dec) @ W_enc + b_enc)   [..., d_sae]"
-        return self._encode(self._check(x)).f
+        "f = σ((s·x - b_dec) @ W_enc + b_enc)   [..., d_sae]   (s = cfg.input_scale, usually 1)"
+        return self._encode(self.scaled_input(self._check(x))).f
 
     def decode(self, f: Tensor) -> Tensor:
-        "x_hat = f @ W_dec + b_dec   [..., d_in]"
+        "x_hat = (f @ W_dec + b_dec) / s   [..., d_in]   (s = cfg.input_scale, usually 1)"
         if f.dim() < 1 or f.shape[-1] != self.cfg.d_sae:
             raise ValueError(f"f has shape {tuple(f.shape)}: expected last dimension {self.cfg.d_sae} (d_sae), got "
                              f"{f.shape[-1] if f.dim() else 'a scalar'}.")
-        return f @ self.W_dec + self.b_dec
+        x_hat = f @ self.W_dec + self.b_dec
+        return x_hat if self.cfg.input_scale == 1 else x_hat / self.cfg.input_scale   # back in the units of x
 
     def forward(self, x: Tensor) -> SAEOutput:
-        out = self._encode(self._check(x))
+        out = self._encode(self.scaled_input(self._check(x)))
         return out._replace(x_hat=self.decode(out.f))
 
     # --- decoder norm constraint -----------------------------------------------------------------------
@@ -219,7 +236,8 @@ class SAE(nn.Module):
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
         meta = {"format": CHECKPOINT_FORMAT, "sha256": tensors_sha256(tensors), **_identity(self.cfg)}
         with atomic_file(path/"sae.safetensors", "wb") as fh: fh.write(save_safetensors(tensors, metadata=meta))
-        with atomic_file(path/"cfg.json") as fh: fh.write(json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+        cfg = {**self.cfg.to_dict(), "dtype": str(self.W_dec.dtype).removeprefix("torch.")}
+        with atomic_file(path/"cfg.json") as fh: fh.write(json.dumps(cfg, indent=2) + "\n")
         return path
 
     @classmethod
@@ -725,7 +743,7 @@ class SparseSAEOutput(SAEOutput):
 
 def _topk_forward(self: TopKSAE, x: Tensor) -> SAEOutput:
     "cfg.fast: x_hat and every gradient from the k active latents per row (TopKSparse); else the plain path."
-    if not (self.cfg.fast and _own_maths(self, TopKSAE)): return SAE.forward(self, x)
+    if not (self.cfg.fast and _own_maths(self, TopKSAE)) or self.cfg.input_scale != 1: return SAE.forward(self, x)
     x = self._check(x)
     lead, k = x.shape[:-1], self.cfg.k
     x_hat, vals, idx, pre = TopKSparse.apply(x.reshape(-1, x.shape[-1]), self.W_enc, self.b_enc, self.W_dec,
@@ -737,7 +755,7 @@ def _topk_forward(self: TopKSAE, x: Tensor) -> SAEOutput:
 def _batchtopk_forward(self: BatchTopKSAE, x: Tensor) -> SAEOutput:
     "cfg.fast and training: BatchTopKSparse (decode and gradients from the kept pairs); else the plain path."
     if not (self.cfg.fast and self.training and _own_maths(self, BatchTopKSAE)
-            and type(self).batch_topk is BatchTopKSAE.batch_topk): return SAE.forward(self, x)
+            and type(self).batch_topk is BatchTopKSAE.batch_topk and self.cfg.input_scale == 1): return SAE.forward(self, x)
     x = self._check(x)
     x2 = x.reshape(-1, x.shape[-1])
     n_keep = min(self.cfg.k * len(x2), len(x2) * self.cfg.d_sae)
@@ -755,7 +773,7 @@ ReLUSAE.sparse_max_density = None   # ReLUSparse's switch; None: 1/8 of f's entr
 
 def _relu_forward(self: ReLUSAE, x: Tensor) -> SAEOutput:
     "cfg.fast: ReLUSparse (decode and gradients from f's non-zeros once few latents fire); else the plain path."
-    if not (self.cfg.fast and _own_maths(self, ReLUSAE)): return SAE.forward(self, x)
+    if not (self.cfg.fast and _own_maths(self, ReLUSAE)) or self.cfg.input_scale != 1: return SAE.forward(self, x)
     x = self._check(x)
     lead = x.shape[:-1]
     density = self.sparse_max_density
