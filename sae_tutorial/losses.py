@@ -114,13 +114,13 @@ def diversity_penalty(W_dec: Tensor, chunk: int = 1024) -> Tensor:
 # %% ../nbs/03_losses.ipynb #ef5df266
 def auxk_loss(x: Tensor, out: SAEOutput, W_dec: Tensor, dead_mask: Tensor, k_aux: int) -> Tensor:
     "mean over the batch of ‖e - ê‖², e = (x - x_hat) detached, ê = ReLU(TopK_k_aux(pre over dead latents)) @ W_dec."
-    n_dead = int(dead_mask.sum())
-    if n_dead == 0: return out.pre.new_zeros(())
+    dead = dead_mask.nonzero().squeeze(1)                 # indices of the dead latents
+    if len(dead) == 0: return out.pre.new_zeros(())
     e = (x - out.x_hat).detach()
-    pre_dead = out.pre.masked_fill(~dead_mask, float("-inf"))
-    vals, idx = pre_dead.topk(min(k_aux, n_dead), dim=-1, sorted=False)
-    f_aux = torch.zeros_like(out.pre).scatter(-1, idx, F.relu(vals))
-    return (e - f_aux @ W_dec).pow(2).sum(-1).mean()
+    pre_dead = out.pre[..., dead]                         # [batch, n_dead]: only dead latents take part
+    vals, idx = pre_dead.topk(min(k_aux, len(dead)), dim=-1, sorted=False)
+    f_aux = torch.zeros_like(pre_dead).scatter(-1, idx, F.relu(vals))
+    return (e - f_aux @ W_dec[dead]).pow(2).sum(-1).mean()
 
 # %% ../nbs/03_losses.ipynb #4c4dd016
 def gated_aux_loss(x: Tensor, out: SAEOutput, W_dec: Tensor, b_dec: Tensor) -> Tensor:

@@ -835,19 +835,22 @@ def plot_curve(metrics, trained, analysis=None):
         axes[2].plot(t, [p["cos_to_init"] for p in c], ".-", label=n, **kw)
     for arch, u in ((analysis or {}).get("universality") or {}).items():
         t = [p["tokens"] / 1e3 for p in u["curve"]]
-        line, = axes[3].plot(t, [p["share_0.7"] for p in u["curve"]], "o-", label=f"{u['a']} vs {u['b']}")
+        line, = axes[3].plot(t, [p["share_0.7"] for p in u["curve"]], "o-", label=f"{u['a']} vs {u['b']}: share")
+        axes[3].plot(t, [p["mmcs"] for p in u["curve"]], "s--", c=line.get_color(), lw=1, ms=3, label=f"{u['a']}: MMCS")
         axes[3].axhline(u["random"]["share_0.7"], ls=":", c=line.get_color(), lw=1)
+        axes[3].axhline(u["random"]["mmcs"], ls=":", c=line.get_color(), lw=1)
     axes[3].axhline(TARGET_SHARE, ls="--", c="gray", lw=1)
     axes[0].axhline(TARGET_EV, ls="--", c="gray", lw=1); axes[1].axhline(TARGET_DELTA_CE, ls="--", c="gray", lw=1)
     axes[1].set_yscale("log")
     labels = ["held-out explained variance", "delta CE, nats (log)", "decoder cosine with its own init",
-              "share matched 1-to-1 at cos > 0.7"]
+              "two seeds: share at cos > 0.7, MMCS"]
     for ax, what in zip(axes, labels):
         ax.set_xlabel("thousand tokens trained"); ax.set_ylabel(what); ax.legend(fontsize=7)
         if epoch: ax.axvline(epoch / 1e3, c="k", lw=0.6, alpha=0.4)
     axes[0].set_ylim(0, 1); axes[2].set_ylim(0, 1.02); axes[3].set_ylim(0, 1)
-    fig.suptitle("How features form: quality, distance from the initialisation and seed agreement against tokens trained "
-                 "(dashed: targets; dotted: random dictionaries; thin vertical line: every distinct token seen once)", fontsize=9)
+    fig.suptitle("How features form: quality, distance from the initialisation and seed agreement against tokens trained\n"
+                 "(dashed: targets; dotted: two random dictionaries; thin vertical line: every distinct token seen once)",
+                 fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -195,3 +195,34 @@ def test_bad_dead_mask_and_config():
     with pytest.raises(ValueError, match=">= 0"): LossConfig(sparsity_coeff=-1)
     assert set(SPARSITY_PENALTIES) >= {"l1", "l1_wdec", "smooth_l0", "hoyer", "tanh", "jumprelu_l0", "none"}
     assert set(AUX_LOSSES) >= {"none", "auxk", "gated", "dead", "diversity"}
+
+
+def test_auxk_loss_equals_the_masked_dense_formula_with_gradients():
+    "auxk_loss works on the dead columns only; it must equal the whole-width masked formula, value and gradients, in float64."
+    import torch.nn.functional as F
+    from sae_tutorial.losses import auxk_loss
+    from sae_tutorial.sae import SAEOutput
+    g = torch.Generator().manual_seed(0)
+    B, d_sae, d_in = 16, 40, 8
+    for n_dead, k_aux in ((7, 3), (7, 7), (7, 20), (40, 5), (0, 4)):
+        x = torch.randn(B, d_in, generator=g, dtype=torch.float64)
+        x_hat = torch.randn(B, d_in, generator=g, dtype=torch.float64)
+        dead = torch.zeros(d_sae, dtype=torch.bool); dead[torch.randperm(d_sae, generator=g)[:n_dead]] = True
+        outs = []
+        for fast in (True, False):
+            pre = torch.randn(B, d_sae, generator=torch.Generator().manual_seed(n_dead), dtype=torch.float64).requires_grad_()
+            W = torch.randn(d_sae, d_in, generator=torch.Generator().manual_seed(k_aux), dtype=torch.float64).requires_grad_()
+            out = SAEOutput(x_hat, torch.zeros(B, d_sae, dtype=torch.float64), pre)
+            if fast: loss = auxk_loss(x, out, W, dead, k_aux)
+            elif n_dead == 0: loss = pre.sum() * 0
+            else:
+                masked = pre.masked_fill(~dead, float("-inf"))
+                vals, idx = masked.topk(min(k_aux, n_dead), dim=-1)
+                f_aux = torch.zeros_like(pre).scatter(-1, idx, F.relu(vals))
+                loss = ((x - x_hat) - f_aux @ W).pow(2).sum(-1).mean()
+            if loss.requires_grad: loss.backward()
+            outs.append((loss.detach(), pre.grad, W.grad))
+        (l1, gp1, gw1), (l2, gp2, gw2) = outs
+        assert torch.allclose(l1, l2, rtol=1e-12, atol=1e-12), (n_dead, k_aux)
+        if n_dead:
+            assert torch.allclose(gp1, gp2, rtol=1e-10, atol=1e-12) and torch.allclose(gw1, gw2, rtol=1e-10, atol=1e-12)
