@@ -44,7 +44,9 @@ class ReproConfig:
     k: int | None = None                # topk: active latents per token
     steps: int | None = None            # optimiser steps per SAE
     batch_size: int | None = None       # tokens per optimiser step
-    lr: float | None = None             # peak Adam learning rate
+    lr: float | None = None             # peak Adam learning rate (ReLU + L1)
+    topk_lr: float | None = None        # peak Adam learning rate of the TopK SAEs: their rows move only when they
+                                        # fire (k of d_sae per token), so they need a larger step to leave their init
     split_expansions: str | None = None # extra (smaller) TopK dictionary sizes for feature splitting, e.g. '1,2'
                                         # (every SAE of a run has its own seed: seed, seed + 1, ... in sae_specs order)
     seeds: int = 2                      # SAEs per main architecture on the same data (universality); 1 turns it off
@@ -90,14 +92,14 @@ class ReproConfig:
 
 PRESETS = {
     "ci":  dict(corpus_chars=400_000, ctx_len=64, train_tokens=64 * 32, eval_tokens=64 * 8, ce_tokens=64 * 2,
-                expansion=2.0, l1_coeff=2.0, k=16, steps=30, batch_size=256, lr=1e-3, split_expansions="1",
-                curve_points=3),
-    "cpu": dict(corpus_chars=2_000_000, ctx_len=128, train_tokens=128 * 1200, eval_tokens=128 * 64,
-                ce_tokens=128 * 24, expansion=4.0, l1_coeff=2.0, k=64, steps=600, batch_size=1024, lr=1e-3,
-                split_expansions="1,2", curve_points=6),
+                expansion=2.0, l1_coeff=2.0, k=16, steps=30, batch_size=256, lr=1e-3, topk_lr=1e-3,
+                split_expansions="1", curve_points=3),
+    "cpu": dict(corpus_chars=6_000_000, ctx_len=128, train_tokens=128 * 6144, eval_tokens=128 * 64,
+                ce_tokens=128 * 16, expansion=4.0, l1_coeff=1.2, k=64, steps=2000, batch_size=1024, lr=2e-3,
+                topk_lr=8e-3, split_expansions="1", curve_points=6),
     "gpu": dict(corpus_chars=15_000_000, ctx_len=128, train_tokens=128 * 32_000, eval_tokens=128 * 512,
-                ce_tokens=128 * 128, expansion=16.0, l1_coeff=2.0, k=32, steps=10_000, batch_size=4096, lr=4e-4,
-                split_expansions="4,8", curve_points=10),
+                ce_tokens=128 * 128, expansion=16.0, l1_coeff=1.2, k=32, steps=10_000, batch_size=4096, lr=1e-3,
+                topk_lr=4e-3, split_expansions="4,8", curve_points=10),
 }
 
 # %% ../nbs/07_reproduction.ipynb #065b9ad5
@@ -232,7 +234,7 @@ def train_configs(spec: SAESpec, cfg: ReproConfig, d_in: int):
     from sae_tutorial.train import TrainConfig
     dead_window = max(1, min(100_000, cfg.steps * cfg.batch_size // 5))
     sae_cfg = SAEConfig(d_in=d_in, expansion_factor=spec.expansion, architecture=spec.architecture, k=cfg.k)
-    common = dict(lr=cfg.lr, steps=cfg.steps, batch_size=cfg.batch_size, warmup_steps=max(1, cfg.steps // 20),
+    common = dict(lr=cfg.topk_lr if spec.architecture == "topk" else cfg.lr, steps=cfg.steps, batch_size=cfg.batch_size, warmup_steps=max(1, cfg.steps // 20),
                   decay="cosine", min_lr_frac=0.1, dead_window=dead_window, seed=spec.seed,
                   log_every=max(1, cfg.steps // 50), progress=cfg.progress)
     if spec.architecture == "relu":
@@ -658,7 +660,7 @@ def reproduce(cfg: ReproConfig | None = None, log=print, **kwargs) -> ReproResul
         f"{store.n_rows:,} distinct tokens)")
     for spec in specs:
         keys[spec.name] = stage_key(stage="sae", v=2, data=dkeys["train"], eval=dkeys["eval"], spec=spec._asdict(), k=cfg.k,
-                                    l1=cfg.l1_coeff, steps=cfg.steps, bs=cfg.batch_size, lr=cfg.lr,
+                                    l1=cfg.l1_coeff, steps=cfg.steps, bs=cfg.batch_size, lr=cfg.topk_lr if spec.architecture == "topk" else cfg.lr,
                                     curve=cfg.curve_points, ce=cfg.ce_tokens if spec.main else 0)
         folder = run/"saes"/spec.name
         ckpt = run/"checkpoints"/f"{spec.name}-{keys[spec.name]}"      # mid-training checkpoints of this config only
