@@ -300,7 +300,9 @@ class CurvePoint(NamedTuple):
     explained_variance: float # on held-out activations
     l0: float                 # on held-out activations
     cos_to_init: float        # mean over latents of cos(W_dec[i] now, W_dec[i] at initialisation)
-    delta_ce: float | None    # CE with the SAE spliced in minus clean CE (nats), on a slice of held-out text; main SAEs
+    delta_ce: float | None    # CE with the SAE spliced in minus clean CE (nats), on ce_tokens of held-out text; main SAEs
+    source_explained_variance: float | None = None  # the same two on the held-out source (main SAEs)
+    source_delta_ce: float | None = None
 
 def model_sha256(name: str) -> str | None:
     """sha256 of the weights behind a `load_lm` name: the pinned archive holding an offline model's weights file,
@@ -335,13 +337,14 @@ def start_sae(spec: SAESpec, cfg: ReproConfig, store, device=None, fast: bool = 
 def _unit_rows(W: Tensor) -> Tensor: return W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 def train_sae(spec: SAESpec, cfg: ReproConfig, store, eval_store, out: Path, model=None, log=print,
-              ckpt_dir=None) -> dict:
+              ckpt_dir=None, source_store=None) -> dict:
     """Train one SAE; write `out`: sae.safetensors + cfg.json (raw units, see `saved_config`), `saelens/` (the same
     SAE in SAELens's layout, the input scale folded into the weights), train.json,
     decoder_snapshots.safetensors (W_dec at init and at each curve point, float16) and, for main SAEs, `init/`
     (the untrained SAE, the null every metric is read against). Returns the train.json summary.
     `ckpt_dir`: checkpoint every tenth of the run there (with the curve and snapshots so far) and, if it already
-    holds a checkpoint (a killed earlier try), continue from the newest one: at most a tenth of the run is lost."""
+    holds a checkpoint (a killed earlier try), continue from the newest one: at most a tenth of the run is lost.
+    `eval_store` / `source_store` (main SAEs): held-out documents and the held-out source, in the training units."""
     from safetensors.torch import save_file, load_file
     from sae_tutorial.train import train, latest_checkpoint
     from sae_tutorial.metrics import evaluate
@@ -366,17 +369,25 @@ def train_sae(spec: SAESpec, cfg: ReproConfig, store, eval_store, out: Path, mod
             log(f"    {spec.name}: resuming from {last.name} (batch {skip_below} of the data)")
     if cfg.curve_points and cfg.curve_points > 1:
         at = {round(cfg.steps * i / (cfg.curve_points - 1)) for i in range(cfg.curve_points - 1)}
+    held = {"docs": eval_store, "source": source_store if spec.main else None}
+    ce_sets = {}                                     # the same tokens as the final evaluation: its row ends the curve
     if spec.main and model is not None and at:
-        toks, keep = eval_token_set(eval_store, max(cfg.ctx_len, cfg.ce_tokens // 3))
-        ce_clean = spliced_ce(model, toks, keep, cfg.hook)
+        for k_, st in held.items():
+            if st is not None:
+                toks, keep = eval_token_set(st, cfg.ce_tokens)
+                ce_sets[k_] = (toks, keep, spliced_ce(model, toks, keep, cfg.hook))
+    def delta_ce(k_):
+        if k_ not in ce_sets: return None
+        toks, keep, clean = ce_sets[k_]
+        return spliced_ce(model, toks, keep, cfg.hook, sae_replacement(sae, held[k_].scale)) - clean
     def point(i):
         r = evaluate(sae, eval_store.batches(4096, shuffle=False, device=dev))
+        r_src = evaluate(sae, source_store.batches(4096, shuffle=False, device=dev)) if held["source"] is not None else None
         W = _unit_rows(sae.W_dec.detach().float().cpu())
-        dce = None
-        if spec.main and model is not None:
-            dce = spliced_ce(model, toks, keep, cfg.hook, sae_replacement(sae, eval_store.scale)) - ce_clean
+        dce = delta_ce("docs")
         curve.append(CurvePoint(i, i * cfg.batch_size, min(i * cfg.batch_size, store.n_rows), r.explained_variance,
-                                r.l0, float((W * W0).sum(1).mean()), dce))
+                                r.l0, float((W * W0).sum(1).mean()), dce,
+                                r_src.explained_variance if r_src is not None else None, delta_ce("source")))
         snaps[f"step_{i}"] = W.half()
         if ckpt_dir is not None:
             write_json_atomic(ckpt_dir/"curve.json", [p._asdict() for p in curve])
@@ -653,13 +664,14 @@ def reproduce(cfg: ReproConfig | None = None, log=print, **kwargs) -> ReproResul
     info = {s: json.loads((run/f"data_{s}"/"info.json").read_text()) for s in splits}
     store = load_store(run/"data_train"/"store")
     eval_store = load_store(run/"data_eval"/"store", scale=store.scale)   # held-out data in the training units
+    source_store = load_store(run/"data_source"/"store", scale=store.scale) if "source" in splits else None
     if cfg.stop_after == "data": return finish()
 
     specs, keys = sae_specs(cfg), {}
     log(f"[2/4] train: {', '.join(s.name for s in specs)} ({cfg.steps} steps x {cfg.batch_size} tokens each, "
         f"{store.n_rows:,} distinct tokens)")
     for spec in specs:
-        keys[spec.name] = stage_key(stage="sae", v=2, data=dkeys["train"], eval=dkeys["eval"], spec=spec._asdict(), k=cfg.k,
+        keys[spec.name] = stage_key(stage="sae", v=3, data=dkeys["train"], eval=dkeys["eval"], spec=spec._asdict(), k=cfg.k,
                                     l1=cfg.l1_coeff, steps=cfg.steps, bs=cfg.batch_size, lr=cfg.topk_lr if spec.architecture == "topk" else cfg.lr,
                                     curve=cfg.curve_points, ce=cfg.ce_tokens if spec.main else 0)
         folder = run/"saes"/spec.name
@@ -671,7 +683,8 @@ def reproduce(cfg: ReproConfig | None = None, log=print, **kwargs) -> ReproResul
             log(f"  training {spec.name} ({spec.architecture}, expansion {spec.expansion:g}, seed {spec.seed})")
             model = lm().model if spec.main else None
             _, ran = run_stage(folder, keys[spec.name],
-                               lambda tmp: train_sae(spec, cfg, store, eval_store, tmp, model, log, ckpt_dir=ckpt), log)
+                               lambda tmp: train_sae(spec, cfg, store, eval_store, tmp, model, log, ckpt_dir=ckpt,
+                                                     source_store=source_store), log)
             done(f"train/{spec.name}", ran)
         shutil.rmtree(ckpt, ignore_errors=True)                          # the SAE is published: its checkpoints go
         trained[spec.name] = json.loads((folder/"train.json").read_text())
@@ -832,8 +845,14 @@ def plot_curve(metrics, trained, analysis=None):
         main = n in metrics and metrics[n].get("ce_clean") is not None
         kw = dict(lw=1.8) if main else dict(lw=0.9, alpha=0.7)
         if main:
-            axes[0].plot(t, [p["explained_variance"] for p in c], "o-", label=n, **kw)
-            axes[1].plot(t, [p["delta_ce"] if p["delta_ce"] is not None else np.nan for p in c], "o-", label=n, **kw)
+            line, = axes[0].plot(t, [p["explained_variance"] for p in c], "o-", label=f"{n}: held-out docs", **kw)
+            axes[1].plot(t, [p["delta_ce"] if p["delta_ce"] is not None else np.nan for p in c], "o-",
+                         label=f"{n}: held-out docs", **kw)
+            if c[-1].get("source_explained_variance") is not None:
+                axes[0].plot(t, [p["source_explained_variance"] for p in c], "s--", c=line.get_color(), ms=4,
+                             label=f"{n}: held-out source", lw=1.2)
+                axes[1].plot(t, [p["source_delta_ce"] for p in c], "s--", c=line.get_color(), ms=4,
+                             label=f"{n}: held-out source", lw=1.2)
         axes[2].plot(t, [p["cos_to_init"] for p in c], ".-", label=n, **kw)
     for arch, u in ((analysis or {}).get("universality") or {}).items():
         t = [p["tokens"] / 1e3 for p in u["curve"]]
@@ -843,15 +862,15 @@ def plot_curve(metrics, trained, analysis=None):
         axes[3].axhline(u["random"]["mmcs"], ls=":", c=line.get_color(), lw=1)
     axes[3].axhline(TARGET_SHARE, ls="--", c="gray", lw=1)
     axes[0].axhline(TARGET_EV, ls="--", c="gray", lw=1); axes[1].axhline(TARGET_DELTA_CE, ls="--", c="gray", lw=1)
-    axes[1].set_yscale("log")
-    labels = ["held-out explained variance", "delta CE, nats (log)", "decoder cosine with its own init",
+    axes[1].set_yscale("symlog", linthresh=0.01); axes[1].set_ylim(-0.01, None)
+    labels = ["explained variance", "delta CE, nats (linear below 0.01)", "decoder cosine with its own init",
               "two seeds: share at cos > 0.7, MMCS"]
     for ax, what in zip(axes, labels):
         ax.set_xlabel("thousand tokens trained"); ax.set_ylabel(what); ax.legend(fontsize=7)
         if epoch: ax.axvline(epoch / 1e3, c="k", lw=0.6, alpha=0.4)
     axes[0].set_ylim(0, 1); axes[2].set_ylim(0, 1.02); axes[3].set_ylim(0, 1)
     fig.suptitle("How features form: quality, distance from the initialisation and seed agreement against tokens trained\n"
-                 "(dashed: targets; dotted: two random dictionaries; thin vertical line: every distinct token seen once)",
+                 "(grey dashed: targets; dotted: two random dictionaries; thin vertical line: every distinct token seen once)",
                  fontsize=10)
     fig.tight_layout()
     return fig

@@ -213,3 +213,19 @@ def test_bad_hook_fails_before_any_data_is_built(tmp_path):
     with pytest.raises(ValueError, match="not a hook point.*blocks.15.hook_resid_post"):
         reproduce(ReproConfig(preset="ci", run_dir=str(run), hook="blocks.15.hook_resid_pst", progress=False))
     assert sorted(p.name for p in run.iterdir()) == ["config.json"]
+
+
+def test_unknown_held_out_source_names_the_choices():
+    with pytest.raises(ValueError, match="held_out_source='klingon' is not a corpus source.*sotu.*or ''"):
+        ReproConfig(preset="ci", held_out_source="klingon").resolved()
+    assert ReproConfig(preset="ci", held_out_source="").resolved().held_out_source == ""
+
+
+def test_raw_unit_sae_refuses_a_normalising_store(interrupted_then_resumed):
+    "A saved SAE scales raw activations itself: handing it normalised batches would scale twice, and is refused."
+    from sae_tutorial.sae import SAE
+    from sae_tutorial.reproduce import check_sae_fits_store
+    run = interrupted_then_resumed[0]
+    with pytest.raises(ValueError, match="normalize=False"):
+        check_sae_fits_store(SAE.load(run/"saes"/"topk"), load_store(run/"data_eval"/"store"))
+    check_sae_fits_store(SAE.load(run/"saes"/"topk"), load_store(run/"data_eval"/"store", normalize=False))
