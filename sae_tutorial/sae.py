@@ -18,15 +18,16 @@ from safetensors.torch import save_file, load_file, save as save_safetensors
 from .core import check_finite, atomic_file
 
 # %% auto #0
-__all__ = ['ARCHITECTURES', 'CHECKPOINT_FORMAT', 'SAE_CLASSES', 'SAEConfig', 'SAEOutput', 'input_check_deferred', 'SAE',
-           'ReLUSAE', 'TiedReLUSAE', 'TopKSAE', 'BatchTopKSAE', 'rectangle', 'JumpReLUFunction', 'StepFunction',
-           'jumprelu', 'step', 'JumpReLUSAE', 'GatedSAE', 'sae_class', 'make_sae', 'geometric_median', 'init_b_dec_',
-           'load_config', 'tensors_sha256', 'EncodeCentered', 'row_topk', 'TopKSparse', 'batch_topk_flat',
-           'BatchTopKSparse', 'ReLUSparse', 'ActiveLatents', 'SparseSAEOutput']
+__all__ = ['ARCHITECTURES', 'CHECKPOINT_FORMAT', 'MAX_WIDTH', 'MAX_LATENTS', 'SAE_CLASSES', 'SAEConfig', 'SAEOutput',
+           'input_check_deferred', 'SAE', 'ReLUSAE', 'TiedReLUSAE', 'TopKSAE', 'BatchTopKSAE', 'rectangle',
+           'JumpReLUFunction', 'StepFunction', 'jumprelu', 'step', 'JumpReLUSAE', 'GatedSAE', 'sae_class', 'make_sae',
+           'geometric_median', 'init_b_dec_', 'load_config', 'tensors_sha256', 'EncodeCentered', 'row_topk',
+           'TopKSparse', 'batch_topk_flat', 'BatchTopKSparse', 'ReLUSparse', 'ActiveLatents', 'SparseSAEOutput']
 
 # %% ../nbs/02_sae.ipynb #bbbcc703
 ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated")
 CHECKPOINT_FORMAT = "sae_tutorial.sae/v1"
+MAX_WIDTH, MAX_LATENTS = 1 << 20, 1 << 24   # sanity bounds for d_in and d_sae: larger ones come from damaged files
 
 @dataclass
 class SAEConfig:
@@ -53,13 +54,17 @@ class SAEConfig:
     distinct_tokens: int | None = None     # distinct activation vectors in the training data
 
     def __post_init__(self):
-        if not isinstance(self.d_in, int) or self.d_in < 1:
-            raise ValueError(f"d_in must be a positive integer, got {self.d_in!r}.")
+        self._check_types()
+        if not 1 <= self.d_in <= MAX_WIDTH:
+            raise ValueError(f"d_in must be a positive integer of at most {MAX_WIDTH:,}, got {self.d_in!r}.")
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"architecture={self.architecture!r} is unknown; use one of {', '.join(ARCHITECTURES)}.")
         if not self.expansion_factor >= 1:
             raise ValueError(f"expansion_factor={self.expansion_factor} gives d_sae < d_in; an SAE needs at least "
                              "as many features as input dimensions: use expansion_factor >= 1 (typically 4 to 64).")
+        if self.d_in * self.expansion_factor > MAX_LATENTS:
+            raise ValueError(f"d_in * expansion_factor = {self.d_in * self.expansion_factor:,.0f} latents is more than "
+                             f"{MAX_LATENTS:,}; lower expansion_factor (a cfg.json asking for this is probably damaged).")
         if self.architecture in ("topk", "batchtopk") and not 1 <= self.k <= self.d_sae:
             raise ValueError(f"k={self.k} must lie in 1..d_sae={self.d_sae} for architecture={self.architecture!r}; "
                              "lower k or raise expansion_factor.")
@@ -74,6 +79,24 @@ class SAEConfig:
             raise ValueError(f"input_scale must be a finite number > 0, got {self.input_scale!r}.")
         if not 0 <= self.batchtopk_threshold_decay < 1:
             raise ValueError(f"batchtopk_threshold_decay must lie in [0, 1), got {self.batchtopk_threshold_decay}.")
+
+    def _check_types(self):
+        "Every field has its declared type (a cfg.json may hold anything): bools are bools, numbers finite numbers."
+        def bad(name, want): raise ValueError(f"{name} must be {want}, got {getattr(self, name)!r}.")
+        for name in ("tied", "normalize_decoder", "check_input", "fast"):
+            if not isinstance(getattr(self, name), bool): bad(name, "true or false (a JSON boolean, not a string)")
+        for name in ("d_in", "k") + (("tokens_trained", "distinct_tokens")):
+            v = getattr(self, name)
+            if (v is not None or name in ("d_in", "k")) and (isinstance(v, bool) or not isinstance(v, int)):
+                bad(name, "a positive integer" if name == "d_in" else "an integer")
+        for name in ("expansion_factor", "jumprelu_bandwidth", "jumprelu_init_threshold", "batchtopk_threshold_decay",
+                     "input_scale", "init_decoder_norm"):     # their ranges (NaN and Inf included) are checked below
+            v = getattr(self, name)
+            if v is None and name == "init_decoder_norm": continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)): bad(name, "a number")
+        for name in ("architecture",) + ("input_scale_method", "model", "model_sha256", "hook"):
+            v = getattr(self, name)
+            if not (isinstance(v, str) or (v is None and name != "architecture")): bad(name, "a string")
 
     @property
     def d_sae(self) -> int:
@@ -242,25 +265,37 @@ class SAE(nn.Module):
 
     @classmethod
     def load(cls, path, device=None, dtype=None) -> "SAE":
-        "Read a folder written by `save`. Checks the architecture (when called on a subclass) and every tensor's shape."
+        """Read a folder written by `save`. Before allocating anything it checks cfg.json's values, the architecture
+        (when called on a subclass) and every tensor's shape and dtype in the weights file's header; then the
+        checksum, and that every weight is finite."""
         cfg = load_config(path)
         want = sae_class(cfg)
         if not issubclass(want, cls):
             raise ValueError(f"{Path(path)/'cfg.json'} describes architecture={cfg.architecture!r} (tied={cfg.tied}), "
                              f"which {cls.__name__}.load cannot return; use SAE.load or {want.__name__}.load.")
-        tensors, meta = _read_safetensors(Path(path)/"sae.safetensors")
-        if dtype is None and "W_dec" in tensors: dtype = tensors["W_dec"].dtype   # default: the stored dtype
-        sae = want(cfg, device=device, dtype=dtype)
-        expected = {k: tuple(v.shape) for k, v in sae.state_dict().items()}
-        got = {k: tuple(v.shape) for k, v in tensors.items()}
+        p = Path(path)/"sae.safetensors"
+        header = _read_header(p)                                         # names, shapes, dtypes: no tensor is read
+        expected = {k: tuple(v.shape) for k, v in want(cfg, device="meta").state_dict().items()}   # no memory either
+        got = {k: shape for k, (shape, _) in header.items()}
         problems = [f"missing tensor {k!r} (shape {s})" for k, s in expected.items() if k not in got]
         problems += [f"unexpected tensor {k!r}" for k in got if k not in expected]
         problems += [f"{k!r} has shape {got[k]}, cfg.json implies {s}" for k, s in expected.items() if k in got and got[k] != s]
         if problems:
-            raise ValueError(f"{Path(path)/'sae.safetensors'} does not match its cfg.json "
+            raise ValueError(f"{p} does not match its cfg.json "
                              f"(architecture={cfg.architecture!r}, d_in={cfg.d_in}, d_sae={cfg.d_sae}): " + "; ".join(problems)
                              + ". The two files come from different checkpoints; copy both from the same SAE.save folder.")
-        _check_identity(Path(path)/"sae.safetensors", meta, cfg)
+        if bad := [f"{k!r} is {dt}" for k, (_, dt) in header.items() if dt not in _FLOAT_DTYPES]:
+            raise ValueError(f"{p} holds non-floating tensors ({', '.join(bad)}): SAE weights are floating point "
+                             "(F32, F16, BF16 or F64); this file was not written by SAE.save.")
+        tensors, meta = _read_safetensors(p)
+        _check_identity(p, meta, cfg)
+        # BatchTopK's inference threshold is NaN until the first training batch; everything else must be finite
+        bad = [k for k, v in tensors.items() if not (torch.isfinite(v).all() or (k == "threshold" and v.isnan().all()))]
+        if bad:
+            raise ValueError(f"{p}: {', '.join(bad)} hold NaN or Inf values, so every output would be NaN: the SAE was "
+                             "saved from a diverged run or the file is damaged; retrain it or copy it again.")
+        if dtype is None: dtype = tensors["W_dec"].dtype                 # default: the stored dtype
+        sae = want(cfg, device=device, dtype=dtype)
         sae.load_state_dict(tensors)
         return sae
 
@@ -458,6 +493,19 @@ def tensors_sha256(tensors: dict) -> str:
 def _identity(cfg: SAEConfig) -> dict:
     "The fields that must agree between sae.safetensors' metadata and cfg.json (metadata values are strings)."
     return {"architecture": cfg.architecture, "tied": str(cfg.tied), "d_in": str(cfg.d_in), "d_sae": str(cfg.d_sae)}
+
+_FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+
+def _read_header(p: Path) -> dict:
+    "{name: (shape, dtype)} from a safetensors file's header, without reading its tensors; a bad file raises ValueError."
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} not found: an SAE checkpoint is a folder with cfg.json and sae.safetensors.")
+    try:
+        with safe_open(str(p), "pt") as fh:
+            return {k: (tuple(fh.get_slice(k).get_shape()), fh.get_slice(k).get_dtype()) for k in fh.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{p} could not be read as safetensors (corrupt or truncated?): {e}; "
+                         "save it again or copy the whole folder again.") from e
 
 def _read_safetensors(p: Path) -> tuple[dict, dict]:
     "(tensors, metadata) of SAE.save's weights file; a truncated or corrupt file raises ValueError naming the fix."

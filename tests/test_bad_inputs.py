@@ -342,3 +342,60 @@ def test_splice_bad_tokens_and_mask():
     t = torch.zeros(2, 4, dtype=torch.long)
     with raises(ValueError, "keep must be a bool mask shaped like tokens (2, 4)"): splice_metrics(m, [(t, torch.ones(2, 4))], hook, lambda x: x)
     with raises(ValueError, "keep must be a bool mask"): splice_metrics(m, [(t, torch.ones(2, 3, dtype=torch.bool))], hook, lambda x: x)
+
+
+# ================================================================ a received SAE file (cfg.json and weights from someone else)
+def _edit_cfg(folder, **changes):
+    d = json.loads((folder/"cfg.json").read_text()); d.update(changes); (folder/"cfg.json").write_text(json.dumps(d))
+
+@pytest.mark.parametrize("changes, needles", [
+    (dict(expansion_factor=4_000_000), ["latents is more than", "lower expansion_factor"]),
+    (dict(expansion_factor=400), ["does not match its cfg.json", "'W_dec' has shape (32, 8)"]),
+    (dict(expansion_factor=float("inf")), ["latents is more than"]),
+    (dict(expansion_factor="4"), ["expansion_factor must be a number"]),
+    (dict(expansion_factor=1e308), ["latents is more than"]),
+    (dict(d_in=10**30), ["d_in must be a positive integer of at most"]),
+    (dict(d_in="8"), ["d_in must be a positive integer"]),
+    (dict(normalize_decoder="false"), ["normalize_decoder must be true or false", "not a string"]),
+    (dict(check_input="no"), ["check_input must be true or false"]),
+    (dict(k="abc"), ["k must be an integer"]),
+    (dict(input_scale=-1.0), ["input_scale must be a finite number > 0"]),
+    (dict(input_scale="0.13"), ["input_scale must be a number"]),
+    (dict(input_scale=float("nan")), ["input_scale must be a finite number > 0"]),
+    (dict(hook=15), ["hook must be a string"]),
+])
+def test_cfg_json_values_are_checked_before_anything_is_allocated(ckpt, changes, needles):
+    "Sizes, bools and numbers from a received cfg.json are validated first: a clear error naming the file, never a huge allocation."
+    _edit_cfg(ckpt, **changes)
+    changes.pop("d_sae", None)
+    d = json.loads((ckpt/"cfg.json").read_text()); d.pop("d_sae")             # d_sae would disagree first otherwise
+    (ckpt/"cfg.json").write_text(json.dumps(d))
+    with raises(ValueError, "cfg.json", *needles): SAE.load(ckpt)
+
+def test_cfg_json_missing_d_in(ckpt):
+    d = json.loads((ckpt/"cfg.json").read_text()); del d["d_in"]; (ckpt/"cfg.json").write_text(json.dumps(d))
+    with raises(ValueError, "cfg.json", "d_in"): SAE.load(ckpt)
+
+def _rewrite_weights(folder, fn):
+    "Apply fn to the state dict and save it back with a matching checksum (as a careless or hostile sender would)."
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+    from sae_tutorial.sae import tensors_sha256
+    p = str(folder/"sae.safetensors")
+    with safe_open(p, "pt") as fh: meta = fh.metadata()
+    t = fn(load_file(p)); meta["sha256"] = tensors_sha256(t); save_file(t, p, metadata=meta)
+
+@pytest.mark.parametrize("bad", [NAN, INF])
+def test_non_finite_weights_are_refused(ckpt, bad):
+    "NaN or Inf in W_enc with a matching checksum: refused at load, naming the tensor, instead of NaN outputs later."
+    _rewrite_weights(ckpt, lambda t: {**t, "W_enc": with_bad(t["W_enc"], bad)})
+    with raises(ValueError, "W_enc", "NaN or Inf", "diverged run"): SAE.load(ckpt)
+
+def test_integer_weights_are_refused(ckpt):
+    _rewrite_weights(ckpt, lambda t: {**t, "W_dec": t["W_dec"].round().to(torch.int64)})
+    with raises(ValueError, "non-floating tensors", "'W_dec' is I64"): SAE.load(ckpt)
+
+def test_fresh_batchtopk_threshold_may_be_nan(tmp_path):
+    "BatchTopK's inference threshold is NaN until training starts: that one NaN is legitimate."
+    sae = make_sae(cfg(architecture="batchtopk", k=4)); sae.save(tmp_path/"b")
+    assert torch.isnan(SAE.load(tmp_path/"b").threshold).all()
