@@ -234,7 +234,8 @@ def train_configs(spec: SAESpec, cfg: ReproConfig, d_in: int):
     from sae_tutorial.train import TrainConfig
     dead_window = max(1, min(100_000, cfg.steps * cfg.batch_size // 5))
     sae_cfg = SAEConfig(d_in=d_in, expansion_factor=spec.expansion, architecture=spec.architecture, k=cfg.k)
-    common = dict(lr=cfg.topk_lr if spec.architecture == "topk" else cfg.lr, steps=cfg.steps, batch_size=cfg.batch_size, warmup_steps=max(1, cfg.steps // 20),
+    lr = cfg.topk_lr if spec.architecture == "topk" else cfg.lr
+    common = dict(lr=lr, steps=cfg.steps, batch_size=cfg.batch_size, warmup_steps=max(1, cfg.steps // 20),
                   decay="cosine", min_lr_frac=0.1, dead_window=dead_window, seed=spec.seed,
                   log_every=max(1, cfg.steps // 50), progress=cfg.progress)
     if spec.architecture == "relu":
@@ -345,7 +346,7 @@ def train_sae(spec: SAESpec, cfg: ReproConfig, store, eval_store, out: Path, mod
     `ckpt_dir`: checkpoint every tenth of the run there (with the curve and snapshots so far) and, if it already
     holds a checkpoint (a killed earlier try), continue from the newest one: at most a tenth of the run is lost.
     `eval_store` / `source_store` (main SAEs): held-out documents and the held-out source, in the training units."""
-    from safetensors.torch import save_file, load_file
+    from safetensors.torch import save, save_file, load_file
     from sae_tutorial.train import train, latest_checkpoint
     from sae_tutorial.metrics import evaluate
     dev = get_device(cfg.device)
@@ -392,8 +393,7 @@ def train_sae(spec: SAESpec, cfg: ReproConfig, store, eval_store, out: Path, mod
         if ckpt_dir is not None:
             write_json_atomic(ckpt_dir/"curve.json", [p._asdict() for p in curve])
             with atomic_file(ckpt_dir/"snapshots.safetensors", "wb") as fh:
-                from safetensors.torch import save as save_bytes
-                fh.write(save_bytes({k: v.contiguous() for k, v in snaps.items()}))
+                fh.write(save({k: v.contiguous() for k, v in snaps.items()}))
         log(f"    {spec.name}: {i * cfg.batch_size:>10,} tokens  EV {r.explained_variance:.3f}  L0 {r.l0:7.1f}"
             f"  cos to init {curve[-1].cos_to_init:.3f}" + (f"  delta CE {dce:.3f}" if dce is not None else ""))
     drawn = [0]
