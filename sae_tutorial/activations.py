@@ -190,17 +190,19 @@ class ActivationStore:
         against meta.json first (sizes, shapes, the kept rows), so a truncated or damaged store is a clear error,
         never a half-loaded store."""
         path = Path(path)
-        if not (path/"meta.json").exists():
-            raise FileNotFoundError(f"{path} is not an activation store (no meta.json); harvest one with store='disk'.")
+        if not (path/"meta.json").is_file():       # a regular file: a FIFO or device there would block the read forever
+            raise FileNotFoundError(f"{path} is not an activation store (no meta.json file); harvest one with store='disk'.")
         fix = f"The store is damaged: delete it (rm -r {path}) and harvest it again."
         try: meta = json.loads((path/"meta.json").read_text())
         except (ValueError, UnicodeDecodeError) as e: raise ValueError(f"{path/'meta.json'} is not valid JSON ({e}). {fix}") from None
-        bad = [k for k, t in _META_KEYS.items() if not isinstance(meta, dict) or not isinstance(meta.get(k), t)]
+        bad = [k for k, t in _META_KEYS.items() if not isinstance(meta, dict) or not isinstance(meta.get(k), t)
+               or (t is not bool and isinstance(meta.get(k), bool))]          # true is an int to Python, not to us
         if bad: raise ValueError(f"{path/'meta.json'} lacks or mistypes {bad}. {fix}")
-        if (meta["dtype"] not in _DTYPES or min(meta["d_in"], meta["n_rows"], meta["ctx_len"], meta["n_contexts"]) < 1
+        if (meta["dtype"] not in _DTYPES
+                or min(meta["d_in"], meta["n_rows"], meta["ctx_len"], meta["n_contexts"], meta["train_batch_size"]) < 1
                 or not (math.isfinite(meta["scale"]) and meta["scale"] > 0)):
             raise ValueError(f"{path/'meta.json'} holds impossible values (dtype {meta['dtype']!r}, d_in {meta['d_in']}, "
-                             f"n_rows {meta['n_rows']}, scale {meta['scale']}). {fix}")
+                             f"n_rows {meta['n_rows']}, train_batch_size {meta['train_batch_size']}, scale {meta['scale']}). {fix}")
         missing = [n for n in _STORE_FILES if not (path/n).is_file()]
         if missing: raise FileNotFoundError(f"The activation store {path} lacks {missing}. {fix}")
         n_rows, d_in, shape = meta["n_rows"], meta["d_in"], (meta["n_contexts"], meta["ctx_len"])

@@ -144,6 +144,20 @@ def test_bad_meta_json(store_dir):
     d = store_dir(); m = json.loads((d/"meta.json").read_text()); m["dtype"] = "int8"; (d/"meta.json").write_text(json.dumps(m))
     _refused(d, what="impossible values")
 
+@pytest.mark.parametrize("key, value, what", [("scale", True, "['scale']"), ("n_rows", True, "['n_rows']"),
+                                             ("train_batch_size", 0, "train_batch_size 0"),
+                                             ("train_batch_size", -4, "train_batch_size -4")])
+def test_meta_json_values_of_the_wrong_kind(store_dir, key, value, what):
+    "A JSON true where a number belongs (Python reads it as 1) and a batch size below 1 are refused, not coerced."
+    d = store_dir(); m = json.loads((d/"meta.json").read_text()); m[key] = value; (d/"meta.json").write_text(json.dumps(m))
+    _refused(d, what=what)
+
+def test_meta_json_that_is_not_a_regular_file_is_refused_at_once(store_dir):
+    "A named pipe where meta.json should be would block a read forever: refused before any read."
+    import os
+    d = store_dir(); (d/"meta.json").unlink(); os.mkfifo(d/"meta.json")
+    with pytest.raises(FileNotFoundError, match="no meta.json file"): ActivationStore.load(d)
+
 @pytest.mark.parametrize("name", ["rows.npy", "tokens.npy", "doc_sources.json", "acts.bin"])
 def test_missing_file(store_dir, name):
     d = store_dir(); (d/name).unlink()
