@@ -639,6 +639,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'sae_tutorial.sae.step': ('sae.html#step', 'sae_tutorial/sae.py'),
                                   'sae_tutorial.sae.tensors_sha256': ('sae.html#tensors_sha256', 'sae_tutorial/sae.py')},
             'sae_tutorial.saelens': { 'sae_tutorial.saelens.SAELensInfo': ('saelens.html#saelensinfo', 'sae_tutorial/saelens.py'),
+                                      'sae_tutorial.saelens._check_saelens_header': ( 'saelens.html#_check_saelens_header',
+                                                                                      'sae_tutorial/saelens.py'),
                                       'sae_tutorial.saelens._read_saelens_cfg': ( 'saelens.html#_read_saelens_cfg',
                                                                                   'sae_tutorial/saelens.py'),
                                       'sae_tutorial.saelens.load_saelens': ('saelens.html#load_saelens', 'sae_tutorial/saelens.py'),

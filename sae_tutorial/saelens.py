@@ -98,6 +98,31 @@ def _read_saelens_cfg(path: Path) -> dict:
     cfg["metadata"] = meta
     return cfg
 
+_SAELENS_TENSORS = {"W_enc", "b_enc", "W_dec", "b_dec", "threshold", "log_threshold", "b_gate", "r_mag", "b_mag",
+                    "scaling_factor"}
+
+def _check_saelens_header(path: Path, cfg: dict, arch: str) -> None:
+    "Validate a SAELens cfg.json's sizes, k and dtype, and the weights file's header against them; no tensor is read."
+    from sae_tutorial.sae import _read_header, _FLOAT_DTYPES, MAX_WIDTH, MAX_LATENTS
+    c, p = path/SAELENS_CFG, path/SAELENS_WEIGHTS
+    def need_int(name, hi):
+        v = cfg.get(name)
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
+            raise ValueError(f"{c}: {name} must be an integer in 1..{hi:,}, got {v!r}; the file is damaged or not a SAELens cfg.json.")
+        return v
+    d_in, d_sae = need_int("d_in", MAX_WIDTH), need_int("d_sae", MAX_LATENTS)
+    if arch == "topk": need_int("k", d_sae)
+    dt = str(cfg.get("dtype", "float32")).removeprefix("torch.")
+    if dt not in ("float32", "float16", "bfloat16", "float64"):
+        raise ValueError(f"{c}: dtype {cfg.get('dtype')!r} is not a floating dtype (float32, float16, bfloat16, float64).")
+    header = _read_header(p)
+    if extra := sorted(set(header) - _SAELENS_TENSORS):
+        raise ValueError(f"{p} holds tensors SAELens does not write ({', '.join(extra)}); it is not a SAELens SAE file.")
+    if bad := [f"{k!r} is {t}" for k, (_, t) in header.items() if t not in _FLOAT_DTYPES]:
+        raise ValueError(f"{p} holds non-floating tensors ({', '.join(bad)}); SAE weights are floating point.")
+    if "scaling_factor" in header and header["scaling_factor"][0] != (d_sae,):
+        raise ValueError(f"{p}: 'scaling_factor' has shape {header['scaling_factor'][0]}, cfg.json implies ({d_sae},).")
+
 def load_saelens(path, device=None, dtype: torch.dtype | None = None) -> tuple[SAE, SAELensInfo]:
     """Read a SAELens SAE folder (standard/ReLU, TopK, JumpReLU, Gated) into our SAE class with identical outputs.
     Returns (sae, info); `info.hook_name` says where to read its inputs."""
@@ -113,8 +138,12 @@ def load_saelens(path, device=None, dtype: torch.dtype | None = None) -> tuple[S
                                   "which our SAE classes do not do; supported: 'none', 'expected_average_only_in'.")
     p = path/SAELENS_WEIGHTS
     if not p.is_file(): raise FileNotFoundError(f"{p} not found: a SAELens SAE folder holds {SAELENS_WEIGHTS}.")
+    _check_saelens_header(path, cfg, arch)                    # sizes, k, dtype and every tensor's shape, before reading
     try: t = {k: v for k, v in load_file(str(p)).items()}
     except (SafetensorError, OSError, ValueError) as e: raise ValueError(f"{p} could not be read as safetensors: {e}") from e
+    if bad := [k for k, v in t.items() if not torch.isfinite(v).all()]:
+        raise ValueError(f"{p}: {', '.join(bad)} hold NaN or Inf values, so every output would be NaN: the SAE was saved "
+                         "from a diverged run or the file is damaged; get a good copy.")
     folded = []
     sf = t.pop("scaling_factor", None)
     if sf is not None and not torch.allclose(sf, torch.ones_like(sf)):

@@ -96,6 +96,31 @@ def test_bad_folders(tmp_path):
     with pytest.raises(ValueError, match="safetensors"): load_saelens(d)
 
 
+@pytest.mark.parametrize("change, needle", [
+    (dict(cfg={"k": None}), "k must be an integer"),
+    (dict(cfg={"d_in": "8"}), "d_in must be an integer"),
+    (dict(cfg={"d_sae": 10**9}), "d_sae must be an integer in 1.."),
+    (dict(cfg={"dtype": "nn"}), "is not a floating dtype"),
+    (dict(tensors=lambda t: {**t, "W_extra": torch.zeros(3)}), "tensors SAELens does not write (W_extra)"),
+    (dict(tensors=lambda t: {**t, "W_enc": t["W_enc"].round().to(torch.int64)}), "non-floating tensors ('W_enc' is I64)"),
+    (dict(tensors=lambda t: {**t, "scaling_factor": torch.ones(3)}), "'scaling_factor' has shape (3,)"),
+    (dict(tensors=lambda t: {**t, "W_enc": t["W_enc"].index_fill(0, torch.tensor([1]), float("nan"))}), "W_enc hold NaN or Inf"),
+])
+def test_received_saelens_file_is_checked(tmp_path, change, needle):
+    "A SAELens folder from someone else: sizes, k, dtype, tensor names, dtypes and finiteness are checked, each named."
+    sae = make_sae(SAEConfig(d_in=8, expansion_factor=2, architecture="topk", k=3))
+    d = save_saelens(sae, tmp_path/"s")
+    if "cfg" in change:
+        cfg = json.loads((d/"cfg.json").read_text())
+        for k, v in change["cfg"].items():
+            if v is None: cfg.pop(k)
+            else: cfg[k] = v
+        (d/"cfg.json").write_text(json.dumps(cfg))
+    if "tensors" in change: save_file(change["tensors"](load_file(str(d/SAELENS_WEIGHTS))), str(d/SAELENS_WEIGHTS))
+    with pytest.raises(ValueError) as e: load_saelens(d)
+    assert needle in str(e.value) and str(d) in str(e.value), str(e.value)
+
+
 def _our_saes():
     "One SAE of each of our architectures (tied ReLU too), with non-trivial weights."
     torch.manual_seed(1)
