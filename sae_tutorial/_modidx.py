@@ -466,6 +466,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                       'sae_tutorial/reproduce.py'),
                                         'sae_tutorial.reproduce.category_labels': ( 'reproduction.html#category_labels',
                                                                                     'sae_tutorial/reproduce.py'),
+                                        'sae_tutorial.reproduce.check_no_links': ( 'reproduction.html#check_no_links',
+                                                                                   'sae_tutorial/reproduce.py'),
                                         'sae_tutorial.reproduce.check_sae_fits_store': ( 'reproduction.html#check_sae_fits_store',
                                                                                          'sae_tutorial/reproduce.py'),
                                         'sae_tutorial.reproduce.data_key': ('reproduction.html#data_key', 'sae_tutorial/reproduce.py'),

@@ -22,8 +22,8 @@ __all__ = ['PRESETS', 'METRIC_FIELDS', 'SHARE_THRESHOLDS', 'PLACES', 'CATEGORIES
            'saved_config', 'start_sae', 'train_sae', 'density_hist', 'check_sae_fits_store', 'evaluate_sae',
            'encode_rows', 'one_to_one_cosines', 'agreement', 'random_dictionary', 'universality', 'splitting_families',
            'splitting_null', 'category_labels', 'category_features', 'top_examples', 'ReproResult', 'results_table',
-           'write_dashboard', 'reproduce', 'reproduce_cli', 'plot_density', 'plot_curve', 'plot_universality',
-           'plot_splitting', 'plot_categories']
+           'write_dashboard', 'check_no_links', 'reproduce', 'reproduce_cli', 'plot_density', 'plot_curve',
+           'plot_universality', 'plot_splitting', 'plot_categories']
 
 # %% ../nbs/07_reproduction.ipynb #7b71884d
 @dataclass
@@ -66,6 +66,9 @@ class ReproConfig:
         for k, v in PRESETS[self.preset].items():
             if vals.get(k) is None: vals[k] = v
         vals["name"] = vals["name"] or f"{Path(self.model).name}-{self.preset}"
+        if vals["name"] in (".", "..") or any(c in vals["name"] for c in "/\\") or ":" in vals["name"]:
+            raise ValueError(f"name={vals['name']!r} is a path, not a run name; give a plain name, and choose where the "
+                             "run goes with run_dir (--run-dir).")
         if vals["run_dir"] is None:
             root = project_root()
             vals["run_dir"] = str((root or Path.cwd())/"runs"/vals["name"])
@@ -630,6 +633,17 @@ def write_dashboard(sae, eval_store, tokenizer, folder: Path, model=None, log=pr
     write_static_dashboard(sae, eval_store, tokenizer, folder, model=model, title="TopK SAE features on held-out text")
     return True
 
+def check_no_links(run: Path) -> None:
+    """Refuse a run folder that holds symbolic links: a folder received from someone else could otherwise make this
+    run write outside it (results.md or plots/ pointing elsewhere). Links are listed, never followed."""
+    links = []
+    for root, dirs, files in os.walk(run, followlinks=False):
+        links += [Path(root)/n for n in dirs + files if os.path.islink(Path(root)/n)]
+    if links:
+        shown = ", ".join(f"{l.relative_to(run)} -> {os.readlink(l)}" for l in links[:5])
+        raise ValueError(f"The run folder {run} holds symbolic links ({shown}{', ...' if len(links) > 5 else ''}); "
+                         "a run never writes through links. Remove them, or start a fresh --run-dir.")
+
 def reproduce(cfg: ReproConfig | None = None, log=print, **kwargs) -> ReproResult:
     "Run (or resume) the reproduction described by `cfg` (or `ReproConfig(**kwargs)`); see the folder layout above."
     from sae_tutorial.sae import SAE
@@ -638,6 +652,7 @@ def reproduce(cfg: ReproConfig | None = None, log=print, **kwargs) -> ReproResul
     t_start = time.time()
     cfg = (cfg or ReproConfig(**kwargs)).resolved()
     run = Path(cfg.run_dir); run.mkdir(parents=True, exist_ok=True)
+    check_no_links(run)
     write_json_atomic(run/"config.json", asdict(cfg))
     log(f"[reproduce] {cfg.name}: preset {cfg.preset}, run folder {run}")
     stages, lm_cache = {}, {}
@@ -721,7 +736,7 @@ def reproduce(cfg: ReproConfig | None = None, log=print, **kwargs) -> ReproResul
     write_json_atomic(run/"metrics.json", metrics)
     table = results_table(metrics)
     src_table = results_table(metrics, "held_out_source") if cfg.held_out_source else ""
-    (run/"results.md").write_text(
+    with atomic_file(run/"results.md", "w") as fh: fh.write(
         f"# {cfg.name}\n\nHeld-out documents of the training sources: {info['eval']['tokens']:,} tokens "
         f"({metrics[specs[0].name]['n_tokens']:,} kept positions).\n\n{table}\n"
         + (f"\nHeld-out source, never trained on ({cfg.held_out_source}): {info['source']['tokens']:,} tokens.\n\n{src_table}\n"
@@ -779,11 +794,13 @@ def reproduce(cfg: ReproConfig | None = None, log=print, **kwargs) -> ReproResul
         write_json_atomic(tmp/"analysis.json", a)
     _, ran = run_stage(run/"analysis", akey, build_analysis, log); done("analysis", ran)
     analysis = json.loads((run/"analysis"/"analysis.json").read_text())
-    plots = run/"plots"; plots.mkdir(exist_ok=True)
+    plots = run/"plots"; plots.mkdir(exist_ok=True)                      # check_no_links: a real folder inside the run
     import matplotlib; import matplotlib.pyplot as plt
     for name, fn in PLOTS.items():
         fig = fn(metrics, trained, analysis)
-        if fig is not None: fig.savefig(plots/f"{name}.png", dpi=110, bbox_inches="tight"); plt.close(fig)
+        if fig is None: continue
+        with atomic_file(plots/f"{name}.png", "wb") as fh: fig.savefig(fh, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
     if "topk" in saes:
         from transformers import AutoTokenizer
         tok = AutoTokenizer.from_pretrained(run/"data_train"/"tokenizer")

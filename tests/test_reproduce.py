@@ -229,3 +229,20 @@ def test_raw_unit_sae_refuses_a_normalising_store(interrupted_then_resumed):
     with pytest.raises(ValueError, match="normalize=False"):
         check_sae_fits_store(SAE.load(run/"saes"/"topk"), load_store(run/"data_eval"/"store"))
     check_sae_fits_store(SAE.load(run/"saes"/"topk"), load_store(run/"data_eval"/"store", normalize=False))
+
+
+@pytest.mark.parametrize("name", ["../../x", "/tmp/elsewhere", "a/b", "..", "C:x"])
+def test_run_name_must_be_a_name(name):
+    with pytest.raises(ValueError, match="is a path, not a run name.*--run-dir"):
+        ReproConfig(preset="ci", name=name).resolved()
+
+
+def test_received_run_folder_with_links_is_refused_and_nothing_outside_changes(tmp_path):
+    "results.md and plots/ replaced by links to places outside the run: the run refuses before writing anything."
+    run, outside = tmp_path/"run", tmp_path/"outside"
+    run.mkdir(); outside.mkdir(); (outside/"victim.txt").write_text("keep me")
+    (run/"results.md").symlink_to(outside/"victim.txt"); (run/"plots").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(ValueError, match="holds symbolic links.*results.md ->.*never writes through links"):
+        reproduce(ReproConfig(preset="ci", run_dir=str(run), progress=False))
+    assert (outside/"victim.txt").read_text() == "keep me" and sorted(p.name for p in outside.iterdir()) == ["victim.txt"]
+    assert not (run/"config.json").exists()
