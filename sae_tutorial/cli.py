@@ -78,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, FileNotFoundError, RuntimeError) as e:
             print(f"sae-tutorial {argv[0]}: error: {e}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt as e:                        # Ctrl-C, or SIGTERM inside a reproduction: one line
+            print(f"sae-tutorial {argv[0]}: interrupted ({e or 'Ctrl-C'}). Nothing half-written was kept; finished "
+                  "stages and the last training checkpoint were. Run the same command again to resume.", file=sys.stderr)
+            return 130
         return 0
     ns = parser.parse_args(argv)
     parser.print_help()

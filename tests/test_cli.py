@@ -26,3 +26,18 @@ def test_bool_and_numbers_parse():
     p = argparse.ArgumentParser(); add_dataclass_args(p, Cfg)
     assert dataclass_from_args(Cfg, p.parse_args(["--n", "7", "--on", "no", "--ratio", "2e-3"])) == Cfg(7, 2e-3, False)
     with pytest.raises(SystemExit): p.parse_args(["--on", "maybe"])
+
+
+def test_interrupted_command_prints_one_line_and_how_to_resume(tmp_path):
+    "SIGINT in the middle of a reproduction: exit 130 and one line saying what was kept and to run it again, no traceback."
+    import signal, subprocess, sys, time
+    from pathlib import Path
+    exe = str(Path(sys.executable).parent/"sae-tutorial")       # the console script, as a user runs it
+    p = subprocess.Popen([exe, "reproduce", "--preset", "ci", "--run-dir", str(tmp_path/"r"),
+                          "--progress", "false"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path/"r"/"config.json").exists() and time.time() < deadline: time.sleep(0.2)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, (out, err)
+    assert "Traceback" not in err and "interrupted" in err and "Run the same command again to resume" in err
