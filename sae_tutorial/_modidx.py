@@ -777,6 +777,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                     'sae_tutorial.train._same': ('training.html#_same', 'sae_tutorial/train.py'),
                                     'sae_tutorial.train._set_rng_state': ('training.html#_set_rng_state', 'sae_tutorial/train.py'),
                                     'sae_tutorial.train._should_resample': ('training.html#_should_resample', 'sae_tutorial/train.py'),
+                                    'sae_tutorial.train._state_sha256': ('training.html#_state_sha256', 'sae_tutorial/train.py'),
                                     'sae_tutorial.train.latest_checkpoint': ('training.html#latest_checkpoint', 'sae_tutorial/train.py'),
                                     'sae_tutorial.train.load_checkpoint': ('training.html#load_checkpoint', 'sae_tutorial/train.py'),
                                     'sae_tutorial.train.make_optimizer': ('training.html#make_optimizer', 'sae_tutorial/train.py'),

@@ -2,7 +2,7 @@
 
 # %% ../nbs/04_training.ipynb #33a60d5a
 from __future__ import annotations
-import contextlib, itertools, json, math, os, random, shutil, time
+import contextlib, hashlib, itertools, json, math, os, random, shutil, time
 from collections import deque
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -19,8 +19,8 @@ from .sae import SAE, SAEConfig, input_check_deferred
 from .losses import LossConfig, sae_loss
 
 # %% auto #0
-__all__ = ['DECAYS', 'RESAMPLERS', 'EXTRA_ENCODER_PARAMS', 'HISTORY_KEYS', 'SparseFeatureData', 'TrainConfig', 'make_optimizer',
-           'make_scheduler', 'sparsity_coeff_at', 'FeatureUsage', 'ResampleEvent', 'reset_adam_rows_',
+__all__ = ['DECAYS', 'RESAMPLERS', 'EXTRA_ENCODER_PARAMS', 'HISTORY_KEYS', 'RUN_DEFINING', 'SparseFeatureData', 'TrainConfig',
+           'make_optimizer', 'make_scheduler', 'sparsity_coeff_at', 'FeatureUsage', 'ResampleEvent', 'reset_adam_rows_',
            'resample_dead_features', 'TrainHistory', 'TrainResult', 'save_checkpoint', 'latest_checkpoint',
            'prune_checkpoints', 'CheckpointError', 'Checkpoint', 'load_checkpoint', 'restore_rng', 'StepGuard',
            'RankSync', 'train']
@@ -99,6 +99,7 @@ class TrainConfig:
     seed: int = 0                     # seeds the trainer's own generator (resampling draws)
     device: str | None = None         # None: wherever the SAE's parameters are
     progress: bool = True             # tqdm progress bar
+    resume_changed_config: bool = False  # resume a checkpoint written under other settings (steps, lr, schedule, ...)
 
     def __post_init__(self):
         if self.decay not in DECAYS: raise ValueError(f"decay={self.decay!r}; use one of {DECAYS}.")
@@ -332,8 +333,19 @@ def save_checkpoint(folder, sae: SAE, optimizer, scheduler, usage: FeatureUsage,
                 "usage": {k: u[k] for k in ("tokens", "window_tokens", "sizes")}, "rng": rng_j,
                 "history": history.as_dict(), "resamples": [e._asdict() for e in resamples], "train_cfg": asdict(cfg),
                 "files": files}
+        meta["state_sha256"] = _state_sha256(meta)               # covers state.json itself, as "files" covers the rest
         (tmp/"state.json").write_text(json.dumps(meta))
     return folder
+
+def _state_sha256(meta: dict) -> str:
+    "sha256 of state.json's content without its own hash (canonical JSON), stored in it and checked on resume."
+    return hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "state_sha256"}, sort_keys=True).encode()).hexdigest()
+
+# the TrainConfig fields that define a run: a checkpoint resumed under other values would change the run half-way
+RUN_DEFINING = ("lr", "beta1", "beta2", "eps", "steps", "total_tokens", "batch_size", "warmup_steps", "warmup_start",
+                "decay", "min_lr_frac", "sparsity_warmup_steps", "clip_grad_norm", "dead_window", "dead_threshold",
+                "resample", "resample_every", "resample_stop", "resample_steps", "resample_inputs", "resample_enc_scale",
+                "seed")
 
 def _is_checkpoint(folder: Path) -> bool:
     return any((folder/n).exists() for n in ("state.json", "state.safetensors", "sae"))
@@ -377,8 +389,9 @@ def _sae_summary(c: SAEConfig) -> str:
     k = f", k={c.k}" if c.architecture in ("topk", "batchtopk") else ""
     return f"architecture={c.architecture!r}, d_in={c.d_in}, d_sae={c.d_sae}{k}, tied={c.tied}"
 
-def _read_checkpoint(path: Path, sae: SAE, optimizer, scheduler, usage: FeatureUsage) -> tuple:
-    """Read and check everything in checkpoint `path` against the objects it will be loaded into, touching none of them.
+def _read_checkpoint(path: Path, sae: SAE, optimizer, scheduler, usage: FeatureUsage, cfg=None, n_steps=None) -> tuple:
+    """Read and check everything in checkpoint `path` against the objects it will be loaded into, touching none of them
+    (and, given this run's `cfg` and step count, against them too).
     Returns (meta, tensors, the checkpoint's SAE on the live SAE's device and dtype). Raises CheckpointError."""
     def bad(why: str): return CheckpointError(f"Checkpoint {path} is unusable: {why}. {_checkpoint_fix(path)}")
     try: meta = json.loads((path/"state.json").read_text())
@@ -428,20 +441,45 @@ def _read_checkpoint(path: Path, sae: SAE, optimizer, scheduler, usage: FeatureU
         torch.Generator().set_state(tensors["rng.torch_cpu"])
         random.Random().setstate(_python_rng_state(meta["rng"])); np.random.RandomState().set_state(_numpy_rng_state(meta["rng"]))
         TrainHistory(**meta["history"]); [ResampleEvent(**e) for e in meta["resamples"]]
-        int(meta["state"]["step"]), int(meta["state"]["batches_drawn"])
+        step, drawn = meta["state"]["step"], meta["state"]["batches_drawn"]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (step, drawn)) or not 0 <= step <= drawn:
+            raise ValueError(f"its position (step {step!r}, batches drawn {drawn!r}) is not two integers with 0 <= step <= batches")
+        for g in groups:                                      # Adam's settings, as fused Adam will use them
+            num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            if not (num(g.get("lr")) and g["lr"] >= 0): raise ValueError(f"its learning rate is {g.get('lr')!r}")
+            b_ = g.get("betas")
+            if not (isinstance(b_, list) and len(b_) == 2 and all(num(v) and 0 <= v < 1 for v in b_)):
+                raise ValueError(f"its Adam betas are {b_!r}, not two numbers in [0, 1)")
+            if not (num(g.get("eps")) and g["eps"] > 0): raise ValueError(f"its Adam eps is {g.get('eps')!r}")
+        if n_steps is not None and step > n_steps:
+            raise ValueError(f"it is at step {step:,}, past the {n_steps:,} steps of this run")
     except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
         raise bad(f"{type(e).__name__}: {e}") from e
+    if "state_sha256" in meta and meta["state_sha256"] != _state_sha256(meta):   # well-formed, but not what was written
+        raise bad("state.json does not match the sha256 recorded in it (edited or damaged)")
+    was = meta.get("train_cfg")
+    if cfg is not None and isinstance(was, dict) and not cfg.resume_changed_config:
+        now = asdict(cfg)
+        diff = [f"{k}: {was[k]!r} then, {now[k]!r} now" for k in RUN_DEFINING if k in was and was[k] != now[k]]
+        if diff:
+            raise CheckpointError(f"Checkpoint {path} was written by a run with other settings ({'; '.join(diff)}); "
+                                  "resuming would change the run half-way. Resume with the checkpoint's settings "
+                                  "(state.json['train_cfg']), start a new checkpoint_dir, or set "
+                                  "resume_changed_config=True to continue anyway.")
     return meta, tensors, ck_sae
 
-def load_checkpoint(folder, sae: SAE, optimizer, scheduler, usage: FeatureUsage, generator: torch.Generator) -> Checkpoint:
+def load_checkpoint(folder, sae: SAE, optimizer, scheduler, usage: FeatureUsage, generator: torch.Generator,
+                    cfg=None, n_steps: int | None = None) -> Checkpoint:
     """Restore what `save_checkpoint` wrote into the given objects, in place. `folder`: a checkpoint, or a folder of
     step_* checkpoints (the newest is used; if it is damaged this is an error that names the previous one, never a
     silent fall-back). Everything is read and checked first (file sizes and sha256, the SAE's architecture and
     sizes, optimiser and usage shapes, RNG formats), so a bad checkpoint raises `CheckpointError` and changes nothing.
+    Given the resuming run's TrainConfig `cfg` (and its step count `n_steps`), a checkpoint written under other
+    run-defining settings (`RUN_DEFINING`) or past the run's end is refused, naming the difference.
     Global RNG states are returned, not applied: `train` applies them (`restore_rng`) after skipping the batches already drawn."""
     path = latest_checkpoint(folder)
     if path is None: raise FileNotFoundError(f"No checkpoint in {folder}: expected state.json or step_* folders.")
-    meta, tensors, ck_sae = _read_checkpoint(path, sae, optimizer, scheduler, usage)
+    meta, tensors, ck_sae = _read_checkpoint(path, sae, optimizer, scheduler, usage, cfg, n_steps)
     # everything below works on checked data
     state = {}
     for k, v in tensors.items():
@@ -589,7 +627,7 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
     gen = torch.Generator().manual_seed(cfg.seed)
     state = {"step": 0, "batches_drawn": 0}
     history, resamples = TrainHistory(), []
-    ckpt = load_checkpoint(resume_from, sae, optimizer, scheduler, usage, gen) if resume_from is not None else None
+    ckpt = load_checkpoint(resume_from, sae, optimizer, scheduler, usage, gen, cfg, n_steps) if resume_from is not None else None
     if ckpt: state, history, resamples = ckpt.state, ckpt.history, ckpt.resamples
     it = iter(batches)
     for _ in itertools.islice(it, state["batches_drawn"]): pass              # data position: skip what was consumed ...

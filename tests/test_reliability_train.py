@@ -164,7 +164,8 @@ def test_truncated_file_without_a_manifest_is_still_caught(ckdir, tmp_path):
     "Checkpoints written before the manifest existed: safetensors itself notices a truncated file."
     import shutil
     c = tmp_path/"c"; shutil.copytree(ckdir/"step_000000010", c)
-    meta = json.loads((c/"state.json").read_text()); del meta["files"]; (c/"state.json").write_text(json.dumps(meta))
+    meta = json.loads((c/"state.json").read_text()); del meta["files"]; del meta["state_sha256"]   # neither existed then
+    (c/"state.json").write_text(json.dumps(meta))
     sae = make_sae(SAEConfig(d_in=8, expansion_factor=2))
     objs = _objects(sae)
     load_checkpoint(c, sae, *objs)                         # intact: loads
@@ -255,3 +256,39 @@ def test_another_seed_gives_other_weights(arch):
     # the trainer's own seed alone (resampling draws) changes the result too: it is really used
     c = _seeded_run(arch, 0, trainer_seed=7)
     assert a.history.loss[:20] == c.history.loss[:20] and not torch.equal(a.sae.W_dec, c.sae.W_dec)
+
+
+# ---------------------------------------------------------------- a checkpoint whose state.json was edited, or another run's
+EDITS = {
+    "betas removed": (lambda m: [g.pop("betas") for g in m["param_groups"]], "betas are None"),
+    "lr a string": (lambda m: [g.update(lr="fast") for g in m["param_groups"]], "learning rate is 'fast'"),
+    "step past the run": (lambda m: m["state"].update(step=1_000_000, batches_drawn=1_000_000), "past the 20 steps of this run"),
+    "step after the data": (lambda m: m["state"].update(step=15), None),   # well-formed: only the hash can tell
+}
+
+@pytest.mark.parametrize("edit", list(EDITS))
+def test_edited_state_json_is_refused(ckdir, tmp_path, edit):
+    "state.json is validated (Adam's settings, the position) and covered by its own sha256: an edit is named, nothing loads."
+    import shutil
+    ck = tmp_path/"ck"; shutil.copytree(ckdir, ck)
+    change, says = EDITS[edit]
+    _edit_json(ck/"step_000000020"/"state.json", change)
+    sae = make_sae(SAEConfig(d_in=8, expansion_factor=2)); objs = _objects(sae); before = _snapshot(sae, *objs)
+    cfg = TrainConfig(lr=3e-3, steps=20, warmup_steps=3, checkpoint_every=10, checkpoint_dir=str(ck), progress=False)
+    with pytest.raises(CheckpointError) as e: load_checkpoint(ck, sae, *objs, cfg, 20)
+    assert (says or "does not match the sha256 recorded in it") in str(e.value), str(e.value)
+    _unchanged(before, _snapshot(sae, *objs))
+
+def test_resuming_under_other_settings_says_what_differs(ckdir, tmp_path):
+    "The same checkpoint resumed with more steps and another lr: refused with both differences named, unless asked."
+    import shutil
+    ck = tmp_path/"ck"; shutil.copytree(ckdir, ck)
+    data = lambda: SparseFeatureData(d_in=8, n_features=16, seed=0).batches(32, seed=1)
+    other = TrainConfig(lr=1e-3, steps=40, warmup_steps=3, progress=False)
+    with pytest.raises(CheckpointError, match="steps: 20 then, 40 now.*resume_changed_config=True"):
+        train(make_sae(SAEConfig(d_in=8, expansion_factor=2)), data(), LossConfig(), other, resume_from=ck)
+    with pytest.raises(CheckpointError, match="lr: 0.003 then, 0.001 now"):
+        train(make_sae(SAEConfig(d_in=8, expansion_factor=2)), data(), LossConfig(), other, resume_from=ck)
+    res = train(make_sae(SAEConfig(d_in=8, expansion_factor=2)), data(), LossConfig(),
+                TrainConfig(lr=1e-3, steps=40, warmup_steps=3, progress=False, resume_changed_config=True), resume_from=ck)
+    assert res.steps == 40
