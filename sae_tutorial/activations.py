@@ -144,6 +144,11 @@ class ActivationStore:
             raise IndexError(f"Row indices must be in [0, {self.n_rows}), got {idx.min()}..{idx.max()}.")
         if self._acts is not None: x = self._acts[torch.from_numpy(idx)].float()
         else: x = self._read_disk(idx)
+        if not torch.isfinite(x).all():                         # a damaged acts.bin: never hand NaN to a trainer
+            bad = idx[~torch.isfinite(x).all(1).numpy()]
+            raise ValueError(f"Rows {bad[:5].tolist()}{' ...' if len(bad) > 5 else ''} of the activation store "
+                             f"{self.path or '(in memory)'} hold NaN or Inf: acts.bin is damaged. Delete the store and "
+                             "harvest it again.")
         norm = self.normalize if normalize is None else normalize
         return x * self.scale if norm else x
 
@@ -223,6 +228,14 @@ class ActivationStore:
         except (ValueError, UnicodeDecodeError) as e: raise ValueError(f"{path/'doc_sources.json'} is not valid JSON ({e}). {fix}") from None
         if not isinstance(doc_sources, list) or int(doc_index.max()) >= len(doc_sources):
             raise ValueError(f"{path/'doc_sources.json'} does not name every document of doc_index.npy. {fix}")
+        if int(doc_index.min()) < -1:                          # -1 marks separators; below it names no document
+            raise ValueError(f"{path/'doc_index.npy'} holds {int(doc_index.min())}: document indices are >= -1. {fix}")
+        if tokens.numel() and not (0 <= int(tokens.min()) and int(tokens.max()) < 1 << 31):
+            raise ValueError(f"{path/'tokens.npy'} holds token ids from {int(tokens.min())} to {int(tokens.max())}, "
+                             f"outside any vocabulary (0 .. 2^31). {fix}")
+        if not torch.isfinite(norms).all():                    # acts.bin itself is checked row by row in `get`
+            raise ValueError(f"{path/'norms.npy'} holds NaN or Inf: the harvest saw non-finite activations or the "
+                             f"file is damaged. {fix}")
         if not torch.equal(rows.long(), (mask == KEPT).nonzero().long()):
             raise ValueError(f"{path/'rows.npy'} is not the list of kept positions in mask.npy. {fix}")
         return cls(meta, tokens, doc_index, doc_sources, mask, norms, rows, None, path)

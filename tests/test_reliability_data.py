@@ -337,3 +337,22 @@ def test_package_never_unpickles():
     assert bad == [], f"unpickling calls: {bad}"
     text = "\n".join(p.read_text() for p in files)
     assert "pickle.load" not in text and "allow_pickle=True" not in text
+
+
+@pytest.mark.parametrize("file, edit, what", [
+    ("doc_index", lambda a: a.__setitem__((0, 1), -7), "document indices are >= -1"),
+    ("tokens", lambda a: a.__setitem__((0, 1), -5), "outside any vocabulary"),
+    ("norms", lambda a: a.__setitem__((0, 1), np.nan), "norms.npy holds NaN or Inf"),
+])
+def test_store_arrays_with_impossible_values(store_dir, file, edit, what):
+    "Negative document indices, negative token ids and NaN norms are refused at load, naming the file."
+    d = store_dir(); a = np.load(d/f"{file}.npy"); edit(a); np.save(d/f"{file}.npy", a)
+    _refused(d, what=what)
+
+def test_nan_in_acts_bin_is_refused_when_read(store_dir):
+    "A NaN inside acts.bin (same size, so meta.json cannot tell) is refused when its row is read, naming the row."
+    d = store_dir(); s = ActivationStore.load(d)
+    raw = np.fromfile(d/"acts.bin", dtype=np.float32); raw[3 * s.d_in + 2] = np.nan; raw.tofile(d/"acts.bin")
+    s = ActivationStore.load(d)
+    with pytest.raises(ValueError, match=r"Rows \[3\].*hold NaN or Inf.*harvest it again"): s.get([1, 3])
+    with pytest.raises(ValueError, match="hold NaN or Inf"): list(s.batches(4, shuffle=False))
