@@ -541,7 +541,11 @@ def dashboard_cli(run: DashboardRunConfig, cfg: DashboardConfig | None = None) -
     else: raise ValueError("Pass model= (e.g. smollm2-135m) or, with model='', tokenizer= (a saved tokenizer folder).")
     sae = SAE.load(run.sae, device=next(model.parameters()).device if model is not None else None)
     store = ActivationStore.load(run.store)
-    feats = [int(s) for s in run.features.split(",") if s.strip()] or None
+    try: feats = [int(s) for s in run.features.split(",") if s.strip()] or None
+    except ValueError: raise ValueError(f"--features {run.features!r}: give comma-separated feature indices such as "
+                                        "'12,40,7', or leave it empty for the densest features.") from None
+    if feats and not all(0 <= f < sae.cfg.d_sae for f in feats):
+        raise ValueError(f"--features {run.features!r}: this SAE's features are 0..{sae.cfg.d_sae - 1}.")
     data = gather_feature_data(sae, store, feats, model=model, cfg=cfg)
     show = feats or feature_order(data)[:max(int((data.density > 0).sum()), 1)][:run.max_features]
     path = Path(run.out); path.parent.mkdir(parents=True, exist_ok=True)

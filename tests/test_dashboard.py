@@ -317,3 +317,7 @@ def test_dashboard_cli_from_saved_sae_and_disk_store(world, tmp_path):
     assert len(re.findall(r'class="c"[^>]*>cat</span>', sec0.split("Top activations")[1].split("Quantile")[0])) == 4
     with pytest.raises(ValueError, match="tokenizer"):
         dashboard_cli(DashboardRunConfig(sae=str(tmp_path/"sae"), store=str(tmp_path/"store"), model=""))
+    for bad, says in (("abc", "--features 'abc': give comma-separated feature indices"), ("0,99999", "features are 0..")):
+        with pytest.raises(ValueError, match=re.escape(says)):
+            dashboard_cli(DashboardRunConfig(sae=str(tmp_path/"sae"), store=str(tmp_path/"store"), model="",
+                                             tokenizer=str(tmp_path/"tok"), features=bad))
