@@ -342,6 +342,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             'sae_tutorial.lm': { 'sae_tutorial.lm.LoadedLM': ('language_model.html#loadedlm', 'sae_tutorial/lm.py'),
                                  'sae_tutorial.lm.PinnedArchive': ('language_model.html#pinnedarchive', 'sae_tutorial/lm.py'),
                                  'sae_tutorial.lm._atomic_dir': ('language_model.html#_atomic_dir', 'sae_tutorial/lm.py'),
+                                 'sae_tutorial.lm._checked_model_dir': ('language_model.html#_checked_model_dir', 'sae_tutorial/lm.py'),
                                  'sae_tutorial.lm._local_model_dir': ('language_model.html#_local_model_dir', 'sae_tutorial/lm.py'),
                                  'sae_tutorial.lm.context_loss': ('language_model.html#context_loss', 'sae_tutorial/lm.py'),
                                  'sae_tutorial.lm.fetch_archive': ('language_model.html#fetch_archive', 'sae_tutorial/lm.py'),

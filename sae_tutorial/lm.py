@@ -82,10 +82,25 @@ def _atomic_dir(final: Path, build) -> Path:
         if not final.exists(): raise
     return final
 
+_CHECKED: set = set()    # model folders whose weights were hashed in this process (once is enough: ~1 s each)
+
+def _checked_model_dir(folder: Path) -> Path:
+    """`folder` if its model.safetensors still has the sha256 recorded when it was built (caches from before that
+    record are trusted as they are); else a ValueError that says how to rebuild it."""
+    if folder in _CHECKED: return folder
+    try: want = json.loads((folder/"source.json").read_text()).get("model_sha256")
+    except (OSError, ValueError, AttributeError): want = None
+    if want is not None and sha256_file(folder/"model.safetensors") != want:
+        raise ValueError(f"{folder/'model.safetensors'} does not match the sha256 recorded when it was built (damaged "
+                         f"or replaced). Delete the folder (rm -r {folder}) and load the model again to rebuild it "
+                         "from the pinned archive.")
+    _CHECKED.add(folder)
+    return folder
+
 def _local_model_dir(name: str) -> Path:
     "The cached safetensors folder of a LOCAL_MODELS entry, building it from the pinned archive if missing."
     spec = LOCAL_MODELS[name]; final = cache_dir()/"models"/name
-    if (final/"model.safetensors").exists(): return final
+    if (final/"model.safetensors").exists(): return _checked_model_dir(final)
     def build(tmp: Path):
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from safetensors.torch import save_file
@@ -101,7 +116,8 @@ def _local_model_dir(name: str) -> Path:
         sd = {k: v.contiguous() for k, v in hf.state_dict().items() if not (tied and k == "lm_head.weight")}
         save_file(sd, tmp/"model.safetensors", metadata={"format": "pt"})
         (tmp/"source.json").write_text(json.dumps({"name": name, "archive": spec["archive"]._asdict(),
-                                                   "member": spec["member"], "about": spec["about"]}, indent=1))
+                                                   "member": spec["member"], "about": spec["about"],
+                                                   "model_sha256": sha256_file(tmp/"model.safetensors")}, indent=1))
         shutil.rmtree(tmp/"src")
     return _atomic_dir(final, build)
 

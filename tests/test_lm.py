@@ -64,3 +64,17 @@ def test_local_folder_loads(no_network):
 
 def test_hub_offline_reads_env(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1"); assert lm_mod.hub_offline()
+
+
+def test_cached_model_weights_are_rechecked_against_their_recorded_hash(tmp_path):
+    "The model cache records model.safetensors' sha256 when built; a later change to the file is refused, naming the fix."
+    import json
+    from sae_tutorial import lm
+    from sae_tutorial.core import sha256_file
+    d = tmp_path/"m"; d.mkdir(); (d/"model.safetensors").write_bytes(b"weights" * 100)
+    (d/"source.json").write_text(json.dumps({"model_sha256": sha256_file(d/"model.safetensors")}))
+    assert lm._checked_model_dir(d) == d
+    lm._CHECKED.discard(d); (d/"model.safetensors").write_bytes(b"weightz" * 100)
+    with pytest.raises(ValueError, match=r"does not match the sha256 recorded.*rm -r"): lm._checked_model_dir(d)
+    (d/"source.json").write_text(json.dumps({}))                      # a cache from before the record: trusted
+    assert lm._checked_model_dir(d) == d
