@@ -83,6 +83,15 @@ def _read_saelens_cfg(path: Path) -> dict:
     try: cfg = json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ValueError(f"{p} is not valid JSON ({e}).") from e
     if not isinstance(cfg, dict): raise ValueError(f"{p} must hold a JSON object.")
+    def wrong(k, want): raise ValueError(f"{p}: {k} must be {want}, got {cfg[k]!r}; the file is damaged or not a SAELens cfg.json.")
+    for k in ("metadata", "activation_fn_kwargs"):
+        if k in cfg and not isinstance(cfg[k], (dict, type(None))): wrong(k, "a JSON object")
+    for k in ("architecture", "dtype", "reshape_activations", "activation_fn", "activation_fn_str", "hook_name", "hook_point"):
+        if k in cfg and not isinstance(cfg[k], str): wrong(k, "a string")
+    if "normalize_activations" in cfg and not isinstance(cfg["normalize_activations"], (str, bool, type(None))):
+        wrong("normalize_activations", "a string")
+    for k in ("apply_b_dec_to_input", "rescale_acts_by_decoder_norm"):
+        if k in cfg and not isinstance(cfg[k], bool): wrong(k, "true or false")
     meta = dict(cfg.get("metadata") or {})
     if "metadata" not in cfg:                                   # SAELens < 6: everything at the top level
         ren = {"hook_point": "hook_name", "hook_point_head_index": "hook_head_index", "activation_fn_str": "activation_fn"}
