@@ -14,8 +14,7 @@ Results: benchmarks/seed_agreement.md (each row one call, ~3-10 min on 2 CPU cor
 import json, sys, time
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
-from sae_tutorial.reproduce import ReproConfig, SAESpec, start_sae, epoch_batches, load_store
+from sae_tutorial.reproduce import ReproConfig, SAESpec, start_sae, epoch_batches, load_store, agreement
 from sae_tutorial.train import train
 from sae_tutorial.metrics import evaluate
 
@@ -23,11 +22,10 @@ from sae_tutorial.metrics import evaluate
 def unit(W): return W / W.norm(dim=1, keepdim=True)
 
 def agree(A, B):
-    C = (A.double() @ B.double().T).numpy()
-    r, c = linear_sum_assignment(C, maximize=True)
-    m = C[r, c]
-    return dict(mmcs=round(float(C.max(1).mean()), 3), h07=round(float((m > 0.7).mean()), 3),
-                h05=round(float((m > 0.5).mean()), 3), h09=round(float((m > 0.9).mean()), 3))
+    "The reproduction's own `agreement` (one-to-one, Hungarian), in the short keys of seed_agreement.jsonl."
+    a = agreement(A, B)
+    return dict(mmcs=round(a["mmcs"], 3), h07=round(a["share_0.7"], 3), h05=round(a["share_0.5"], 3),
+                h09=round(a["share_0.9"], 3))
 
 def main(arch, exp, k, lr, steps, l1, store_dir="runs/smollm2-135m-cpu/data_train/store"):
     torch.set_num_threads(2)

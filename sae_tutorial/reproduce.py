@@ -495,13 +495,17 @@ def one_to_one_cosines(C: np.ndarray) -> np.ndarray:
     r, c = linear_sum_assignment(C, maximize=True)
     return C[r, c]
 
-def agreement(W_a: Tensor, W_b: Tensor) -> dict:
-    """How much two dictionaries W_a [n_a, d], W_b [n_b, d] share: MMCS (each row of W_a to its best row of W_b,
-    many-to-one) and, under one-to-one matching, the share of W_a's rows matched above 0.5 / 0.7 / 0.9."""
+def _agreement(W_a: Tensor, W_b: Tensor) -> tuple[dict, np.ndarray]:
+    "(`agreement`'s dict, the one-to-one matched cosines)."
     C = (_unit_rows(W_a.double()) @ _unit_rows(W_b.double()).T).numpy()
     pair = one_to_one_cosines(C)
     return {"mmcs": float(C.max(1).mean()), "one_to_one_mean": float(pair.mean()),
-            **{f"share_{t:g}": float((pair > t).sum() / len(C)) for t in SHARE_THRESHOLDS}}
+            **{f"share_{t:g}": float((pair > t).sum() / len(C)) for t in SHARE_THRESHOLDS}}, pair
+
+def agreement(W_a: Tensor, W_b: Tensor) -> dict:
+    """How much two dictionaries W_a [n_a, d], W_b [n_b, d] share: MMCS (each row of W_a to its best row of W_b,
+    many-to-one) and, under one-to-one matching, the share of W_a's rows matched above 0.5 / 0.7 / 0.9."""
+    return _agreement(W_a, W_b)[0]
 
 def random_dictionary(n: int, d: int, seed: int = 0) -> Tensor:
     "n random unit directions in R^d [n, d]: the null a learned dictionary's agreement is read against."
@@ -512,10 +516,10 @@ def universality(W_a: Tensor, W_b: Tensor, W_a_init: Tensor, seed: int = 0) -> d
     """Agreement of two SAEs trained from independent seeds (`pair`), beside two baselines: two random dictionaries
     of the same shapes (`random`) and SAE a against its own initialisation (`own_init`). `max_cos`: each a-latent's
     one-to-one matched cosine with b (for the histogram)."""
-    C = (_unit_rows(W_a.double()) @ _unit_rows(W_b.double()).T).numpy()
-    return {"pair": agreement(W_a, W_b), "own_init": agreement(W_a, W_a_init),
+    pair, cos = _agreement(W_a, W_b)
+    return {"pair": pair, "own_init": agreement(W_a, W_a_init),
             "random": agreement(random_dictionary(len(W_a), W_a.shape[1], seed), random_dictionary(len(W_b), W_b.shape[1], seed + 1)),
-            "n": len(W_a), "max_cos": [round(float(c), 4) for c in one_to_one_cosines(C)]}
+            "n": len(W_a), "max_cos": [round(float(c), 4) for c in cos]}
 
 def splitting_families(W_small: Tensor, W_large: Tensor, density_small: Tensor, density_large: Tensor,
                        min_cos: float = 0.5) -> list[dict]:

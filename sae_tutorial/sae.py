@@ -74,8 +74,7 @@ class SAEConfig:
             raise ValueError(f"init_decoder_norm must be > 0 (or None), got {self.init_decoder_norm}.")
         if not self.jumprelu_bandwidth > 0 or not self.jumprelu_init_threshold > 0:
             raise ValueError("jumprelu_bandwidth and jumprelu_init_threshold must both be > 0.")
-        if not (isinstance(self.input_scale, (int, float)) and not isinstance(self.input_scale, bool)
-                and math.isfinite(self.input_scale) and self.input_scale > 0):
+        if not (math.isfinite(self.input_scale) and self.input_scale > 0):     # a number: _check_types
             raise ValueError(f"input_scale must be a finite number > 0, got {self.input_scale!r}.")
         if not 0 <= self.batchtopk_threshold_decay < 1:
             raise ValueError(f"batchtopk_threshold_decay must lie in [0, 1), got {self.batchtopk_threshold_decay}.")
@@ -85,7 +84,7 @@ class SAEConfig:
         def bad(name, want): raise ValueError(f"{name} must be {want}, got {getattr(self, name)!r}.")
         for name in ("tied", "normalize_decoder", "check_input", "fast"):
             if not isinstance(getattr(self, name), bool): bad(name, "true or false (a JSON boolean, not a string)")
-        for name in ("d_in", "k") + (("tokens_trained", "distinct_tokens")):
+        for name in ("d_in", "k", "tokens_trained", "distinct_tokens"):
             v = getattr(self, name)
             if (v is not None or name in ("d_in", "k")) and (isinstance(v, bool) or not isinstance(v, int)):
                 bad(name, "a positive integer" if name == "d_in" else "an integer")
@@ -94,7 +93,7 @@ class SAEConfig:
             v = getattr(self, name)
             if v is None and name == "init_decoder_norm": continue
             if isinstance(v, bool) or not isinstance(v, (int, float)): bad(name, "a number")
-        for name in ("architecture",) + ("input_scale_method", "model", "model_sha256", "hook"):
+        for name in ("architecture", "input_scale_method", "model", "model_sha256", "hook"):
             v = getattr(self, name)
             if not (isinstance(v, str) or (v is None and name != "architecture")): bad(name, "a string")
 
@@ -496,6 +495,10 @@ def _identity(cfg: SAEConfig) -> dict:
 
 _FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 
+def _unreadable(p: Path, e: Exception) -> ValueError:
+    return ValueError(f"{p} could not be read as safetensors (corrupt or truncated?): {e}; "
+                      "save it again or copy the whole folder again.")
+
 def _read_header(p: Path) -> dict:
     "{name: (shape, dtype)} from a safetensors file's header, without reading its tensors; a bad file raises ValueError."
     if not p.is_file():
@@ -503,20 +506,15 @@ def _read_header(p: Path) -> dict:
     try:
         with safe_open(str(p), "pt") as fh:
             return {k: (tuple(fh.get_slice(k).get_shape()), fh.get_slice(k).get_dtype()) for k in fh.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"{p} could not be read as safetensors (corrupt or truncated?): {e}; "
-                         "save it again or copy the whole folder again.") from e
+    except (SafetensorError, OSError, ValueError) as e: raise _unreadable(p, e) from e
 
 def _read_safetensors(p: Path) -> tuple[dict, dict]:
-    "(tensors, metadata) of SAE.save's weights file; a truncated or corrupt file raises ValueError naming the fix."
-    if not p.is_file():
-        raise FileNotFoundError(f"{p} not found: an SAE checkpoint is a folder with cfg.json and sae.safetensors.")
+    """(tensors, metadata) of SAE.save's weights file (after `_read_header` found it); a truncated or corrupt file
+    raises ValueError naming the fix."""
     try:
         with safe_open(str(p), "pt") as fh: meta = fh.metadata() or {}
         tensors = load_file(str(p))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"{p} could not be read as safetensors (corrupt or truncated?): {e}; "
-                         "save it again or copy the whole folder again.") from e
+    except (SafetensorError, OSError, ValueError) as e: raise _unreadable(p, e) from e
     if "sha256" in meta and tensors_sha256(tensors) != meta["sha256"]:
         raise ValueError(f"{p} is corrupt (checksum mismatch: its tensors are not the bytes SAE.save wrote); "
                          "save or copy it again.")
