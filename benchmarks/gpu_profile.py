@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from sae_tutorial.losses import LossConfig                     # noqa: E402
-from sae_tutorial.sae import SAEConfig, make_sae, _ByFeature, row_topk   # noqa: E402
+from sae_tutorial.sae import SAEConfig, make_sae   # noqa: E402
+from sae_tutorial.fast import _ByFeature, row_topk   # noqa: E402
 from sae_tutorial.train import TrainConfig, train              # noqa: E402
 from train_throughput import make_data, make_sparse_init, make_init, time_cuda as _time_cuda  # noqa: E402
 

@@ -352,9 +352,9 @@ def build_ours(a, init, device):
         from sae_tutorial.sae import TopKSAE
         TopKSAE.topk_groups = int(a.variant[6:])
     if a.variant == "fast-triton":
-        import sae_tutorial.sae
+        import sae_tutorial.fast
         from topk_triton import topk_triton
-        sae_tutorial.sae.row_topk = lambda pre, k, groups=None: topk_triton(pre, k)
+        sae_tutorial.fast.row_topk = lambda pre, k, groups=None: topk_triton(pre, k)
     cfg = SAEConfig(d_in=d_in, expansion_factor=d_sae / d_in, architecture=a.arch, k=a.k,
                     normalize_decoder=conv["normalize_decoder"], fast=a.variant.startswith("fast"),
                     **(dict(batchtopk_threshold_decay=BATCHTOPK_DECAY) if a.arch == "batchtopk" else {}))

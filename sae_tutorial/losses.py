@@ -6,18 +6,18 @@ config, and see on toy data how the choice of penalty shapes the features."""
 
 # %% ../nbs/03_losses.ipynb #fbc1029b
 from __future__ import annotations
-from dataclasses import dataclass
-from typing import NamedTuple
+from dataclasses import dataclass, field
+from typing import Literal, NamedTuple, get_args
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from .sae import SAE, SAEOutput, GatedSAE, JumpReLUSAE, step
 
 # %% auto #0
-__all__ = ['SPARSITY_PENALTIES', 'AUX_LOSSES', 'reconstruction_loss', 'normalized_mse', 'l1_penalty', 'l1_wdec_penalty',
-           'smooth_l0_penalty', 'hoyer_penalty', 'tanh_penalty', 'jumprelu_l0_penalty', 'dead_penalty',
-           'DecoderDiversityFunction', 'diversity_penalty', 'auxk_loss', 'gated_aux_loss', 'LossConfig', 'LossOutput',
-           'sparsity_penalty', 'aux_loss', 'sae_loss']
+__all__ = ['SparsityPenalty', 'AuxLoss', 'SPARSITY_PENALTIES', 'AUX_LOSSES', 'reconstruction_loss', 'normalized_mse',
+           'l1_penalty', 'l1_wdec_penalty', 'smooth_l0_penalty', 'hoyer_penalty', 'tanh_penalty', 'jumprelu_l0_penalty',
+           'dead_penalty', 'DecoderDiversityFunction', 'diversity_penalty', 'auxk_loss', 'gated_aux_loss', 'LossConfig',
+           'LossOutput', 'sparsity_penalty', 'aux_loss', 'sae_loss']
 
 # %% ../nbs/03_losses.ipynb #9a00f326
 def _rows(t: Tensor) -> Tensor:
@@ -129,21 +129,24 @@ def gated_aux_loss(x: Tensor, out: SAEOutput, W_dec: Tensor, b_dec: Tensor) -> T
     return (x - x_hat_gate).pow(2).sum(-1).mean()
 
 # %% ../nbs/03_losses.ipynb #d4a8f450
-SPARSITY_PENALTIES = ("l1", "l1_wdec", "smooth_l0", "hoyer", "tanh", "jumprelu_l0", "none")
-AUX_LOSSES = ("none", "auxk", "gated", "dead", "diversity")
+SparsityPenalty = Literal["l1", "l1_wdec", "smooth_l0", "hoyer", "tanh", "jumprelu_l0", "none"]
+AuxLoss = Literal["none", "auxk", "gated", "dead", "diversity"]
+SPARSITY_PENALTIES, AUX_LOSSES = get_args(SparsityPenalty), get_args(AuxLoss)   # the choices, read from the types
 
 @dataclass
 class LossConfig:
-    "Which loss terms, and their weights. total = recon + sparsity_coeff·sparsity + aux_coeff·aux."
-    sparsity: str = "l1"           # one of SPARSITY_PENALTIES
-    sparsity_coeff: float = 1e-3   # λ_sparsity (the trainer may pass a warmed-up value to sae_loss)
-    aux: str = "none"              # one of AUX_LOSSES
-    aux_coeff: float = 1 / 32      # λ_aux (Gao et al. for auxk; use 1.0 for gated)
-    k_aux: int | None = None       # auxk: dead latents used per row; None -> d_in // 2
-    smooth_l0_alpha: float = 20.0  # smooth_l0: steepness α
-    smooth_l0_beta: float = -2.0   # smooth_l0: offset β (step at f = -β/α)
-    tanh_scale: float = 1.0        # tanh: s
-    diversity_chunk: int = 1024    # diversity: rows of the Gram matrix per block
+    """Which loss terms, and their weights. total = recon + sparsity_coeff·sparsity + aux_coeff·aux. Each field's
+    help text is also its `sae-tutorial` command-line help."""
+    sparsity: SparsityPenalty = field(default="l1", metadata={"help": "the sparsity penalty on f"})
+    sparsity_coeff: float = field(
+        default=1e-3, metadata={"help": "λ_sparsity (the trainer may pass a warmed-up value to sae_loss)"})
+    aux: AuxLoss = field(default="none", metadata={"help": "the auxiliary loss"})
+    aux_coeff: float = field(default=1 / 32, metadata={"help": "λ_aux (Gao et al. for auxk; use 1.0 for gated)"})
+    k_aux: int | None = field(default=None, metadata={"help": "auxk: dead latents used per row; None -> d_in // 2"})
+    smooth_l0_alpha: float = field(default=20.0, metadata={"help": "smooth_l0: steepness α"})
+    smooth_l0_beta: float = field(default=-2.0, metadata={"help": "smooth_l0: offset β (step at f = -β/α)"})
+    tanh_scale: float = field(default=1.0, metadata={"help": "tanh: scale s in tanh(s·f)"})
+    diversity_chunk: int = field(default=1024, metadata={"help": "diversity: rows of the Gram matrix per block"})
 
     def __post_init__(self):
         if self.sparsity not in SPARSITY_PENALTIES:

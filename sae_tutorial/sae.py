@@ -7,51 +7,68 @@ interface, initialise it the way the papers do, and save it in a format anyone c
 from __future__ import annotations
 import contextvars, hashlib, json, math, warnings
 from contextlib import contextmanager
-from dataclasses import dataclass, asdict, fields
+from dataclasses import dataclass, asdict, field, fields
+from functools import cached_property
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args
 import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file, load_file, save as save_safetensors
 from .core import check_finite, atomic_file
+from .fast import ActiveLatents, encode_centered, TopKSparse, BatchTopKSparse, ReLUSparse   # appendix 02b
 
 # %% auto #0
-__all__ = ['ARCHITECTURES', 'CHECKPOINT_FORMAT', 'MAX_WIDTH', 'MAX_LATENTS', 'SAE_CLASSES', 'SAEConfig', 'SAEOutput',
-           'input_check_deferred', 'SAE', 'ReLUSAE', 'TiedReLUSAE', 'TopKSAE', 'BatchTopKSAE', 'rectangle',
-           'JumpReLUFunction', 'StepFunction', 'jumprelu', 'step', 'JumpReLUSAE', 'GatedSAE', 'sae_class', 'make_sae',
-           'geometric_median', 'init_b_dec_', 'load_config', 'tensors_sha256', 'EncodeCentered', 'row_topk',
-           'TopKSparse', 'batch_topk_flat', 'BatchTopKSparse', 'ReLUSparse', 'ActiveLatents', 'SparseSAEOutput']
+__all__ = ['Architecture', 'ARCHITECTURES', 'CHECKPOINT_FORMAT', 'MAX_WIDTH', 'MAX_LATENTS', 'SAE_CLASSES', 'SAEConfig',
+           'SAEOutput', 'SparseSAEOutput', 'input_check_deferred', 'SAE', 'ReLUSAE', 'TiedReLUSAE', 'TopKSAE',
+           'BatchTopKSAE', 'rectangle', 'JumpReLUFunction', 'StepFunction', 'jumprelu', 'step', 'JumpReLUSAE',
+           'GatedSAE', 'sae_class', 'make_sae', 'geometric_median', 'init_b_dec_', 'load_config', 'tensors_sha256']
 
 # %% ../nbs/02_sae.ipynb #bbbcc703
-ARCHITECTURES = ("relu", "topk", "batchtopk", "jumprelu", "gated")
+Architecture = Literal["relu", "topk", "batchtopk", "jumprelu", "gated"]
+ARCHITECTURES = get_args(Architecture)      # ("relu", "topk", ...): the one list, read from the type
 CHECKPOINT_FORMAT = "sae_tutorial.sae/v1"
 MAX_WIDTH, MAX_LATENTS = 1 << 20, 1 << 24   # sanity bounds for d_in and d_sae: larger ones come from damaged files
 
 @dataclass
 class SAEConfig:
-    "Everything needed to rebuild an SAE; saved as `cfg.json` next to the weights."
-    d_in: int                              # width of the input activations x
-    expansion_factor: float = 8.0          # d_sae = round(d_in * expansion_factor); must be >= 1
-    architecture: str = "relu"             # "relu" | "topk" | "batchtopk" | "jumprelu" | "gated"
-    k: int = 32                            # active latents per row (topk) / on average per row (batchtopk)
-    tied: bool = False                     # relu only: W_enc is W_dec.T, sharing storage
-    normalize_decoder: bool = True         # unit-norm decoder rows + remove the parallel gradient
-    init_decoder_norm: float | None = None # norm of each W_dec row at init; None: 1.0 if normalize_decoder else 0.1
-    jumprelu_bandwidth: float = 1e-3       # width ε of the rectangle kernel in JumpReLU's pseudo-gradients
-    jumprelu_init_threshold: float = 1e-3  # θ at init (stored as log θ)
-    batchtopk_threshold_decay: float = 0.99  # EMA decay of BatchTopK's inference threshold
-    check_input: bool = True               # validate shape, dtype and finiteness of x at every forward
-    fast: bool = True                      # same maths, less work (last section); False: the plain autograd path
+    """Everything needed to rebuild an SAE; saved as `cfg.json` next to the weights. Each field's help text is also
+    its `sae-tutorial` command-line help."""
+    d_in: int = field(metadata={"help": "width of the input activations x"})
+    expansion_factor: float = field(
+        default=8.0, metadata={"help": "d_sae = round(d_in * expansion_factor); must be >= 1"})
+    architecture: Architecture = field(
+        default="relu", metadata={"help": "how f is made from pre (ReLU, TopK, BatchTopK, JumpReLU, Gated)"})
+    k: int = field(default=32, metadata={"help": "active latents per row (topk) / on average per row (batchtopk)"})
+    tied: bool = field(default=False, metadata={"help": "relu only: W_enc is W_dec.T, sharing storage"})
+    normalize_decoder: bool = field(
+        default=True, metadata={"help": "unit-norm decoder rows + remove the parallel gradient"})
+    init_decoder_norm: float | None = field(
+        default=None, metadata={"help": "norm of each W_dec row at init; None: 1.0 if normalize_decoder else 0.1"})
+    jumprelu_bandwidth: float = field(
+        default=1e-3, metadata={"help": "width ε of the rectangle kernel in JumpReLU's pseudo-gradients"})
+    jumprelu_init_threshold: float = field(default=1e-3, metadata={"help": "θ at init (stored as log θ)"})
+    batchtopk_threshold_decay: float = field(
+        default=0.99, metadata={"help": "EMA decay of BatchTopK's inference threshold"})
+    check_input: bool = field(
+        default=True, metadata={"help": "validate shape, dtype and finiteness of x at every forward"})
+    fast: bool = field(
+        default=True, metadata={"help": "same maths, less work (appendix 02b_fast_paths); false: the plain autograd path"})
     # --- units and provenance: what applying a saved SAE to a model's raw activations needs ---
-    input_scale: float = 1.0               # s: encode(x) sees s * x, x_hat is divided by s (1: x is already in training units)
-    input_scale_method: str | None = None  # how s was estimated, e.g. "sqrt(d_in / mean ||x||^2) over 150,000 rows"
-    model: str | None = None               # the language model whose activations it was trained on
-    model_sha256: str | None = None        # sha256 of that model's weights file (or of the pinned archive holding it)
-    hook: str | None = None                # the hook point, e.g. "blocks.15.hook_resid_post"
-    tokens_trained: int | None = None      # activation vectors seen in training (with repeats)
-    distinct_tokens: int | None = None     # distinct activation vectors in the training data
+    input_scale: float = field(
+        default=1.0, metadata={"help": "s: encode(x) sees s * x, x_hat is divided by s (1: x is already in training units)"})
+    input_scale_method: str | None = field(
+        default=None, metadata={"help": "how s was estimated, e.g. 'sqrt(d_in / mean ||x||^2) over 150,000 rows'"})
+    model: str | None = field(
+        default=None, metadata={"help": "the language model whose activations it was trained on"})
+    model_sha256: str | None = field(
+        default=None, metadata={"help": "sha256 of that model's weights file (or of the pinned archive holding it)"})
+    hook: str | None = field(default=None, metadata={"help": "the hook point, e.g. 'blocks.15.hook_resid_post'"})
+    tokens_trained: int | None = field(
+        default=None, metadata={"help": "activation vectors seen in training (with repeats)"})
+    distinct_tokens: int | None = field(
+        default=None, metadata={"help": "distinct activation vectors in the training data"})
 
     def __post_init__(self):
         self._check_types()
@@ -131,9 +148,28 @@ class SAEOutput(NamedTuple):
     f: Tensor                  # [batch, d_sae] feature activations (sparse, >= 0)
     pre: Tensor                # [batch, d_sae] pre-activations (x - b_dec) @ W_enc + b_enc (Gated: the gate path π_gate)
     pre_mag: Tensor | None = None  # [batch, d_sae] Gated only: magnitude path π_mag
-    active: "ActiveLatents | None" = None  # fast TopK/ReLU only: f's non-zeros as pairs (see 'A faster path')
+    active: "ActiveLatents | None" = None  # fast TopK/BatchTopK/ReLU only: f's non-zeros as pairs (appendix 02b)
 
-# %% ../nbs/02_sae.ipynb #5cb81936
+# %% ../nbs/02_sae.ipynb #f2a74de4
+class SparseSAEOutput(SAEOutput):
+    """An SAEOutput whose f is kept as the pairs `active` (`ActiveLatents`, appendix 02b) and made dense only when
+    `.f` is first read; `out[1]` and unpacking read it the same way. The fast TopK, BatchTopK and sparse ReLU
+    forwards return one: training reads `active`, so no [batch, d_sae] pass is spent on f."""
+
+    @classmethod
+    def from_pairs(cls, x: Tensor, x_hat: Tensor, pre: Tensor, active: ActiveLatents) -> "SparseSAEOutput":
+        "The output for input x [..., d_in] from a kernel's flat x_hat [B, d_in], pre [B, d_sae] and pairs."
+        return cls(x_hat.reshape(x.shape), None, pre.reshape(*x.shape[:-1], -1), None, active)   # f: read `.f`
+
+    @cached_property
+    def f(self) -> Tensor:
+        "The dense f [..., d_sae], built from `active` on first read and kept."
+        return self.active.dense().reshape(*self.x_hat.shape[:-1], self.active.d_sae)
+
+    def __iter__(self): return iter((self.x_hat, self.f, self.pre, self.pre_mag, self.active))
+    def __getitem__(self, i): return tuple(self)[i]
+
+# %% ../nbs/02_sae.ipynb #a6a3a450
 _input_check_deferred = contextvars.ContextVar("input_check_deferred", default=False)
 
 @contextmanager
@@ -145,10 +181,7 @@ def input_check_deferred():
     try: yield
     finally: _input_check_deferred.reset(token)
 
-def _sum_to(grad: Tensor, shape) -> Tensor:
-    "Sum a broadcast gradient back to `shape`."
-    return grad.sum_to_size(shape) if tuple(grad.shape) != tuple(shape) else grad
-
+# %% ../nbs/02_sae.ipynb #5cb81936
 class SAE(nn.Module):
     "Base class: parameters W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in]. Build with `make_sae`."
     architecture: str = ""
@@ -198,6 +231,7 @@ class SAE(nn.Module):
     # --- the maths --------------------------------------------------------------------------------------
     def pre_acts(self, x: Tensor) -> Tensor:
         "pre = (x - b_dec) @ W_enc + b_enc   [..., d_sae]"
+        if self.cfg.fast: return encode_centered(x, self.W_enc, self.b_enc, self.b_dec)   # the same, b_dec's gradient cheaper (02b)
         return (x - self.b_dec) @ self.W_enc + self.b_enc
 
     def activation(self, pre: Tensor) -> Tensor:
@@ -227,8 +261,17 @@ class SAE(nn.Module):
         return x_hat if self.cfg.input_scale == 1 else x_hat / self.cfg.input_scale   # back in the units of x
 
     def forward(self, x: Tensor) -> SAEOutput:
+        "Encode, then decode: SAEOutput(x_hat, f, pre, ...). TopK, BatchTopK and ReLU SAEs add a fast path to this."
         out = self._encode(self.scaled_input(self._check(x)))
         return out._replace(x_hat=self.decode(out.f))
+
+    def fast_path_applies(self, cls: type, *also: str) -> bool:
+        """Whether `cls.forward` may take its fast path (`cls.sparse_forward`, appendix 02b): cfg.fast is on, x needs no
+        rescaling, and this SAE still has the pre_acts, activation and decode of `cls` (and the methods named in
+        `also`). The fast kernels compute exactly those formulas, so a subclass that rewrites one of them (a
+        learner's own activation, say) runs the plain path above, which calls the rewrite."""
+        same = all(getattr(type(self), m) is getattr(cls, m) for m in ("pre_acts", "activation", "decode", *also))
+        return self.cfg.fast and self.cfg.input_scale == 1 and same
 
     # --- decoder norm constraint -----------------------------------------------------------------------
     def decoder_norms(self) -> Tensor:
@@ -249,60 +292,45 @@ class SAE(nn.Module):
         u = self.W_dec / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
         g.sub_((g * u).sum(dim=1, keepdim=True) * u)
 
-    # --- save / load -------------------------------------------------------------------------------------
+    # --- save / load (the format is described after the architectures) ----------------------------------------
     def save(self, path) -> Path:
         """Write folder `path` with `sae.safetensors` (the state dict) and `cfg.json` (the config). Returns the folder.
         Each file is written whole or not at all; the weights file's metadata repeats the architecture and sizes
         and holds a sha256 of the tensors, so `load` can tell a corrupt file or a cfg.json from another SAE."""
-        path = Path(path); path.mkdir(parents=True, exist_ok=True)
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
-        meta = {"format": CHECKPOINT_FORMAT, "sha256": tensors_sha256(tensors), **_identity(self.cfg)}
-        with atomic_file(path/"sae.safetensors", "wb") as fh: fh.write(save_safetensors(tensors, metadata=meta))
-        cfg = {**self.cfg.to_dict(), "dtype": str(self.W_dec.dtype).removeprefix("torch.")}
-        with atomic_file(path/"cfg.json") as fh: fh.write(json.dumps(cfg, indent=2) + "\n")
-        return path
+        return _save_checkpoint(self, path)
 
     @classmethod
     def load(cls, path, device=None, dtype=None) -> "SAE":
         """Read a folder written by `save`. Before allocating anything it checks cfg.json's values, the architecture
         (when called on a subclass) and every tensor's shape and dtype in the weights file's header; then the
         checksum, and that every weight is finite."""
-        cfg = load_config(path)
-        want = sae_class(cfg)
-        if not issubclass(want, cls):
-            raise ValueError(f"{Path(path)/'cfg.json'} describes architecture={cfg.architecture!r} (tied={cfg.tied}), "
-                             f"which {cls.__name__}.load cannot return; use SAE.load or {want.__name__}.load.")
-        p = Path(path)/"sae.safetensors"
-        header = _read_header(p)                                         # names, shapes, dtypes: no tensor is read
-        expected = {k: tuple(v.shape) for k, v in want(cfg, device="meta").state_dict().items()}   # no memory either
-        got = {k: shape for k, (shape, _) in header.items()}
-        problems = [f"missing tensor {k!r} (shape {s})" for k, s in expected.items() if k not in got]
-        problems += [f"unexpected tensor {k!r}" for k in got if k not in expected]
-        problems += [f"{k!r} has shape {got[k]}, cfg.json implies {s}" for k, s in expected.items() if k in got and got[k] != s]
-        if problems:
-            raise ValueError(f"{p} does not match its cfg.json "
-                             f"(architecture={cfg.architecture!r}, d_in={cfg.d_in}, d_sae={cfg.d_sae}): " + "; ".join(problems)
-                             + ". The two files come from different checkpoints; copy both from the same SAE.save folder.")
-        if bad := [f"{k!r} is {dt}" for k, (_, dt) in header.items() if dt not in _FLOAT_DTYPES]:
-            raise ValueError(f"{p} holds non-floating tensors ({', '.join(bad)}): SAE weights are floating point "
-                             "(F32, F16, BF16 or F64); this file was not written by SAE.save.")
-        tensors, meta = _read_safetensors(p)
-        _check_identity(p, meta, cfg)
-        # BatchTopK's inference threshold is NaN until the first training batch; everything else must be finite
-        bad = [k for k, v in tensors.items() if not (torch.isfinite(v).all() or (k == "threshold" and v.isnan().all()))]
-        if bad:
-            raise ValueError(f"{p}: {', '.join(bad)} hold NaN or Inf values, so every output would be NaN: the SAE was "
-                             "saved from a diverged run or the file is damaged; retrain it or copy it again.")
-        if dtype is None: dtype = tensors["W_dec"].dtype                 # default: the stored dtype
-        sae = want(cfg, device=device, dtype=dtype)
-        sae.load_state_dict(tensors)
-        return sae
+        return _load_checkpoint(cls, path, device=device, dtype=dtype)
 
 # %% ../nbs/02_sae.ipynb #aec26da1
 class ReLUSAE(SAE):
     "f = ReLU((x - b_dec) @ W_enc + b_enc)"
     architecture = "relu"
+    # fast path: work on f's non-zeros when at most this share of f's entries fire (ReLUSparse's switch);
+    # None: 1/8 on a CPU, 1/64 on a GPU (the measured crossovers, appendix 02b)
+    sparse_max_density: float | None = None
+
     def activation(self, pre: Tensor) -> Tensor: return F.relu(pre)
+
+    def forward(self, x: Tensor) -> SAEOutput:
+        "Encode, ReLU, decode. cfg.fast: `sparse_forward`, the same maths with less work once few latents fire."
+        if self.fast_path_applies(ReLUSAE): return self.sparse_forward(x)
+        return super().forward(x)
+
+    def sparse_forward(self, x: Tensor) -> SAEOutput:
+        "forward by `ReLUSparse` (appendix 02b): decode and gradients from f's non-zeros when few fire, dense otherwise."
+        x = self._check(x)
+        density = self.sparse_max_density
+        if density is None: density = 1 / 64 if x.is_cuda else 1 / 8
+        x_hat, vals, rows, cols, crow, pre = ReLUSparse.apply(x.reshape(-1, x.shape[-1]), self.W_enc, self.b_enc,
+                                                              self.W_dec, self.b_dec, density)
+        if vals.dim() == 2:                                              # the dense branch: vals is f
+            return SAEOutput(x_hat.reshape(x.shape), vals.reshape(*x.shape[:-1], -1), pre.reshape(*x.shape[:-1], -1))
+        return SparseSAEOutput.from_pairs(x, x_hat, pre, ActiveLatents(rows, cols, vals, crow, self.cfg.d_sae))
 
 class TiedReLUSAE(ReLUSAE):
     "ReLU SAE with W_enc = W_dec.T: one matrix, two views sharing storage (so they are trained together)."
@@ -316,14 +344,34 @@ class TiedReLUSAE(ReLUSAE):
 class TopKSAE(SAE):
     "f = ReLU(TopK_k(pre)): the k largest pre-activations per row, the rest zero."
     architecture = "topk"
+    # fast path: row_topk's G (two rounds over G slices of each row); None: one torch.topk per row
+    # (benchmarks/gpu_profile.py times both)
+    topk_groups: int | None = None
+
     def activation(self, pre: Tensor) -> Tensor:
         vals, idx = pre.topk(self.cfg.k, dim=-1, sorted=False)
         return torch.zeros_like(pre).scatter(-1, idx, F.relu(vals))
+
+    def forward(self, x: Tensor) -> SAEOutput:
+        "Encode, keep the k largest, decode. cfg.fast: `sparse_forward`, the same maths on the k active latents."
+        if self.fast_path_applies(TopKSAE): return self.sparse_forward(x)
+        return super().forward(x)
+
+    def sparse_forward(self, x: Tensor) -> SparseSAEOutput:
+        "forward by `TopKSparse` (appendix 02b): x_hat and every gradient from the k active latents of each row."
+        x = self._check(x)
+        x_hat, vals, idx, pre = TopKSparse.apply(x.reshape(-1, x.shape[-1]), self.W_enc, self.b_enc, self.W_dec,
+                                                 self.b_dec, self.cfg.k, self.topk_groups)
+        return SparseSAEOutput.from_pairs(x, x_hat, pre, ActiveLatents.from_topk(idx, vals, self.cfg.d_sae))
 
 # %% ../nbs/02_sae.ipynb #6aa21185
 class BatchTopKSAE(SAE):
     "Training: the k·B largest ReLU(pre) over a batch of B rows. Eval: ReLU(pre) above the EMA threshold `threshold`."
     architecture = "batchtopk"
+    # fast path: batch_topk_flat first looks only at entries above candidate_cut · threshold (exact either way);
+    # None: always search every entry
+    candidate_cut: float | None = 0.5
+
     def __init__(self, cfg: SAEConfig, device=None, dtype=None):
         super().__init__(cfg, device=device, dtype=dtype)
         self.register_buffer("threshold", torch.tensor(float("nan"), device=device, dtype=self.W_dec.dtype))
@@ -355,7 +403,28 @@ class BatchTopKSAE(SAE):
         acts = F.relu(pre)
         return acts * (acts > self.threshold)
 
+    def forward(self, x: Tensor) -> SAEOutput:
+        "Encode, apply the batch (training) or threshold (eval) rule, decode. cfg.fast and training: `sparse_forward`."
+        if self.training and self.fast_path_applies(BatchTopKSAE, "batch_topk"): return self.sparse_forward(x)
+        return super().forward(x)
+
+    def sparse_forward(self, x: Tensor) -> SparseSAEOutput:
+        "A training forward by `BatchTopKSparse` (appendix 02b): decode and gradients from the k·B kept pairs."
+        x = self._check(x)
+        x2 = x.reshape(-1, x.shape[-1])
+        n_keep = min(self.cfg.k * len(x2), len(x2) * self.cfg.d_sae)
+        t = float(self.threshold)                         # the last batches' smallest kept value (nan before any)
+        cut = None if self.candidate_cut is None or t != t else self.candidate_cut * t
+        x_hat, vals, rows, cols, crow, pre = BatchTopKSparse.apply(x2, self.W_enc, self.b_enc, self.W_dec, self.b_dec,
+                                                                   n_keep, cut)
+        self.update_threshold_(vals.detach())
+        return SparseSAEOutput.from_pairs(x, x_hat, pre, ActiveLatents(rows, cols, vals, crow, self.cfg.d_sae))
+
 # %% ../nbs/02_sae.ipynb #24a1e1b6
+def _sum_to(grad: Tensor, shape) -> Tensor:
+    "Sum a broadcast gradient back to `shape`."
+    return grad.sum_to_size(shape) if tuple(grad.shape) != tuple(shape) else grad
+
 def rectangle(u: Tensor) -> Tensor:
     "The rectangle kernel K(u) = 1[-1/2 < u < 1/2]."
     return ((u > -0.5) & (u < 0.5)).to(u.dtype)
@@ -527,307 +596,46 @@ def _check_identity(p: Path, meta: dict, cfg: SAEConfig) -> None:
         raise ValueError(f"{p} was saved by a different SAE than its cfg.json describes ({'; '.join(bad)}): the two "
                          "files come from different checkpoints; copy both from the same SAE.save folder.")
 
-# %% ../nbs/02_sae.ipynb #daba1555
-class EncodeCentered(torch.autograd.Function):
-    "pre = (x - b_dec) @ W_enc + b_enc for x [B, d_in] -> [B, d_sae]; b_dec's gradient by a matvec."
+# %% ../nbs/02_sae.ipynb #128b2f33
+def _save_checkpoint(sae: SAE, path) -> Path:
+    "`SAE.save`: sae.safetensors (tensors + metadata with a checksum) and cfg.json, each written atomically."
+    path = Path(path); path.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in sae.state_dict().items()}
+    meta = {"format": CHECKPOINT_FORMAT, "sha256": tensors_sha256(tensors), **_identity(sae.cfg)}
+    with atomic_file(path/"sae.safetensors", "wb") as fh: fh.write(save_safetensors(tensors, metadata=meta))
+    cfg = {**sae.cfg.to_dict(), "dtype": str(sae.W_dec.dtype).removeprefix("torch.")}
+    with atomic_file(path/"cfg.json") as fh: fh.write(json.dumps(cfg, indent=2) + "\n")
+    return path
 
-    @staticmethod
-    def forward(ctx, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor) -> Tensor:
-        xc = x - b_dec                                       # [B, d_in]
-        ctx.save_for_backward(xc, W_enc)
-        return torch.addmm(b_enc, xc, W_enc)                 # b_enc + xc @ W_enc in one call
-
-    @staticmethod
-    def backward(ctx, G: Tensor):
-        xc, W_enc = ctx.saved_tensors
-        need_x, need_W, need_be, need_bd = ctx.needs_input_grad
-        G_sum = G.sum(0)                                     # Σ_b G[b]   [d_sae]
-        g_x = G @ W_enc.T if need_x else None                # only if x itself needs a gradient
-        g_W = xc.T @ G if need_W else None
-        g_bd = -(W_enc @ G_sum) if need_bd else None         # [d_in, d_sae] @ [d_sae]: a matvec
-        return g_x, g_W, G_sum if need_be else None, g_bd
-
-# %% ../nbs/02_sae.ipynb #adc19df3
-class _ByFeature:
-    """The active pairs (rows[n], cols[n]) of f grouped by latent (cols), to sum row vectors per latent with
-    embedding_bag. `piece`: on a GPU each latent's bag is cut into pieces of at most `piece` pairs, summed in
-    parallel and then added up per latent (a second embedding_bag), so a latent that fires in every row does not
-    leave a few threads summing thousands of rows alone (the default: 64 on a GPU, whole bags on a CPU).
-    Nothing here asks the device for a number (no host sync): sizes come from len(cols) and d_sae alone."""
-
-    def __init__(self, rows: Tensor, cols: Tensor, d_sae: int, piece: int | None = None):
-        self.d_sae, dev = d_sae, cols.device
-        order = torch.argsort(cols)                                              # pairs sorted by latent
-        latent = cols[order]                                                     # latent of each sorted pair
-        starts = torch.searchsorted(latent, torch.arange(d_sae + 1, device=dev)) # bag i is starts[i]:starts[i+1]
-        self.rows, self.order = rows[order], order                               # batch row of each sorted pair
-        piece = piece if piece is not None else (64 if cols.is_cuda else 0)
-        self.offsets, self.piece_bags = starts[:-1], None
-        if piece:
-            n = len(cols)
-            n_pieces = (starts[1:] - starts[:-1] + piece - 1) // piece           # pieces of latent i   [d_sae]
-            P = n // piece + d_sae                                               # >= Σ n_pieces, known on the host
-            first = torch.zeros(d_sae + 1, dtype=torch.long, device=dev)
-            first[1:] = torch.cumsum(n_pieces, 0)                                # latent i's pieces: first[i]:first[i+1]
-            p = torch.arange(P, device=dev)
-            owner = torch.searchsorted(first, p, right=True) - 1                 # latent of piece p (d_sae: spare)
-            self.offsets = (starts[owner] + (p - first[owner]) * piece).clamp_(max=n)   # spare pieces: empty bags at n
-            self.piece_bags = first                                              # latent i sums its pieces
-
-    def sum_rows(self, src: Tensor, weights: Tensor) -> Tensor:
-        "out[i] = Σ_{n: cols[n] = i} weights[n] · src[rows[n]]   -> [d_sae, src.shape[1]]"
-        out = F.embedding_bag(self.rows, src, self.offsets, mode="sum", per_sample_weights=weights[self.order])
-        if self.piece_bags is None: return out
-        return F.embedding_bag(torch.arange(len(out), device=out.device), out, self.piece_bags, mode="sum",
-                               include_last_offset=True)
-
-
-def _active_backward(needs, xc, W_enc, W_dec, vals, rows, cols, crow, g_xhat, g_vals, g_pre):
-    """Gradients (x, W_enc, b_enc, W_dec, b_dec) when f's non-zeros are f[rows[n], cols[n]] = vals[n] >= 0, listed
-    row by row (row b's pairs are crow[b]:crow[b+1]): every product touches only these pairs; a gradient on `pre`
-    adds its dense part."""
-    need_x, need_We, need_be, need_Wd, need_bd = needs
-    B, d_sae = xc.shape[0], W_dec.shape[0]
-    gv = torch.zeros_like(vals) if g_vals is None else g_vals.clone()   # dL/dvals   [n_pairs]
-    gW_dec, by_feat = None, None
-    gb_dec = torch.zeros_like(xc[0])
-    if g_xhat is not None:
-        with warnings.catch_warnings():    # "sparse CSR support is in beta": sampled_addmm is what we need here
-            warnings.simplefilter("ignore")
-            pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros_like(vals), (B, d_sae), check_invariants=False)
-            gv += torch.sparse.sampled_addmm(pattern, g_xhat, W_dec.T).values()   # g[row] · W_dec[col] per pair
-        if need_Wd:
-            by_feat = _ByFeature(rows, cols, d_sae)
-            gW_dec = by_feat.sum_rows(g_xhat, vals)                         # Σ_b f[b,i] g[b]   [d_sae, d_in]
-        gb_dec += g_xhat.sum(0)
-    gp = gv * (vals > 0)                                                   # dL/dpre at the active pairs (ReLU)
-    gb_enc = torch.zeros_like(W_enc[0]).index_add_(0, cols, gp)
-    gW_enc = None
-    if need_We:
-        by_feat = by_feat or _ByFeature(rows, cols, d_sae)
-        gW_enc = by_feat.sum_rows(xc, gp).T.contiguous()                  # [d_in, d_sae]
-    gxc = F.embedding_bag(cols, W_enc.T, crow[:-1], mode="sum", per_sample_weights=gp) if need_x else None
-    if g_pre is not None:                                                  # a loss used pre: its dense part
-        gb_enc += g_pre.sum(0)
-        if need_We: gW_enc += xc.T @ g_pre
-        if need_x: gxc = gxc + g_pre @ W_enc.T
-    gb_dec -= W_enc @ gb_enc                                               # b_dec enters as x - b_dec
-    return gxc, gW_enc, gb_enc if need_be else None, gW_dec, gb_dec if need_bd else None
-
-
-def row_topk(pre: Tensor, k: int, groups: int | None = None) -> tuple[Tensor, Tensor]:
-    """(vals, idx) [B, k]: the k largest entries of each row of pre [B, S], unsorted. `groups` G: in two rounds,
-    the k largest of each of G slices of S/G columns, then the k largest of those G·k candidates (a row's k largest
-    are each among the k largest of their own slice, so this is exact); None, or a G that does not divide S into
-    slices of at least k: one torch.topk."""
-    B, S = pre.shape
-    if not groups or groups < 2 or S % groups or S // groups < k: return pre.topk(k, dim=-1, sorted=False)
-    v, i = pre.view(B, groups, S // groups).topk(k, dim=-1, sorted=False)        # [B, G, k], column within its slice
-    i = i + torch.arange(0, S, S // groups, device=pre.device)[:, None]           # -> column of pre
-    top, j = v.reshape(B, groups * k).topk(k, dim=-1, sorted=False)              # [B, k] among the candidates
-    return top, i.reshape(B, groups * k).gather(1, j)
-
-
-def _decode_pairs(rows: Tensor, cols: Tensor, vals: Tensor, W_dec: Tensor, b_dec: Tensor, B: int) -> tuple[Tensor, Tensor]:
-    """(crow [B + 1], x_hat [B, d_in]) for f's pairs listed row by row (rows non-decreasing): row b's pairs are
-    crow[b]:crow[b+1], and x_hat[b] = Σ_n vals[n] · W_dec[cols[n]] over them, + b_dec."""
-    crow = torch.searchsorted(rows, torch.arange(B + 1, device=rows.device))
-    return crow, F.embedding_bag(cols, W_dec, crow[:-1], mode="sum", per_sample_weights=vals).add_(b_dec)
-
-
-def _save_pairs(ctx, xc, W_enc, W_dec, vals, rows, cols, crow) -> None:
-    "Keep what `_active_backward` needs; the index tensors get no gradient, and outputs no loss used give None."
-    ctx.mark_non_differentiable(rows, cols, crow)
-    ctx.set_materialize_grads(False)
-    ctx.save_for_backward(xc, W_enc, W_dec, vals, rows, cols, crow)
-
-
-def _topk_rows(B: int, k: int, device) -> tuple[Tensor, Tensor]:
-    "(rows [B·k], crow [B + 1]) of k pairs per row listed row by row: the flat layout of a TopK idx [B, k]."
-    return torch.arange(B, device=device).repeat_interleave(k), torch.arange(0, B * k + 1, k, device=device)
-
-
-class TopKSparse(torch.autograd.Function):
-    "(x_hat, vals, idx, pre) of a TopK SAE; the decode and the whole backward touch only the k active latents per row."
-
-    @staticmethod
-    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, k: int, groups: int | None):
-        xc = x - b_dec
-        pre = torch.addmm(b_enc, xc, W_enc)                       # [B, d_sae]  the one dense matmul
-        top, idx = row_topk(pre, k, groups)                       # [B, k]
-        vals = top.relu_()                                        # [B, k]  f's non-zeros
-        x_hat = F.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum").add_(b_dec)  # [B, d_in]
-        ctx.mark_non_differentiable(idx)
-        ctx.set_materialize_grads(False)       # outputs no loss used (f, pre) give None, not dense zeros
-        ctx.save_for_backward(xc, W_enc, W_dec, vals, idx)
-        return x_hat, vals, idx, pre
-
-    @staticmethod
-    def backward(ctx, g_xhat, g_vals, _g_idx, g_pre):
-        xc, W_enc, W_dec, vals, idx = ctx.saved_tensors
-        rows, crow = _topk_rows(*idx.shape, idx.device)
-        g = (*_active_backward(ctx.needs_input_grad[:5], xc, W_enc, W_dec, vals.reshape(-1), rows, idx.reshape(-1),
-                               crow, g_xhat, None if g_vals is None else g_vals.reshape(-1), g_pre), None, None)
-        return g
-
-
-def batch_topk_flat(pre: Tensor, n_keep: int, cut: float | None = None) -> tuple[Tensor, Tensor]:
-    """(vals, flat) [n_keep]: the n_keep largest ReLU(pre) of the whole batch and their indices into pre.reshape(-1),
-    unsorted. `cut` > 0: first keep only the entries above it; if at least n_keep are, the n_keep largest are all
-    among them (so this is exact) and one selection over the few candidates replaces the one over every entry;
-    else the whole batch is searched."""
-    flat_pre = pre.reshape(-1)
-    if cut is not None and cut > 0:
-        cand = (flat_pre > cut).nonzero().squeeze(1)                  # entries above the cut (one host sync)
-        if len(cand) >= n_keep:
-            vals, j = flat_pre[cand].topk(n_keep, sorted=False)
-            return vals, cand[j]
-    return F.relu(flat_pre).topk(n_keep, sorted=False)
-
-
-class BatchTopKSparse(torch.autograd.Function):
-    """(x_hat, vals, rows, cols, crow, pre) of a training BatchTopK SAE: the n_keep largest ReLU(pre) of the whole
-    batch, listed row by row as pairs f[rows[n], cols[n]] = vals[n]; decode and backward on those pairs only."""
-
-    @staticmethod
-    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, n_keep: int, cut: float | None):
-        xc = x - b_dec
-        pre = torch.addmm(b_enc, xc, W_enc)                                    # [B, d_sae]
-        d_sae = pre.shape[1]
-        top, flat = batch_topk_flat(pre, n_keep, cut)                          # over the whole batch
-        flat, order = flat.sort()                                              # row by row
-        vals, rows, cols = top[order], flat // d_sae, flat % d_sae
-        crow, x_hat = _decode_pairs(rows, cols, vals, W_dec, b_dec, len(x))
-        _save_pairs(ctx, xc, W_enc, W_dec, vals, rows, cols, crow)
-        return x_hat, vals, rows, cols, crow, pre
-
-    @staticmethod
-    def backward(ctx, g_xhat, g_vals, _g_rows, _g_cols, _g_crow, g_pre):
-        xc, W_enc, W_dec, vals, rows, cols, crow = ctx.saved_tensors
-        return (*_active_backward(ctx.needs_input_grad[:5], xc, W_enc, W_dec, vals, rows, cols, crow, g_xhat, g_vals,
-                                  g_pre), None, None)
-
-# %% ../nbs/02_sae.ipynb #a3ffb839
-class ReLUSparse(torch.autograd.Function):
-    """(x_hat, vals, rows, cols, crow, pre) of a ReLU SAE for x [B, d_in]. If at most `max_density` of f's entries
-    are non-zero, f[rows[n], cols[n]] = vals[n] (row b's are crow[b]:crow[b+1]) and the decode and backward are
-    `_active_backward`'s; otherwise rows, cols and crow are empty, vals is the dense f [B, d_sae] and the decode and
-    backward are dense."""
-
-    @staticmethod
-    def forward(ctx, x, W_enc, b_enc, W_dec, b_dec, max_density: float):
-        xc = x - b_dec
-        pre = torch.addmm(b_enc, xc, W_enc)                                    # [B, d_sae]
-        fired = pre > 0
-        n_pairs = int(fired.sum())                                             # one host sync
-        if n_pairs <= max_density * pre.numel():
-            rows, cols = fired.nonzero(as_tuple=True)                          # f's non-zeros, row by row
-            vals = pre[rows, cols]                                             # [n_pairs] (a gather: no second nonzero)
-            crow, x_hat = _decode_pairs(rows, cols, vals, W_dec, b_dec, len(x))
-        else:
-            vals = F.relu(pre)
-            rows = cols = crow = torch.empty(0, dtype=torch.long, device=x.device)
-            x_hat = torch.addmm(b_dec, vals, W_dec)
-        _save_pairs(ctx, xc, W_enc, W_dec, vals, rows, cols, crow)
-        return x_hat, vals, rows, cols, crow, pre
-
-    @staticmethod
-    def backward(ctx, g_xhat, g_vals, _g_rows, _g_cols, _g_crow, g_pre):
-        xc, W_enc, W_dec, vals, rows, cols, crow = ctx.saved_tensors
-        needs = ctx.needs_input_grad[:5]
-        if vals.dim() == 1:
-            return (*_active_backward(needs, xc, W_enc, W_dec, vals, rows, cols, crow, g_xhat, g_vals, g_pre), None)
-        need_x, need_We, need_be, need_Wd, need_bd = needs                      # dense: f = vals [B, d_sae]
-        gf = torch.zeros_like(vals) if g_vals is None else g_vals.clone()
-        gW_dec, gb_dec = None, torch.zeros_like(xc[0])
-        if g_xhat is not None:
-            gf.addmm_(g_xhat, W_dec.T)
-            gW_dec = vals.T @ g_xhat if need_Wd else None
-            gb_dec += g_xhat.sum(0)
-        gp = gf.mul_(vals > 0)                                                 # through the ReLU
-        if g_pre is not None: gp += g_pre
-        gb_enc = gp.sum(0)
-        gb_dec -= W_enc @ gb_enc
-        return (gp @ W_enc.T if need_x else None, xc.T @ gp if need_We else None, gb_enc if need_be else None,
-                gW_dec, gb_dec if need_bd else None, None)
-
-# %% ../nbs/02_sae.ipynb #cefb4c77
-def _pre_acts(self: SAE, x: Tensor) -> Tensor:
-    "pre = (x - b_dec) @ W_enc + b_enc   [..., d_sae]; cfg.fast: one addmm, b_dec's gradient by a matvec."
-    if not self.cfg.fast: return (x - self.b_dec) @ self.W_enc + self.b_enc
-    return EncodeCentered.apply(x.reshape(-1, x.shape[-1]), self.W_enc, self.b_enc, self.b_dec).reshape(*x.shape[:-1], -1)
-
-def _own_maths(self: SAE, cls: type) -> bool:
-    "True if `self`'s class keeps `cls`'s pre_acts, activation and decode (a subclass rewriting one gets the plain path)."
-    t = type(self)
-    return t.pre_acts is SAE.pre_acts and t.activation is cls.activation and t.decode is SAE.decode
-
-class ActiveLatents(NamedTuple):
-    "f's entries that may be non-zero, listed row by row: f[rows[n], cols[n]] = vals[n]; row b's are crow[b]:crow[b+1]."
-    rows: Tensor   # [n_pairs] long, the (flattened) batch row of each entry, non-decreasing
-    cols: Tensor   # [n_pairs] long, its latent
-    vals: Tensor   # [n_pairs] f there (>= 0; a TopK row may list zeros); gradients flow through it
-    crow: Tensor   # [batch + 1] long
-    d_sae: int
-
-    def dense(self) -> Tensor:
-        "f as a dense [batch, d_sae] tensor (differentiable in vals)."
-        return self.vals.new_zeros(len(self.crow) - 1, self.d_sae).index_put_((self.rows, self.cols), self.vals)
-
-class SparseSAEOutput(SAEOutput):
-    """The fast TopK / ReLU / BatchTopK forward's SAEOutput: it holds f as `active` pairs, builds the dense f [..., d_sae]
-    only when `.f` is first read. Training reads `active` (losses, firing counts), so no [batch, d_sae] pass
-    is spent on f; everything else reads `.f` as before."""
-    @property
-    def f(self) -> Tensor:
-        if "_f" not in self.__dict__:
-            self.__dict__["_f"] = self.active.dense().reshape(*self.x_hat.shape[:-1], self.active.d_sae)
-        return self.__dict__["_f"]
-    def _items(self) -> tuple: return (self.x_hat, self.f, self.pre, self.pre_mag, self.active)
-    def __iter__(self): return iter(self._items())                # unpacking / iterating also sees the dense f
-    def __getitem__(self, i): return self._items()[i]
-
-def _topk_forward(self: TopKSAE, x: Tensor) -> SAEOutput:
-    "cfg.fast: x_hat and every gradient from the k active latents per row (TopKSparse); else the plain path."
-    if not (self.cfg.fast and _own_maths(self, TopKSAE)) or self.cfg.input_scale != 1: return SAE.forward(self, x)
-    x = self._check(x)
-    lead, k = x.shape[:-1], self.cfg.k
-    x_hat, vals, idx, pre = TopKSparse.apply(x.reshape(-1, x.shape[-1]), self.W_enc, self.b_enc, self.W_dec,
-                                             self.b_dec, k, self.topk_groups)
-    rows, crow = _topk_rows(len(idx), k, idx.device)
-    active = ActiveLatents(rows, idx.reshape(-1), vals.reshape(-1), crow, self.cfg.d_sae)
-    return SparseSAEOutput(x_hat.reshape(x.shape), None, pre.reshape(*lead, -1), None, active)
-
-def _batchtopk_forward(self: BatchTopKSAE, x: Tensor) -> SAEOutput:
-    "cfg.fast and training: BatchTopKSparse (decode and gradients from the kept pairs); else the plain path."
-    if not (self.cfg.fast and self.training and _own_maths(self, BatchTopKSAE)
-            and type(self).batch_topk is BatchTopKSAE.batch_topk and self.cfg.input_scale == 1): return SAE.forward(self, x)
-    x = self._check(x)
-    x2 = x.reshape(-1, x.shape[-1])
-    n_keep = min(self.cfg.k * len(x2), len(x2) * self.cfg.d_sae)
-    t = float(self.threshold)                         # the last batches' smallest kept value (nan before any)
-    cut = None if self.candidate_cut is None or t != t else self.candidate_cut * t
-    x_hat, vals, rows, cols, crow, pre = BatchTopKSparse.apply(x2, self.W_enc, self.b_enc, self.W_dec, self.b_dec,
-                                                               n_keep, cut)
-    self.update_threshold_(vals.detach())
-    return SparseSAEOutput(x_hat.reshape(x.shape), None, pre.reshape(*x.shape[:-1], -1), None,
-                           ActiveLatents(rows, cols, vals, crow, self.cfg.d_sae))
-
-BatchTopKSAE.candidate_cut = 0.5     # batch_topk_flat's cut = 0.5 · threshold; None: always search every entry
-TopKSAE.topk_groups = None          # row_topk's G; None: one torch.topk per row (benchmarks/gpu_profile.py times both)
-ReLUSAE.sparse_max_density = None   # ReLUSparse's switch; None: 1/8 of f's entries on a CPU, 1/64 on a GPU (measured crossovers)
-
-def _relu_forward(self: ReLUSAE, x: Tensor) -> SAEOutput:
-    "cfg.fast: ReLUSparse (decode and gradients from f's non-zeros once few latents fire); else the plain path."
-    if not (self.cfg.fast and _own_maths(self, ReLUSAE)) or self.cfg.input_scale != 1: return SAE.forward(self, x)
-    x = self._check(x)
-    lead = x.shape[:-1]
-    density = self.sparse_max_density
-    if density is None: density = 1 / 64 if x.is_cuda else 1 / 8
-    x2 = x.reshape(-1, x.shape[-1])
-    x_hat, vals, rows, cols, crow, pre = ReLUSparse.apply(x2, self.W_enc, self.b_enc, self.W_dec, self.b_dec, density)
-    if vals.dim() == 2: return SAEOutput(x_hat.reshape(x.shape), vals.reshape(*lead, -1), pre.reshape(*lead, -1))
-    return SparseSAEOutput(x_hat.reshape(x.shape), None, pre.reshape(*lead, -1), None,
-                           ActiveLatents(rows, cols, vals, crow, self.cfg.d_sae))
-
-SAE.pre_acts, TopKSAE.forward, ReLUSAE.forward, BatchTopKSAE.forward = _pre_acts, _topk_forward, _relu_forward, _batchtopk_forward
+def _load_checkpoint(cls: type, path, device=None, dtype=None) -> SAE:
+    "`SAE.load` (called on `cls`): every check before allocating, then the checksum and finiteness."
+    cfg = load_config(path)
+    want = sae_class(cfg)
+    if not issubclass(want, cls):
+        raise ValueError(f"{Path(path)/'cfg.json'} describes architecture={cfg.architecture!r} (tied={cfg.tied}), "
+                         f"which {cls.__name__}.load cannot return; use SAE.load or {want.__name__}.load.")
+    p = Path(path)/"sae.safetensors"
+    header = _read_header(p)                                         # names, shapes, dtypes: no tensor is read
+    expected = {k: tuple(v.shape) for k, v in want(cfg, device="meta").state_dict().items()}   # no memory either
+    got = {k: shape for k, (shape, _) in header.items()}
+    problems = [f"missing tensor {k!r} (shape {s})" for k, s in expected.items() if k not in got]
+    problems += [f"unexpected tensor {k!r}" for k in got if k not in expected]
+    problems += [f"{k!r} has shape {got[k]}, cfg.json implies {s}" for k, s in expected.items() if k in got and got[k] != s]
+    if problems:
+        raise ValueError(f"{p} does not match its cfg.json "
+                         f"(architecture={cfg.architecture!r}, d_in={cfg.d_in}, d_sae={cfg.d_sae}): " + "; ".join(problems)
+                         + ". The two files come from different checkpoints; copy both from the same SAE.save folder.")
+    if bad := [f"{k!r} is {dt}" for k, (_, dt) in header.items() if dt not in _FLOAT_DTYPES]:
+        raise ValueError(f"{p} holds non-floating tensors ({', '.join(bad)}): SAE weights are floating point "
+                         "(F32, F16, BF16 or F64); this file was not written by SAE.save.")
+    tensors, meta = _read_safetensors(p)
+    _check_identity(p, meta, cfg)
+    # BatchTopK's inference threshold is NaN until the first training batch; everything else must be finite
+    bad = [k for k, v in tensors.items() if not (torch.isfinite(v).all() or (k == "threshold" and v.isnan().all()))]
+    if bad:
+        raise ValueError(f"{p}: {', '.join(bad)} hold NaN or Inf values, so every output would be NaN: the SAE was "
+                         "saved from a diverged run or the file is damaged; retrain it or copy it again.")
+    if dtype is None: dtype = tensors["W_dec"].dtype                 # default: the stored dtype
+    sae = want(cfg, device=device, dtype=dtype)
+    sae.load_state_dict(tensors)
+    return sae

@@ -170,7 +170,7 @@ def test_firings_active_equals_dense_count(threshold):
 def test_train_never_builds_the_dense_f(arch, sparsity, monkeypatch):
     """train() on the fast path reads f only through out.active (losses, firing counts, L0): building the dense f
     would fail here; its history equals training the plain path (float64)."""
-    from sae_tutorial.sae import ActiveLatents
+    from sae_tutorial.fast import ActiveLatents
     from sae_tutorial.train import TrainConfig, train
     plain, fast = _sparse_relu(monkeypatch) if arch == "relu" else _pair(arch, d_in=12, exp=4.0, k=5)
     torch.manual_seed(1)
@@ -202,7 +202,7 @@ def test_batchtopk_threshold_update_by_hand():
 def test_row_topk_two_stage_picks_torch_topk_set(groups):
     """row_topk over G slices picks the same columns as torch.topk (distinct values); with ties its values are the
     same multiset; G that does not split S into slices of >= k columns falls back to one torch.topk."""
-    from sae_tutorial.sae import row_topk
+    from sae_tutorial.fast import row_topk
     g = torch.Generator().manual_seed(0)
     pre = torch.randn(33, 80, generator=g)
     pre[0, :20] = 5.0                                                   # one row whose top 6 is all ties
@@ -231,7 +231,7 @@ def test_topk_groups_training_equals_plain(monkeypatch):
 def test_batch_topk_flat_is_exact_for_any_cut(cut):
     """batch_topk_flat keeps the n_keep largest ReLU(pre) of the whole batch whatever the cut: through the candidates
     above it when enough are (cut 0.5, 1.5), by the full search when too few are (2.5, 10) or no cut is given."""
-    from sae_tutorial.sae import batch_topk_flat
+    from sae_tutorial.fast import batch_topk_flat
     g = torch.Generator().manual_seed(3)
     pre = torch.randn(16, 50, generator=g, dtype=torch.float64)
     n_keep = 40
@@ -245,7 +245,63 @@ def test_batch_topk_flat_is_exact_for_any_cut(cut):
 
 def test_batch_topk_flat_keeps_zeros_when_few_entries_fire():
     "Fewer positive entries than n_keep: the kept set is topped up with zeros, as torch.topk of ReLU(pre) does."
-    from sae_tutorial.sae import batch_topk_flat
+    from sae_tutorial.fast import batch_topk_flat
     pre = -torch.rand(4, 10, dtype=torch.float64); pre[0, :3] = torch.tensor([3.0, 2.0, 1.0])
     vals, flat = batch_topk_flat(pre, 5, cut=0.5)
     assert sorted(vals.tolist()) == [0.0, 0.0, 1.0, 2.0, 3.0] and {0, 1, 2} <= set(flat.tolist())
+
+
+# --- a subclass's own maths runs: the fast path steps aside ----------------------------------------------------
+def _subclass_cases():
+    from sae_tutorial.sae import ReLUSAE, TiedReLUSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE
+    return [(ReLUSAE, dict()), (TiedReLUSAE, dict(tied=True)), (TopKSAE, dict(architecture="topk", k=3)),
+            (BatchTopKSAE, dict(architecture="batchtopk", k=3)), (JumpReLUSAE, dict(architecture="jumprelu"))]
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_subclass_overriding_pre_acts_runs_it_with_fast_on(case):
+    """A subclass whose pre_acts is its own (here: no b_dec, and a scale of 2) gets that pre_acts in forward with
+    cfg.fast=True, for every architecture with a fast path: its x_hat is the float64 formula with its pre."""
+    base, kw = _subclass_cases()[case]
+    calls = []
+    class Own(base):
+        def pre_acts(self, x):
+            calls.append(1)
+            return 2 * (x @ self.W_enc + self.b_enc)
+    torch.manual_seed(case)
+    sae = Own(SAEConfig(d_in=6, expansion_factor=2, **kw), dtype=torch.float64)
+    with torch.no_grad(): sae.b_dec.copy_(torch.randn(6, dtype=torch.float64))
+    assert sae.cfg.fast and not sae.fast_path_applies(base)
+    x = torch.randn(5, 6, dtype=torch.float64)
+    out = sae(x)
+    assert calls, "forward did not call the subclass's pre_acts"
+    pre = 2 * (x @ sae.W_enc + sae.b_enc)
+    torch.testing.assert_close(out.pre, pre)
+    torch.testing.assert_close(out.x_hat, sae.activation(pre) @ sae.W_dec + sae.b_dec)
+    assert out.active is None                                       # the plain path: no pairs
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_subclass_overriding_activation_runs_it_with_fast_on(case):
+    """A subclass whose activation is its own (|pre|, so negative pre-activations count) gets it in forward with
+    cfg.fast=True: f is that activation of the plain pre-activations (float64), and x_hat decodes that f."""
+    base, kw = _subclass_cases()[case]
+    class Own(base):
+        def activation(self, pre): return pre.abs()
+    torch.manual_seed(10 + case)
+    sae = Own(SAEConfig(d_in=6, expansion_factor=2, **kw), dtype=torch.float64)
+    assert sae.cfg.fast and not sae.fast_path_applies(base)
+    x = torch.randn(5, 6, dtype=torch.float64)
+    out = sae(x)
+    f = ((x - sae.b_dec) @ sae.W_enc + sae.b_enc).abs()
+    torch.testing.assert_close(out.f, f)
+    torch.testing.assert_close(out.x_hat, f @ sae.W_dec + sae.b_dec)
+
+
+def test_unchanged_subclass_keeps_the_fast_path():
+    "A subclass that only adds something (no maths rewritten) still takes the fast path."
+    from sae_tutorial.sae import TopKSAE
+    class Named(TopKSAE):
+        label = "mine"
+    sae = Named(SAEConfig(d_in=6, expansion_factor=2, architecture="topk", k=3))
+    assert sae.fast_path_applies(TopKSAE) and sae(torch.randn(4, 6)).active is not None

@@ -135,7 +135,8 @@ def test_relu_sparse_branch_equals_plain(monkeypatch, tied, density, loss, use_p
 
 def test_relu_sparse_branch_is_chosen_by_density(monkeypatch):
     "The switch: f's non-zeros as pairs at or below the density limit, the dense f (rows/cols empty) above it."
-    from sae_tutorial.sae import ReLUSAE, ReLUSparse
+    from sae_tutorial.sae import ReLUSAE
+    from sae_tutorial.fast import ReLUSparse
     _, fast = _pair("relu")
     x = torch.randn(20, 12, dtype=torch.float64)
     f = fast(x).f
@@ -165,7 +166,7 @@ def test_relu_sparse_when_nothing_fires(monkeypatch):
 def test_by_feature_pieces_sum_the_same(piece):
     """_ByFeature.sum_rows, whole bags or cut into pieces (the GPU layout), against a float64 loop over the pairs;
     one latent fires in every row (the unbalanced case the pieces are for) and some never fire."""
-    from sae_tutorial.sae import _ByFeature
+    from sae_tutorial.fast import _ByFeature
     g = torch.Generator().manual_seed(0)
     B, k, d_sae, d = 40, 4, 30, 6
     idx = torch.stack([torch.randperm(d_sae - 5, generator=g)[:k] for _ in range(B)])
@@ -184,7 +185,7 @@ def test_by_feature_pieces_sum_the_same(piece):
 @pytest.mark.parametrize("piece", [0, 4])
 def test_by_feature_no_pairs(piece):
     "No active pairs at all (nothing fired): every latent's sum is zero, whole bags or pieces."
-    from sae_tutorial.sae import _ByFeature
+    from sae_tutorial.fast import _ByFeature
     none = torch.zeros(0, dtype=torch.long)
     out = _ByFeature(none, none, 5, piece=piece).sum_rows(torch.randn(3, 2, dtype=torch.float64), torch.zeros(0, dtype=torch.float64))
     assert torch.equal(out, torch.zeros(5, 2, dtype=torch.float64))
@@ -194,9 +195,9 @@ def test_by_feature_no_pairs(piece):
 def test_gpu_layout_of_the_sums_equals_plain(arch, monkeypatch):
     """The GPU's way of summing per latent (bags cut into pieces, sized without asking the device) run on the CPU
     with tiny pieces inside whole training steps: the same outputs and gradients as the plain path."""
-    from sae_tutorial import sae as sae_mod
-    init = sae_mod._ByFeature.__init__
-    monkeypatch.setattr(sae_mod._ByFeature, "__init__", lambda self, rows, cols, d_sae, piece=None: init(self, rows, cols, d_sae, 3))
+    from sae_tutorial import sae as sae_mod, fast as fast_mod
+    init = fast_mod._ByFeature.__init__
+    monkeypatch.setattr(fast_mod._ByFeature, "__init__", lambda self, rows, cols, d_sae, piece=None: init(self, rows, cols, d_sae, 3))
     monkeypatch.setattr(sae_mod.ReLUSAE, "sparse_max_density", 1.0)          # ReLU on its sparse branch
     plain, fast = _pair(arch)
     x = torch.randn(40, 12, dtype=torch.float64)
