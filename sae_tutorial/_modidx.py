@@ -594,6 +594,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'sae_tutorial.sae.ReLUSAE.sparse_forward': ('sae.html#relusae.sparse_forward', 'sae_tutorial/sae.py'),
                                   'sae_tutorial.sae.SAE': ('sae.html#sae', 'sae_tutorial/sae.py'),
                                   'sae_tutorial.sae.SAE.__init__': ('sae.html#sae.__init__', 'sae_tutorial/sae.py'),
+                                  'sae_tutorial.sae.SAE.__init_subclass__': ('sae.html#sae.__init_subclass__', 'sae_tutorial/sae.py'),
                                   'sae_tutorial.sae.SAE._check': ('sae.html#sae._check', 'sae_tutorial/sae.py'),
                                   'sae_tutorial.sae.SAE._encode': ('sae.html#sae._encode', 'sae_tutorial/sae.py'),
                                   'sae_tutorial.sae.SAE._make_encoder': ('sae.html#sae._make_encoder', 'sae_tutorial/sae.py'),

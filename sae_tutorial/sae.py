@@ -185,6 +185,13 @@ def input_check_deferred():
 class SAE(nn.Module):
     "Base class: parameters W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in]. Build with `make_sae`."
     architecture: str = ""
+    _MATHS = ("pre_acts", "activation", "decode", "batch_topk")   # the methods a fast kernel re-implements
+
+    def __init_subclass__(cls, **kw):
+        """Record the maths each architecture has when its class is defined. `fast_path_applies` compares against this
+        record, so a later rewrite (a subclass's, or `SAE.pre_acts = my_pre_acts` in a notebook) runs the plain path."""
+        super().__init_subclass__(**kw)
+        cls._maths_at_definition = {m: getattr(cls, m) for m in cls._MATHS if hasattr(cls, m)}
 
     def __init__(self, cfg: SAEConfig, device=None, dtype=None):
         super().__init__()
@@ -268,9 +275,11 @@ class SAE(nn.Module):
     def fast_path_applies(self, cls: type, *also: str) -> bool:
         """Whether `cls.forward` may take its fast path (`cls.sparse_forward`, appendix 02b): cfg.fast is on, x needs no
         rescaling, and this SAE still has the pre_acts, activation and decode of `cls` (and the methods named in
-        `also`). The fast kernels compute exactly those formulas, so a subclass that rewrites one of them (a
-        learner's own activation, say) runs the plain path above, which calls the rewrite."""
-        same = all(getattr(type(self), m) is getattr(cls, m) for m in ("pre_acts", "activation", "decode", *also))
+        `also`) as they were when `cls` was defined. The fast kernels compute exactly those formulas, so a subclass
+        that rewrites one of them (a learner's own activation, say), or a method patched onto the class later, runs
+        the plain path above, which calls the rewrite."""
+        same = all(getattr(type(self), m) is cls._maths_at_definition[m]
+                   for m in ("pre_acts", "activation", "decode", *also))
         return self.cfg.fast and self.cfg.input_scale == 1 and same
 
     # --- decoder norm constraint -----------------------------------------------------------------------

@@ -305,3 +305,21 @@ def test_unchanged_subclass_keeps_the_fast_path():
         label = "mine"
     sae = Named(SAEConfig(d_in=6, expansion_factor=2, architecture="topk", k=3))
     assert sae.fast_path_applies(TopKSAE) and sae(torch.randn(4, 6)).active is not None
+
+
+def test_patching_the_base_class_pre_acts_runs_it_with_fast_on(monkeypatch):
+    """A learner who rewrites `SAE.pre_acts` itself (as the exercise notebooks do) gets it in forward with cfg.fast=True:
+    the fast path compares against the maths each class had when it was defined, not against the patched class."""
+    from sae_tutorial.sae import SAE, TopKSAE
+    calls = []
+    def own(self, x):
+        calls.append(1)
+        return 2 * (x @ self.W_enc + self.b_enc)
+    monkeypatch.setattr(SAE, "pre_acts", own)
+    torch.manual_seed(0)
+    sae = TopKSAE(SAEConfig(d_in=6, expansion_factor=2, architecture="topk", k=3), dtype=torch.float64)
+    assert sae.cfg.fast and not sae.fast_path_applies(TopKSAE)
+    x = torch.randn(5, 6, dtype=torch.float64)
+    out = sae(x)
+    assert calls and out.active is None
+    torch.testing.assert_close(out.pre, 2 * (x @ sae.W_enc + sae.b_enc))
