@@ -3,9 +3,9 @@
 # %% ../nbs/06b_activations.ipynb #71e60fe9
 from __future__ import annotations
 import contextlib, difflib, json, math, os, re, tempfile, time
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass, asdict, field
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Iterator, Literal, NamedTuple
 import numpy as np
 import torch
 from torch import Tensor
@@ -15,7 +15,7 @@ from .lm import EOT_ID
 
 # %% auto #0
 __all__ = ['KEPT', 'MASK_POS0', 'MASK_SPECIAL', 'MASK_NORM', 'MASK_NAMES', 'Contexts', 'tokenize_contexts', 'sink_mask',
-           'norm_scale', 'HarvestConfig', 'hook_layer', 'check_hook', 'ActivationStore', 'harvest_activations',
+           'norm_scale', 'HarvestConfig', 'hook_layer', 'validate_hook', 'ActivationStore', 'harvest_activations',
            'variance_explained_by']
 
 # %% ../nbs/06b_activations.ipynb #d1cba087
@@ -81,17 +81,20 @@ def norm_scale(sq_norm_sum: float, n_rows: int, d_in: int) -> float:
 @dataclass
 class HarvestConfig:
     "How to harvest and store activations."
-    hook: str = "blocks.15.hook_resid_post"   # any hook point; 'blocks.L.hook_mlp_out', 'blocks.L.hook_attn_out', ...
-    batch_size: int = 32                # contexts per forward pass
-    store: str = "ram"                  # 'ram' or 'disk'
-    path: str | None = None             # folder of a disk store (default: cache_dir()/activations/<hook>-<time>)
-    dtype: str = "float32"              # storage dtype: 'float32', 'float16' or 'bfloat16'
-    mask_special: bool = True           # mask special tokens (position 0 is always masked)
-    outlier_factor: float | None = 10.0 # mask norms above this many medians (None: no norm rule)
-    normalize: bool = True              # batches scaled by s so that E||s x||^2 = d_in
-    train_batch_size: int = 4096        # rows per batch when iterating over the store
-    seed: int = 0                       # shuffling seed
-    progress: bool = True               # tqdm bar with tokens/s
+    hook: str = field(default="blocks.15.hook_resid_post", metadata={"help": "hook point to read, e.g. "
+                      "'blocks.L.hook_resid_post', 'blocks.L.hook_mlp_out', 'blocks.L.hook_attn_out'"})
+    batch_size: int = field(default=32, metadata={"help": "contexts per forward pass"})
+    store: Literal["ram", "disk"] = field(default="ram", metadata={"help": "keep the rows in RAM or write a disk store"})
+    path: str | None = field(default=None, metadata={"help": "folder of a disk store "
+                             "(default: cache_dir()/activations/<hook>-<time>)"})
+    dtype: Literal["float32", "float16", "bfloat16"] = field(default="float32", metadata={"help": "storage dtype"})
+    mask_special: bool = field(default=True, metadata={"help": "mask special tokens (position 0 is always masked)"})
+    outlier_factor: float | None = field(default=10.0, metadata={"help": "mask norms above this many medians "
+                                         "(None: no norm rule)"})
+    normalize: bool = field(default=True, metadata={"help": "scale batches by s so that E||s x||^2 = d_in"})
+    train_batch_size: int = field(default=4096, metadata={"help": "rows per batch when iterating over the store"})
+    seed: int = field(default=0, metadata={"help": "shuffling seed"})
+    progress: bool = field(default=True, metadata={"help": "show a tqdm bar with tokens/s"})
 
 _DTYPES = {"float32": (torch.float32, np.float32), "float16": (torch.float16, np.float16),
            "bfloat16": (torch.bfloat16, np.int16)}   # numpy has no bfloat16: stored as its 16 raw bits
@@ -100,7 +103,7 @@ def hook_layer(hook: str) -> int | None:
     "The block index of a hook name ('blocks.15.hook_resid_post' -> 15), None for hooks outside blocks."
     m = re.match(r"blocks\.(\d+)\.", hook); return int(m.group(1)) if m else None
 
-def check_hook(model, hook: str) -> str:
+def validate_hook(model, hook: str) -> str:
     """Return `hook` if it is a hook point of `model`; else a ValueError that says how many layers the model has
     (for a block index out of range) or lists the closest valid names and the hook kinds every block offers."""
     names = list(model.hook_dict)
@@ -190,10 +193,78 @@ class ActivationStore:
         return [self.doc_sources[int(d)] if d >= 0 else None for d in self.doc_index[r[:, 0].long(), r[:, 1].long()]]
 
     @classmethod
-    def load(cls, path) -> "ActivationStore":
-        """Open a disk store written by `harvest_activations(..., HarvestConfig(store='disk'))`. Every file is checked
-        against meta.json first (sizes, shapes, the kept rows), so a truncated or damaged store is a clear error,
-        never a half-loaded store."""
+    def from_tensor(cls, x: Tensor, tokens: Tensor | None = None, mask: Tensor | None = None,
+                    doc_index: Tensor | None = None, doc_sources: list | None = None, norms: Tensor | None = None,
+                    hook: str = "synthetic", dtype: str = "float32", normalize: bool = False, seed: int = 0,
+                    train_batch_size: int = 4096) -> "ActivationStore":
+        """A RAM store of the rows `x` [n_rows, d_in], for data that does not come from a harvest (tests, synthetic
+        data). Row i sits at the i-th KEPT position of `mask` [n_contexts, ctx_len] (default: each row its own
+        one-token context, token 0, document 0 named `hook`); `scale` is computed from x as in a harvest."""
+        if dtype not in _DTYPES: raise ValueError(f"dtype {dtype!r} is not supported; use one of {list(_DTYPES)}.")
+        x = torch.as_tensor(x).detach().cpu().to(_DTYPES[dtype][0]).contiguous()
+        if x.ndim != 2 or x.shape[0] == 0: raise ValueError(f"x must be a non-empty [n_rows, d_in] matrix, got {tuple(x.shape)}.")
+        n, d_in = x.shape
+        if tokens is None: tokens = torch.zeros(n, 1, dtype=torch.int64)
+        shape = tuple(tokens.shape)
+        mask = torch.zeros(shape, dtype=torch.uint8) if mask is None else mask.to(torch.uint8)
+        rows = (mask == KEPT).nonzero().to(torch.int32).contiguous()
+        if mask.shape != shape or len(rows) != n:
+            raise ValueError(f"mask {tuple(mask.shape)} must have the shape of tokens {shape} and {n} KEPT positions "
+                             f"(one per row of x), got {len(rows)}.")
+        if doc_index is None: doc_index = torch.zeros(shape, dtype=torch.int32)
+        if norms is None:
+            norms = torch.zeros(shape, dtype=torch.float32)
+            norms[rows[:, 0].long(), rows[:, 1].long()] = x.float().norm(dim=1)
+        sq = float(x.double().pow(2).sum())
+        meta = dict(d_in=d_in, n_rows=n, hook=hook, dtype=dtype, scale=norm_scale(sq, n, d_in) if sq > 0 else 1.0,
+                    normalize=normalize, train_batch_size=train_batch_size, seed=seed, outlier_factor=None,
+                    special_ids=[], ctx_len=shape[1], n_contexts=shape[0], model=None,
+                    mask_counts={MASK_NAMES[k]: int((mask == k).sum()) for k in MASK_NAMES if (mask == k).any()})
+        return cls(meta, tokens, doc_index, [hook] if doc_sources is None else list(doc_sources), mask, norms, rows, x)
+
+    def save(self, path) -> Path:
+        "Write the store to the new folder `path`, whole or not at all (`core.atomic_folder`); returns the path."
+        with ActivationStore.writer(path, self.dtype) as w:
+            for i in range(0, self.n_rows, 65536): w.append(self._stored_rows(i, min(i + 65536, self.n_rows)))
+            w.finish(self)
+        return Path(path)
+
+    def _stored_rows(self, start: int, stop: int) -> Tensor:
+        "Rows start..stop-1 in the storage dtype, unscaled."
+        if self._acts is not None: return self._acts[start:stop]
+        ndt = np.dtype(_DTYPES[self.dtype][1])
+        a = np.fromfile(self.path/"acts.bin", dtype=ndt, count=(stop - start) * self.d_in, offset=start * self.d_in * ndt.itemsize)
+        t = torch.from_numpy(a.reshape(stop - start, self.d_in))
+        return t.view(torch.bfloat16) if self.dtype == "bfloat16" else t
+
+    def _write_index(self, folder: Path) -> None:
+        "Every file but acts.bin: the .npy arrays, the source names, and meta.json last (it marks a finished store)."
+        for n, t in [("tokens", self.tokens), ("doc_index", self.doc_index), ("mask", self.mask), ("norms", self.norms),
+                     ("rows", self.rows)]:
+            np.save(folder/f"{n}.npy", t.contiguous().numpy(), allow_pickle=False)
+        (folder/"doc_sources.json").write_text(json.dumps(list(self.doc_sources)))
+        meta = dict(self.meta, scale=self.scale, normalize=self.normalize)
+        (folder/"meta.json").write_text(json.dumps(meta, indent=1))
+
+    @staticmethod
+    @contextlib.contextmanager
+    def writer(path, dtype: str = "float32") -> Iterator["_StoreWriter"]:
+        """A `with` block that writes a disk store row block by row block (a harvest holds one batch in RAM):
+        `w.append(x)` for each block of rows [n, d_in], then `w.finish(store)` for the index files and meta.json.
+        The folder appears when the block ends, or not at all (`core.atomic_folder`)."""
+        if dtype not in _DTYPES: raise ValueError(f"dtype {dtype!r} is not supported; use one of {list(_DTYPES)}.")
+        with atomic_folder(path) as folder:
+            acts_file = open(folder/"acts.bin", "wb")
+            try: yield _StoreWriter(folder, dtype, acts_file)
+            finally: acts_file.close()
+
+    @classmethod
+    def load(cls, path, in_ram: bool = False, scale: float | None = None,
+             normalize: bool | None = None) -> "ActivationStore":
+        """Open a disk store (written by `save` or a harvest with store='disk'): rows are read from acts.bin when asked
+        for, or all at once into RAM if `in_ram`. `scale` / `normalize` override the store's own (e.g.
+        `normalize=False`: batches in the model's raw units). Every file is checked against meta.json first (sizes,
+        shapes, the kept rows), so a truncated or damaged store is a clear error, never a half-loaded store."""
         path = Path(path)
         if not (path/"meta.json").is_file():       # a regular file: a FIFO or device there would block the read forever
             raise FileNotFoundError(f"{path} is not an activation store (no meta.json file); harvest one with store='disk'.")
@@ -238,11 +309,35 @@ class ActivationStore:
                              f"file is damaged. {fix}")
         if not torch.equal(rows.long(), (mask == KEPT).nonzero().long()):
             raise ValueError(f"{path/'rows.npy'} is not the list of kept positions in mask.npy. {fix}")
-        return cls(meta, tokens, doc_index, doc_sources, mask, norms, rows, None, path)
+        acts = None
+        if in_ram:
+            acts = torch.from_numpy(np.fromfile(path/"acts.bin", dtype=_DTYPES[meta["dtype"]][1]).reshape(n_rows, d_in))
+            if meta["dtype"] == "bfloat16": acts = acts.view(torch.bfloat16)
+        store = cls(meta, tokens, doc_index, doc_sources, mask, norms, rows, acts, None if in_ram else path)
+        if scale is not None: store.scale = float(scale)
+        if normalize is not None: store.normalize = bool(normalize)
+        return store
 
 _STORE_FILES = ("meta.json", "acts.bin", "tokens.npy", "doc_index.npy", "mask.npy", "norms.npy", "rows.npy", "doc_sources.json")
 _META_KEYS = {"d_in": int, "n_rows": int, "hook": str, "dtype": str, "scale": (int, float), "normalize": bool,
               "train_batch_size": int, "seed": int, "ctx_len": int, "n_contexts": int}
+
+class _StoreWriter:
+    "The files of one disk store being written into `folder` (see `ActivationStore.writer`)."
+    def __init__(self, folder: Path, dtype: str, acts_file):
+        self.folder, self.dtype, self.n_rows, self._acts = folder, dtype, 0, acts_file
+
+    def append(self, x: Tensor) -> None:
+        "Add rows x [n, d_in] to acts.bin in the storage dtype (bfloat16 as its raw 16 bits)."
+        x = x.detach().to(_DTYPES[self.dtype][0]).cpu().contiguous()
+        self._acts.write((x.view(torch.int16) if self.dtype == "bfloat16" else x).numpy().tobytes())
+        self.n_rows += len(x)
+
+    def finish(self, store: "ActivationStore") -> None:
+        "Close acts.bin and write the rest of `store`'s files (its rows must be those appended)."
+        if store.n_rows != self.n_rows:
+            raise ValueError(f"The store describes {store.n_rows} rows but {self.n_rows} were appended.")
+        self._acts.close(); store._write_index(self.folder)
 
 # %% ../nbs/06b_activations.ipynb #2ce68cb9
 def harvest_activations(model, contexts: Contexts, cfg: HarvestConfig | None = None, special_ids=None,
@@ -251,7 +346,7 @@ def harvest_activations(model, contexts: Contexts, cfg: HarvestConfig | None = N
     cfg = cfg or HarvestConfig(**kwargs)
     if cfg.dtype not in _DTYPES: raise ValueError(f"dtype {cfg.dtype!r} is not supported; use one of {list(_DTYPES)}.")
     if cfg.store not in ("ram", "disk"): raise ValueError(f"store must be 'ram' or 'disk', got {cfg.store!r}.")
-    check_hook(model, cfg.hook)
+    validate_hook(model, cfg.hook)
     if special_ids is None:
         tok = getattr(model, "tokenizer", None)
         special_ids = sorted(set(getattr(tok, "all_special_ids", [])) | {EOT_ID})
@@ -264,13 +359,12 @@ def harvest_activations(model, contexts: Contexts, cfg: HarvestConfig | None = N
     tdt, ndt = _DTYPES[cfg.dtype]
     mask = torch.empty((n_ctx, T), dtype=torch.uint8); norms = torch.empty((n_ctx, T), dtype=torch.float32)
     rows, n_rows, sq_sum, d_in = [], 0, 0.0, None
-    if cfg.store == "disk":                          # the store appears complete or not at all (core.atomic_folder)
+    if cfg.store == "disk":                          # the store appears complete or not at all (ActivationStore.writer)
         final = Path(cfg.path or cache_dir()/"activations"/f"{cfg.hook}-{time.strftime('%Y%m%d-%H%M%S')}")
         if final.exists(): raise FileExistsError(f"{final} exists; pass another HarvestConfig.path or delete it.")
-        publish = atomic_folder(final)
-    else: publish, chunks = contextlib.nullcontext(), []
-    with publish as tmp:
-        fout = open(tmp/"acts.bin", "wb") if tmp is not None else None
+        sink = ActivationStore.writer(final, cfg.dtype)
+    else: sink, chunks = contextlib.nullcontext(), []
+    with sink as w:
         bar = tqdm(total=n_ctx * T, unit="tok", unit_scale=True, desc=f"harvest {cfg.hook}", disable=not cfg.progress,
                    mininterval=10.0)
         try:
@@ -291,27 +385,20 @@ def harvest_activations(model, contexts: Contexts, cfg: HarvestConfig | None = N
                     ci, pi = keep.nonzero(as_tuple=True)
                     rows.append(torch.stack([ci + i, pi], 1).to(torch.int32))
                     n_rows += len(kept)
-                    if fout is not None:
-                        fout.write((kept.view(torch.int16) if cfg.dtype == "bfloat16" else kept).numpy().tobytes())
+                    if w is not None: w.append(kept)                # rows go to disk as they come
                     else: chunks.append(kept)
                     bar.update(tb.numel())
-        finally:
-            bar.close()
-            if fout is not None: fout.close()
+        finally: bar.close()
         if n_rows == 0: raise ValueError("Every position was masked; use longer contexts or check the outlier rule.")
         meta = dict(d_in=d_in, n_rows=n_rows, hook=cfg.hook, dtype=cfg.dtype, scale=norm_scale(sq_sum, n_rows, d_in),
                     normalize=cfg.normalize, train_batch_size=cfg.train_batch_size, seed=cfg.seed,
                     outlier_factor=cfg.outlier_factor, special_ids=list(special_ids), ctx_len=T, n_contexts=n_ctx,
                     model=getattr(getattr(model, "cfg", None), "model_name", None),
                     mask_counts={MASK_NAMES[k]: int((mask == k).sum()) for k in MASK_NAMES})
-        rows = torch.cat(rows)
-        if tmp is None:
-            return ActivationStore(meta, tokens, contexts.doc_index, list(contexts.doc_sources), mask, norms, rows,
-                                   torch.cat(chunks))
-        for n, t in [("tokens", tokens), ("doc_index", contexts.doc_index), ("mask", mask), ("norms", norms), ("rows", rows)]:
-            np.save(tmp/f"{n}.npy", t.numpy(), allow_pickle=False)
-        (tmp/"doc_sources.json").write_text(json.dumps(list(contexts.doc_sources)))
-        (tmp/"meta.json").write_text(json.dumps(meta, indent=1))     # written last
+        store = ActivationStore(meta, tokens, contexts.doc_index, list(contexts.doc_sources), mask, norms,
+                                torch.cat(rows), None if w is not None else torch.cat(chunks))
+        if w is None: return store
+        w.finish(store)                                  # the index files and meta.json beside the rows on disk
     return ActivationStore.load(final)
 
 # %% ../nbs/06b_activations.ipynb #24ed70b3

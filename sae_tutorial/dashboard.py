@@ -7,7 +7,7 @@ the reading by steering the model with the feature and by ablating it."""
 # %% ../nbs/08_feature_inspection.ipynb #cc54f2bc
 from __future__ import annotations
 import codecs, html, math, time
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass, asdict, field
 from pathlib import Path
 from typing import NamedTuple, Sequence
 import numpy as np
@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from .core import check_finite  # noqa: F401  (re-exported for callers checking their stores)
 from .lm import EOT_ID
-from .activations import check_hook
+from .activations import validate_hook
 
 # %% auto #0
 __all__ = ['DASHBOARD_CSS', 'SORTS', 'DashboardConfig', 'merge_topk', 'Examples', 'FeatureData', 'final_norm_weight',
@@ -29,18 +29,21 @@ __all__ = ['DASHBOARD_CSS', 'SORTS', 'DashboardConfig', 'merge_topk', 'Examples'
 @dataclass
 class DashboardConfig:
     "What a feature dashboard gathers and shows. Doubles as CLI options."
-    n_top: int = 12              # top-activating examples per feature
-    n_sample: int = 64           # uniform random sample of firing positions, split into quantile bands
-    n_quantiles: int = 4         # quantile bands of the sample
-    per_quantile: int = 3        # examples shown per band
-    left: int = 12               # tokens shown before an example's centre token
-    right: int = 4               # tokens shown after it
-    n_bins: int = 192            # histogram bins over log10(activation): 32 per decade
-    log10_min: float = -4.0      # histogram range in log10 units; values outside land in the end bins
-    log10_max: float = 2.0
-    n_logits: int = 10           # boosted and suppressed output tokens per feature
-    batch_size: int = 4096       # store rows per chunk of the pass
-    seed: int = 0                # seeds the random sample (the pass runs on the SAE's device)
+    n_top: int = field(default=12, metadata={"help": "top-activating examples per feature"})
+    n_sample: int = field(default=64, metadata={"help": "uniform random sample of firing positions, split into "
+                          "quantile bands"})
+    n_quantiles: int = field(default=4, metadata={"help": "quantile bands of the sample"})
+    per_quantile: int = field(default=3, metadata={"help": "examples shown per band"})
+    left: int = field(default=12, metadata={"help": "tokens shown before an example's centre token"})
+    right: int = field(default=4, metadata={"help": "tokens shown after it"})
+    n_bins: int = field(default=192, metadata={"help": "histogram bins over log10(activation): 32 per decade"})
+    log10_min: float = field(default=-4.0, metadata={"help": "lower end of the histogram in log10 units; "
+                             "smaller values land in the first bin"})
+    log10_max: float = field(default=2.0, metadata={"help": "upper end of the histogram in log10 units; "
+                             "larger values land in the last bin"})
+    n_logits: int = field(default=10, metadata={"help": "boosted and suppressed output tokens per feature"})
+    batch_size: int = field(default=4096, metadata={"help": "store rows per chunk of the pass"})
+    seed: int = field(default=0, metadata={"help": "seeds the random sample (the pass runs on the SAE's device)"})
 
     def __post_init__(self):
         for name in ("n_top", "n_sample", "n_quantiles", "per_quantile", "n_bins", "batch_size"):
@@ -518,14 +521,18 @@ def write_static_dashboard(sae, store, tokenizer, folder, model=None, features: 
 @dataclass
 class DashboardRunConfig:
     "Inputs of the `dashboard` command: which SAE, which store, where to write."
-    sae: str                       # folder written by SAE.save (sae.safetensors + cfg.json)
-    store: str                     # folder of a disk ActivationStore (harvest_activations(..., store='disk'))
-    out: str = "dashboards.html"   # the one HTML file to write
-    model: str = "smollm2-135m"    # LM for the tokenizer and the logit tables; '' for none (then pass tokenizer)
-    tokenizer: str | None = None   # folder of a saved Hugging Face tokenizer, used when model is ''
-    features: str = ""             # comma-separated feature indices; '' for the densest max_features that fired
-    max_features: int = 1000
-    title: str = "SAE feature dashboards"
+    sae: str = field(metadata={"help": "folder written by SAE.save (sae.safetensors + cfg.json)"})
+    store: str = field(metadata={"help": "folder of a disk ActivationStore (ActivationStore.save, or "
+                       "harvest_activations with store='disk')"})
+    out: str = field(default="dashboards.html", metadata={"help": "the one HTML file to write"})
+    model: str = field(default="smollm2-135m", metadata={"help": "LM for the tokenizer and the logit tables; "
+                       "'' for none (then pass tokenizer)"})
+    tokenizer: str | None = field(default=None, metadata={"help": "folder of a saved Hugging Face tokenizer, "
+                                  "used when model is ''"})
+    features: str = field(default="", metadata={"help": "comma-separated feature indices; '' for the densest "
+                          "max_features that fired"})
+    max_features: int = field(default=1000, metadata={"help": "most dashboards to write when features is ''"})
+    title: str = field(default="SAE feature dashboards", metadata={"help": "title of the HTML page"})
 
 def dashboard_cli(run: DashboardRunConfig, cfg: DashboardConfig | None = None) -> Path:
     "Load the SAE and the store named in `run`, gather the dashboards in one pass and write one HTML file."
@@ -572,7 +579,7 @@ def features_on_text(model, sae, text: str, hook: str, scale: float = 1.0, token
                      bos: int | None = EOT_ID) -> TextFeatures:
     "Run `model` on `text` up to `hook`, mask sinks as the store does, and encode the rest with `sae` (inputs × scale)."
     from sae_tutorial.activations import sink_mask, hook_layer
-    check_hook(model, hook)
+    validate_hook(model, hook)
     tokenizer = tokenizer or model.tokenizer
     ids = ([bos] if bos is not None else []) + tokenizer(text, add_special_tokens=False)["input_ids"]
     if len(ids) < 2: raise ValueError("The text is empty; type at least one token.")
@@ -636,7 +643,7 @@ def steer_generations(model, sae, feature: int, prompt: str, hook: str, coeffs: 
     """Generate from `prompt` once per coefficient: mode 'add' adds coeff * W_dec[feature]/scale at `hook`,
     mode 'clamp' sets the feature to coeff. The same seed for every row, so only the intervention differs."""
     if mode not in ("add", "clamp"): raise ValueError(f"mode must be 'add' or 'clamp', got {mode!r}.")
-    check_hook(model, hook)                                         # names the closest valid hooks
+    validate_hook(model, hook)                                         # names the closest valid hooks
     out = []
     for c in coeffs:
         fn = steering_hook(feature_direction(sae, feature, scale), c) if mode == "add" else clamp_hook(sae, feature, c, scale)

@@ -114,29 +114,9 @@ def global_batches(store, global_batch_size: int, seed: int | None = None, epoch
 # %% ../nbs/09_scaling.ipynb #ac2b1aec
 def write_disk_store(x: Tensor, path, seed: int = 0, train_batch_size: int = 4096, normalize: bool = False,
                      hook: str = "synthetic") -> Path:
-    """Write activations `x` [n_rows, d_in] as a disk ActivationStore folder (float32 acts.bin + meta.json),
-    for data that does not come from a language model (tests, synthetic data). Open it with ActivationStore.load.
-    The folder is published whole or not at all (`core.atomic_folder`)."""
-    x = torch.as_tensor(x).detach().float().cpu().contiguous()
-    if x.ndim != 2 or x.shape[0] == 0: raise ValueError(f"x must be a non-empty [n_rows, d_in] matrix, got {tuple(x.shape)}.")
-    final = Path(path)
-    with atomic_folder(final) as path:
-        _write_store_files(x, path, seed, train_batch_size, normalize, hook)
-    return final
-
-def _write_store_files(x: Tensor, path: Path, seed: int, train_batch_size: int, normalize: bool, hook: str) -> None:
-    n, d_in = x.shape
-    (path/"acts.bin").write_bytes(x.numpy().tobytes())
-    rows = torch.stack([torch.arange(n, dtype=torch.int32), torch.zeros(n, dtype=torch.int32)], 1)   # one row per "context"
-    for name, t in [("tokens", torch.zeros(n, 1, dtype=torch.int64)), ("doc_index", torch.zeros(n, 1, dtype=torch.int32)),
-                    ("mask", torch.zeros(n, 1, dtype=torch.uint8)), ("norms", x.norm(dim=1, keepdim=True)), ("rows", rows)]:
-        np.save(path/f"{name}.npy", t.numpy())
-    (path/"doc_sources.json").write_text(json.dumps([hook]))
-    sq = float(x.double().pow(2).sum())
-    meta = dict(d_in=d_in, n_rows=n, hook=hook, dtype="float32", scale=math.sqrt(d_in * n / sq) if sq > 0 else 1.0,
-                normalize=normalize, train_batch_size=train_batch_size, seed=seed, outlier_factor=None, special_ids=[],
-                ctx_len=1, n_contexts=n, model=None, mask_counts={"kept": n})
-    (path/"meta.json").write_text(json.dumps(meta, indent=1))
+    """Write activations `x` [n_rows, d_in] as a float32 disk store (each row its own one-token context), for data
+    that does not come from a language model; open it with `ActivationStore.load`. Published whole or not at all."""
+    return ActivationStore.from_tensor(x, hook=hook, normalize=normalize, seed=seed, train_batch_size=train_batch_size).save(path)
 
 # %% ../nbs/09_scaling.ipynb #d4d42921
 class SyncedFeatureUsage(FeatureUsage):

@@ -284,17 +284,19 @@ def run_notebook(path: Path | str, skip_flags: tuple[str, ...] = ("slow", "gpu")
     return nb
 
 # %% ../nbs/96_exercises.ipynb #b6101d46
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import time
 
 @dataclass
 class ExercisesConfig:
     "Options of `sae-tutorial exercises`."
-    outdir: str                    # folder to write the exercise notebooks (and EXERCISES.md) to
-    with_solutions: bool = False   # keep the solutions (the teacher's key; what CI runs)
-    notebooks: str = ""            # comma-separated notebook names or stems to include (default: every marked one)
-    src_nbs: str = ""              # folder of source notebooks (default: nbs/ of the checkout)
-    run: bool = False              # also execute each generated notebook and report its time (needs with_solutions)
+    outdir: str = field(metadata={"help": "folder to write the exercise notebooks (and EXERCISES.md) to"})
+    with_solutions: bool = field(default=False, metadata={"help": "keep the solutions (the teacher's key; what CI runs)"})
+    notebooks: str = field(default="", metadata={"help": "comma-separated notebook names or stems to include "
+                           "(default: every marked one)"})
+    src_nbs: str = field(default="", metadata={"help": "folder of source notebooks (default: nbs/ of the checkout)"})
+    run: bool = field(default=False, metadata={"help": "also execute each generated notebook and report its time "
+                      "(needs with_solutions)"})
 
 def exercises_cli(cfg: ExercisesConfig) -> dict[str, list[ExerciseInfo]]:
     "What `sae-tutorial exercises` does: generate, list, and optionally run the notebooks."

@@ -449,8 +449,8 @@ def splice_metrics(model, token_batches: Iterable, hook_name: str, sae, *, mean_
     made at it). `keep_fn(tokens, act) -> [batch, seq] bool` can add a mask computed from the clean activation
     (e.g. drop attention sinks by norm); it is ANDed with `keep`. Mark padding False yourself."""
     if getattr(model, "hook_dict", None) is not None:
-        from sae_tutorial.activations import check_hook   # layer out of range, or the closest valid names
-        check_hook(model, hook_name)
+        from sae_tutorial.activations import validate_hook   # layer out of range, or the closest valid names
+        validate_hook(model, hook_name)
     dev, sae_dev, sae_dt = _device_of(model), _device_of(sae), _dtype_of(sae)
     with _eval_mode(sae), _eval_mode(model):
         return _splice_metrics(model, token_batches, hook_name, sae, mean_act, act_scale, keep_fn, max_batches,

@@ -157,13 +157,7 @@ def load_store(path, scale: float | None = None, normalize: bool | None = None):
     """Open a disk `ActivationStore` and read its activations into RAM; optionally override its normalisation
     `scale`, or turn normalising off (`normalize=False`: batches in the model's raw units, for saved SAEs)."""
     from sae_tutorial.activations import ActivationStore
-    path = Path(path); s = ActivationStore.load(path)
-    if s.dtype == "float32":
-        acts = torch.from_numpy(np.fromfile(path/"acts.bin", dtype=np.float32).reshape(s.n_rows, s.d_in))
-        s = ActivationStore(s.meta, s.tokens, s.doc_index, s.doc_sources, s.mask, s.norms, s.rows, acts, None)
-    if scale is not None: s.scale = float(scale)
-    if normalize is not None: s.normalize = bool(normalize)
-    return s
+    return ActivationStore.load(path, in_ram=True, scale=scale, normalize=normalize)
 
 def data_splits(cfg: ReproConfig) -> list[str]:
     "'train' and 'eval' (held-out documents of the training sources), plus 'source' when a source is held out."
@@ -652,7 +646,7 @@ def reproduce(cfg: ReproConfig | None = None, log=print, **kwargs) -> ReproResul
     "Run (or resume) the reproduction described by `cfg` (or `ReproConfig(**kwargs)`); see the folder layout above."
     from sae_tutorial.sae import SAE
     from sae_tutorial.lm import load_lm
-    from sae_tutorial.activations import check_hook
+    from sae_tutorial.activations import validate_hook
     t_start = time.time()
     cfg = (cfg or ReproConfig(**kwargs)).resolved()
     run = Path(cfg.run_dir); run.mkdir(parents=True, exist_ok=True)
@@ -678,7 +672,7 @@ def reproduce(cfg: ReproConfig | None = None, log=print, **kwargs) -> ReproResul
         if stage_done(run/f"data_{split}", dkeys[split]): log(f"  data_{split}: done earlier, skipped"); done(f"data_{split}", False)
         else:
             model, tok = lm()
-            check_hook(model, cfg.hook)                  # a bad hook fails now, not after the corpus is built
+            validate_hook(model, cfg.hook)               # a bad hook fails now, not after the corpus is built
             _, ran = run_stage(run/f"data_{split}", dkeys[split], lambda tmp: build_data(cfg, split, model, tok, tmp, log), log)
             done(f"data_{split}", ran)
     info = {s: json.loads((run/f"data_{s}"/"info.json").read_text()) for s in splits}

@@ -139,3 +139,58 @@ def test_bad_inputs_name_the_fix():
     with pytest.raises(ValueError, match="fewer than"): tokenize_contexts(small_corpus()[:2], lm().tokenizer, 64, n_contexts=10_000)
     with pytest.raises(IndexError): ram_store().get([len(ram_store())])
     assert hook_layer("blocks.15.hook_resid_post") == 15 and hook_layer("hook_embed") is None
+
+
+# ---------------------------------------------------------------- ActivationStore owns its folder: from_tensor, save, load
+def test_saving_a_ram_harvest_writes_what_a_disk_harvest_writes(tmp_path):
+    "store.save of a RAM harvest and a disk harvest of the same contexts are the same files, byte for byte."
+    harvest_activations(lm().model, contexts(), HarvestConfig(batch_size=4, store="disk", path=str(tmp_path/"disk"),
+                                                              progress=False))
+    ram_store().save(tmp_path/"saved")
+    names = sorted(p.name for p in (tmp_path/"disk").iterdir())
+    assert names == sorted(p.name for p in (tmp_path/"saved").iterdir()) and len(names) == 8
+    for n in names: assert (tmp_path/"saved"/n).read_bytes() == (tmp_path/"disk"/n).read_bytes(), n
+    with pytest.raises(FileExistsError): ram_store().save(tmp_path/"saved")
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_load_in_ram_equals_reading_from_disk(tmp_path, dtype):
+    x = torch.randn(37, 6, generator=torch.Generator().manual_seed(0))
+    path = ActivationStore.from_tensor(x, dtype=dtype, normalize=True).save(tmp_path/"s")
+    disk, ram = ActivationStore.load(path), ActivationStore.load(path, in_ram=True)
+    assert disk.path == path and ram.path is None and "in RAM" in repr(ram)
+    idx = np.array([36, 0, 5, 5])
+    assert torch.equal(ram.get(idx), disk.get(idx))
+    assert torch.equal(disk.get(idx, normalize=False), x[idx].to(getattr(torch, dtype)).float())   # storage rounding only
+    raw = ActivationStore.load(path, in_ram=True, scale=2.0, normalize=False)
+    assert raw.scale == 2.0 and not raw.normalize and torch.equal(raw.get(idx), disk.get(idx, normalize=False))
+    assert ActivationStore.load(path, scale=2.0).get([1]).equal(2.0 * disk.get([1], normalize=False))
+
+def test_from_tensor_places_rows_at_the_kept_positions(tmp_path):
+    "With tokens and a mask, row i is the i-th kept position in row-major order; doc sources come along."
+    tokens = torch.tensor([[0, 11, 12, 13], [0, 21, 0, 23]])
+    mask = torch.tensor([[MASK_POS0, KEPT, KEPT, KEPT], [MASK_POS0, KEPT, MASK_SPECIAL, KEPT]])
+    doc_index = torch.tensor([[-1, 0, 0, 0], [-1, 1, -1, 2]], dtype=torch.int32)
+    x = torch.arange(5 * 3, dtype=torch.float32).reshape(5, 3)
+    s = ActivationStore.load(ActivationStore.from_tensor(x, tokens, mask, doc_index, ["a", "b", "c"]).save(tmp_path/"s"))
+    assert s.row_tokens(range(5)).tolist() == [11, 12, 13, 21, 23]
+    assert s.row_sources(range(5)) == ["a", "a", "a", "b", "c"]
+    assert s.meta["mask_counts"] == {"kept": 5, "position 0": 2, "special token": 1}
+    assert torch.equal(s.norms[1, 3], x[4].norm()) and float(s.norms[1, 2]) == 0.0
+    ref = np.sqrt(3 * 5 / (x.double() ** 2).sum().item())                # E||s x||^2 = d_in, by hand
+    assert s.scale == pytest.approx(ref, rel=1e-12)
+    with pytest.raises(ValueError, match="KEPT positions"): ActivationStore.from_tensor(x[:4], tokens, mask)
+    with pytest.raises(ValueError, match="non-empty"): ActivationStore.from_tensor(torch.zeros(0, 3))
+    with pytest.raises(ValueError, match="one of"): ActivationStore.from_tensor(x, dtype="int8")
+
+def test_configs_give_every_option_help_and_choices():
+    "HarvestConfig and the dashboard / exercises configs: every field has help text; choice fields are Literal."
+    import argparse, dataclasses
+    from sae_tutorial.cli import add_dataclass_args, dataclass_from_args
+    from sae_tutorial.dashboard import DashboardConfig, DashboardRunConfig
+    from sae_tutorial.exercises import ExercisesConfig
+    for cls in (HarvestConfig, DashboardConfig, DashboardRunConfig, ExercisesConfig):
+        assert all(f.metadata.get("help") for f in dataclasses.fields(cls)), cls.__name__
+    p = argparse.ArgumentParser(); add_dataclass_args(p, HarvestConfig)
+    cfg = dataclass_from_args(HarvestConfig, p.parse_args(["--store", "disk", "--dtype", "bfloat16"]))
+    assert (cfg.store, cfg.dtype, cfg.hook) == ("disk", "bfloat16", HarvestConfig().hook)
+    with pytest.raises(SystemExit): p.parse_args(["--dtype", "int8"])

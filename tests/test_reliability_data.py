@@ -8,7 +8,7 @@ import numpy as np, pytest, torch
 from lm_fixtures import lm, one_thread  # noqa: F401 (autouse fixture)
 from sae_tutorial import activations as act_mod, lm as lm_mod
 from sae_tutorial.activations import (ActivationStore, Contexts, HarvestConfig, KEPT, harvest_activations,
-                                      tokenize_contexts, check_hook)
+                                      tokenize_contexts, validate_hook)
 from sae_tutorial.corpus import CorpusConfig, build_corpus
 from sae_tutorial.lm import PinnedArchive, fetch_archive, load_lm
 from sae_tutorial.reproduce import run_stage, stage_done, write_json_atomic, encode_rows, evaluate_sae, SAESpec, ReproConfig
@@ -225,11 +225,11 @@ def test_hook_out_of_range_says_how_many_layers():
                                       ("blocks.3.hook_mlp_outt", "blocks.3.hook_mlp_out")])
 def test_unknown_hook_lists_closest_names(typo, want):
     model = lm().model
-    with pytest.raises(ValueError) as e: check_hook(model, typo)
+    with pytest.raises(ValueError) as e: validate_hook(model, typo)
     msg = str(e.value)
     assert "not a hook point" in msg and f"'{want}'" in msg.split("Closest names:")[1].split("]")[0]
     assert "hook_resid_pre" in msg and f"all {len(model.hook_dict)} names" in msg
-    assert check_hook(model, want) == want
+    assert validate_hook(model, want) == want
 
 def test_unknown_hook_on_fake_model_fails_before_any_forward(tmp_path):
     m = FakeLM(); m.run_with_cache = lambda *a, **k: pytest.fail("no forward pass for a bad hook")
