@@ -51,7 +51,7 @@ def main():
         sys.exit(f"{run} is not a finished reproduction (config.json, data_train/store); run `make reproduce` first.")
     torch.set_num_threads(a.threads)
     d = json.loads((run / "config.json").read_text())
-    cfg = ReproConfig(**{k: v for k, v in d.items() if k in ReproConfig.__dataclass_fields__})
+    cfg = ReproConfig.from_dict(d)
     store, eval_store = load_store(run / "data_train" / "store"), load_store(run / "data_eval" / "store")
     rows = []
     for fast in (True, False, True, False):                       # interleaved, twice

@@ -14,7 +14,8 @@ Results: benchmarks/seed_agreement.md (each row one call, ~3-10 min on 2 CPU cor
 import json, sys, time
 import numpy as np
 import torch
-from sae_tutorial.reproduce import ReproConfig, SAESpec, start_sae, epoch_batches, load_store, agreement
+from sae_tutorial.reproduce import ReproConfig, ReluSettings, TopKSettings, SAESpec, start_sae, epoch_batches, load_store
+from sae_tutorial.analysis import agreement
 from sae_tutorial.train import train
 from sae_tutorial.metrics import evaluate
 
@@ -34,7 +35,8 @@ def main(arch, exp, k, lr, steps, l1, store_dir="runs/smollm2-135m-cpu/data_trai
     ev_x = store.get(np.arange(store.n_rows - 8192, store.n_rows))            # held out of the training rows
     n = store.n_rows - 8192
     store._acts = store._acts[:n]; store.n_rows = n; store.rows = store.rows[:n]
-    cfg = ReproConfig(preset="cpu", k=k, lr=lr, topk_lr=lr, steps=steps, l1_coeff=l1, progress=False, curve_points=0).resolved()
+    cfg = ReproConfig(preset="cpu", relu=ReluSettings(lr=lr, l1_coeff=l1), topk=TopKSettings(k=k, lr=lr), steps=steps,
+                      progress=False, curve_points=0).resolved()
     snap_at = [steps * i // 4 for i in range(1, 5)]
     t0, final, inits, evs, snaps = time.time(), [], [], [], []
     for seed in (11, 22):

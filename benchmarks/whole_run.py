@@ -281,7 +281,7 @@ def main():
                  "(or point SAE_BENCH_OTHER_PY at a python that has sae_lens and dictionary_learning)")
     torch.set_num_threads(a.threads)
     d = json.loads((run / "config.json").read_text())
-    cfg = ReproConfig(**{k: v for k, v in d.items() if k in ReproConfig.__dataclass_fields__})
+    cfg = ReproConfig.from_dict(d)
     a.steps = a.steps or cfg.steps
     a.lr = a.lr if a.lr is not None else cfg.lr
     a.l1 = a.l1 if a.l1 is not None else cfg.l1_coeff

@@ -8,7 +8,7 @@ import argparse, dataclasses, sys, types, typing
 from typing import Any, Callable
 
 # %% auto #0
-__all__ = ['COMMANDS', 'add_dataclass_args', 'dataclass_from_args', 'command', 'main']
+__all__ = ['COMMANDS', 'add_dataclass_args', 'dataclass_from_args', 'parse_config', 'command', 'main']
 
 # %% ../nbs/90_cli.ipynb #d4f87736
 def _base_type(tp):
@@ -23,30 +23,71 @@ def _parse_bool(s: str) -> bool:
     if s.lower() in ("0", "false", "no", "off"): return False
     raise argparse.ArgumentTypeError(f"expected true/false, got {s!r}")
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls, prefix: str = "") -> None:
-    "Add one `--option` per field of dataclass `cls` to `parser` (dest = `prefix + field name`)."
+_UNKNOWN = "is unknown; use one of"
+
+def _choice(name: str, choices: tuple):
+    "An argparse type that accepts one of `choices` and otherwise names the field and the choices."
+    def parse(s: str):
+        for c in choices:
+            if str(c) == s: return c
+        raise argparse.ArgumentTypeError(f"{name}={s!r} {_UNKNOWN} {', '.join(map(str, choices))}.")
+    return parse
+
+def _default(f: dataclasses.Field, base=None):
+    "The field's default: taken from `base` (an instance) when given, else from the field."
+    if base is not None: return getattr(base, f.name)
+    if f.default is not dataclasses.MISSING: return f.default
+    if f.default_factory is not dataclasses.MISSING: return f.default_factory()
+    return dataclasses.MISSING
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls, prefix: str = "", aliases: dict | None = None,
+                       skip=(), _path: str = "", _base=None) -> None:
+    """Add one `--option` per field of dataclass `cls` to `parser` (dest = `prefix + dotted field name`).
+    A nested dataclass field `relu` adds its own fields as `--relu.lr`, `--relu.l1-coeff`, ... in a group of their own.
+    Extra option strings for a field come from its `metadata["aliases"]` or from `aliases` (dotted name -> list);
+    `skip` names dotted fields to leave out (set from Python only, e.g. a size read from a file)."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if not f.init or f.name.startswith("_"): continue
-        tp = _base_type(hints[f.name])
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        kw: dict[str, Any] = dict(dest=prefix + f.name, default=default, metavar=f.name.upper(),
-                                  help=f.metadata.get("help", "") + f" (default: {default!r})")
-        if tp is bool: kw.update(type=_parse_bool, metavar="true|false")
+        name = _path + f.name
+        if not f.init or f.name.startswith("_") or name in skip: continue
+        tp, default = _base_type(hints[f.name]), _default(f, _base)
+        if dataclasses.is_dataclass(tp):
+            group = parser.add_argument_group(f"--{name}.*", f.metadata.get("help") or tp.__doc__)
+            add_dataclass_args(group, tp, prefix, aliases, skip, name + ".", default if default is not None and
+                               default is not dataclasses.MISSING else None)
+            continue
+        shown = None if default is dataclasses.MISSING else default
+        kw: dict[str, Any] = dict(dest=prefix + name, default=shown, metavar=f.name.upper(),
+                                  help=f.metadata.get("help", "") + f" (default: {shown!r})")
+        if tp is bool: kw.update(type=_parse_bool, metavar="true|false", nargs="?", const=True)
         elif tp in (int, float, str): kw["type"] = tp
         elif typing.get_origin(tp) is typing.Literal:
-            kw.update(choices=list(typing.get_args(tp)), metavar="|".join(map(str, typing.get_args(tp))))
-        else: continue   # tuples, nested configs: settable from Python only
-        if default is None and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            kw["required"] = True
-        parser.add_argument("--" + f.name.replace("_", "-"), **kw)
+            kw.update(type=_choice(name, typing.get_args(tp)), metavar="|".join(map(str, typing.get_args(tp))))
+        else: continue   # lists, tuples: settable from Python only
+        if default is dataclasses.MISSING: kw["required"] = True
+        extra = list(f.metadata.get("aliases", [])) + list((aliases or {}).get(name, []))
+        parser.add_argument("--" + name.replace("_", "-"), *extra, **kw)
 
-def dataclass_from_args(cls, ns: argparse.Namespace, prefix: str = ""):
-    "Build `cls` from the parsed options that `add_dataclass_args` added."
-    vals = {f.name: getattr(ns, prefix + f.name) for f in dataclasses.fields(cls)
-            if f.init and hasattr(ns, prefix + f.name)}
+def dataclass_from_args(cls, ns: argparse.Namespace, prefix: str = "", overrides: dict | None = None, _path: str = ""):
+    """Build `cls` (and its nested dataclasses) from the parsed options that `add_dataclass_args` added;
+    `overrides` (dotted name -> value) sets fields that are not options, e.g. skipped ones."""
+    hints, vals = typing.get_type_hints(cls), {}
+    for f in dataclasses.fields(cls):
+        name = _path + f.name
+        if not f.init: continue
+        if name in (overrides or {}): vals[f.name] = overrides[name]; continue
+        tp = _base_type(hints[f.name])
+        if dataclasses.is_dataclass(tp): vals[f.name] = dataclass_from_args(tp, ns, prefix, overrides, name + ".")
+        elif hasattr(ns, prefix + name): vals[f.name] = getattr(ns, prefix + name)
     return cls(**vals)
+
+def parse_config(cls, argv: list[str] | None = None, prog: str | None = None, description: str | None = None,
+                 aliases: dict | None = None, skip=()) -> argparse.Namespace:
+    """Parse `argv` into the options of dataclass `cls` (see `add_dataclass_args`); build the config with
+    `dataclass_from_args(cls, ns, overrides=...)`. For entry points outside `sae-tutorial`, e.g. torchrun's."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    add_dataclass_args(p, cls, aliases=aliases, skip=skip)
+    return p.parse_args(argv)
 
 # %% ../nbs/90_cli.ipynb #0a5bbc93
 COMMANDS: dict[str, tuple[str, Callable[[], tuple[list, Callable]]]] = {}
@@ -62,6 +103,12 @@ def _toy():
     return [], lambda: toy.reproduce_toy()
 
 # %% ../nbs/90_cli.ipynb #8032b151
+class _CommandParser(argparse.ArgumentParser):
+    "A subcommand's parser: a value a config refuses (an unknown choice) is a ValueError, reported like the config's own checks."
+    def error(self, message):
+        if _UNKNOWN in message: raise ValueError(message.split(": ", 1)[-1])
+        super().error(message)
+
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `sae-tutorial` console script."
     parser = argparse.ArgumentParser(prog="sae-tutorial", description="Sparse autoencoders: teach, train, reproduce.")
@@ -70,11 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in COMMANDS:
         configs, run = COMMANDS[argv[0]][1]()
-        sub = argparse.ArgumentParser(prog=f"sae-tutorial {argv[0]}", description=COMMANDS[argv[0]][0])
+        sub = _CommandParser(prog=f"sae-tutorial {argv[0]}", description=COMMANDS[argv[0]][0])
         for i, cls in enumerate(configs): add_dataclass_args(sub, cls, prefix=f"c{i}_")
-        ns = sub.parse_args(argv[1:])
-        objs = [dataclass_from_args(cls, ns, prefix=f"c{i}_") for i, cls in enumerate(configs)]
-        try: run(*objs)
+        try:
+            ns = sub.parse_args(argv[1:])
+            objs = [dataclass_from_args(cls, ns, prefix=f"c{i}_") for i, cls in enumerate(configs)]
+            run(*objs)
         except (ValueError, FileNotFoundError, RuntimeError) as e:
             print(f"sae-tutorial {argv[0]}: error: {e}", file=sys.stderr)
             return 1
@@ -103,7 +151,7 @@ def _reproduce(): return _repro(None)
 def _train(): return _repro("train")
 
 @command("evaluate", "evaluate a reproduction's SAEs on held-out text (training first if needed), then stop")
-def _evaluate(): return _repro("eval")
+def _evaluate(): return _repro("evaluate")
 
 # %% ../nbs/90_cli.ipynb #3d3294cf
 @command("dashboard", "write the feature dashboards of a saved SAE over a disk activation store to one offline HTML file (notebook 08)")

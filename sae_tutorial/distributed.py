@@ -2,7 +2,7 @@
 
 # %% ../nbs/09_scaling.ipynb #bfc7bd99
 from __future__ import annotations
-import argparse, gc, itertools, json, math, os, socket, warnings
+import gc, itertools, json, math, os, socket, warnings
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
@@ -18,10 +18,10 @@ from .core import atomic_folder
 from .train import TrainConfig, TrainResult, FeatureUsage, RankSync, train
 
 # %% auto #0
-__all__ = ['ACT_TENSORS_SAE', 'ACT_TENSORS_IN', 'MemoryEstimate', 'n_params', 'memory_estimate', 'activation_bytes',
-           'shard_indices', 'sharded_batches', 'global_batches', 'write_disk_store', 'SyncedFeatureUsage', 'DistInfo',
-           'init_distributed', 'shutdown_distributed', 'free_port', 'train_ddp', 'DDPJob', 'run_job', 'launch_local',
-           'main']
+__all__ = ['ACT_TENSORS_SAE', 'ACT_TENSORS_IN', 'DDP_ALIASES', 'MemoryEstimate', 'n_params', 'memory_estimate',
+           'activation_bytes', 'shard_indices', 'sharded_batches', 'global_batches', 'write_disk_store',
+           'SyncedFeatureUsage', 'DistInfo', 'init_distributed', 'shutdown_distributed', 'free_port', 'train_ddp',
+           'DDPJob', 'run_job', 'launch_local', 'DDPOptions', 'parse_ddp_args', 'main']
 
 # %% ../nbs/09_scaling.ipynb #e5dfb5ea
 class MemoryEstimate(NamedTuple):
@@ -274,35 +274,48 @@ def launch_local(job: DDPJob, world_size: int = 2, threads_per_rank: int = 1) ->
     return json.loads((Path(job.out)/"history.json").read_text())
 
 # %% ../nbs/09_scaling.ipynb #d5146330
+@dataclass
+class DDPOptions:
+    "The options of `python -m sae_tutorial.distributed`: a saved job, or a store, an output folder and the three configs."
+    job: str | None = field(default=None, metadata={"help": "a DDPJob saved as JSON (DDPJob.save); replaces the options "
+                                                           "below except --cpu"})
+    store: str | None = field(default=None, metadata={"help": "disk ActivationStore folder (d_in is read from it)"})
+    out: str | None = field(default=None, metadata={"help": "output folder (rank 0 writes out/sae and out/history.json)"})
+    global_batch_size: int = field(default=4096, metadata={"help": "rows per optimiser step, summed over ranks "
+                                                                   "(also train.batch_size)"})
+    dtype: str = field(default="float32", metadata={"help": "dtype of the weights and batches"})
+    cpu: bool = field(default=False, metadata={"help": "gloo on CPU even if CUDA is available"})
+    sae: SAEConfig | None = field(default=None, metadata={"help": "the SAE (d_in comes from the store)"})
+    loss: LossConfig = field(default_factory=LossConfig, metadata={"help": "the loss terms"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "the trainer (checkpoints go to out/checkpoints)"})
+
+# the flat option names of earlier versions, still accepted
+DDP_ALIASES = {"sae.architecture": ["--architecture"], "sae.expansion_factor": ["--expansion-factor"], "sae.k": ["--k"],
+               "loss.sparsity": ["--sparsity"], "loss.sparsity_coeff": ["--sparsity-coeff"], "loss.aux": ["--aux"],
+               "loss.aux_coeff": ["--aux-coeff"], "train.steps": ["--steps"], "train.total_tokens": ["--total-tokens"],
+               "train.lr": ["--lr"], "train.warmup_steps": ["--warmup-steps"], "train.resample": ["--resample"],
+               "train.dead_window": ["--dead-window"], "train.checkpoint_every": ["--checkpoint-every"],
+               "train.seed": ["--seed"]}
+
+def parse_ddp_args(argv: list[str] | None = None) -> DDPOptions:
+    "The command line of `main` as `DDPOptions`: the dataclasses' own fields and defaults, read by `cli.parse_config`."
+    from sae_tutorial.cli import parse_config, dataclass_from_args
+    ns = parse_config(DDPOptions, argv, prog="python -m sae_tutorial.distributed", description=main.__doc__,
+                      aliases=DDP_ALIASES, skip=("sae.d_in", "train.batch_size", "train.checkpoint_dir"))
+    if not ns.job and not (ns.store and ns.out):
+        raise SystemExit("python -m sae_tutorial.distributed: error: give --job, or --store and --out")
+    over = {"train.batch_size": ns.global_batch_size,
+            "train.checkpoint_dir": str(Path(ns.out)/"checkpoints") if ns.out and getattr(ns, "train.checkpoint_every") else None}
+    if ns.store: over["sae.d_in"] = ActivationStore.load(ns.store).d_in
+    else: over["sae"] = None
+    return dataclass_from_args(DDPOptions, ns, overrides=over)
+
 def main(argv: list[str] | None = None) -> int:
     "Command line for torchrun: `torchrun --nproc_per_node N -m sae_tutorial.distributed --store ... --out ...`."
-    p = argparse.ArgumentParser(prog="python -m sae_tutorial.distributed", description=main.__doc__)
-    p.add_argument("--job", help="a DDPJob saved as JSON (DDPJob.save); replaces the options below except --cpu")
-    p.add_argument("--store", help="disk ActivationStore folder")
-    p.add_argument("--out", help="output folder (rank 0 writes out/sae and out/history.json)")
-    p.add_argument("--architecture", default="relu"); p.add_argument("--expansion-factor", type=float, default=8.0)
-    p.add_argument("--k", type=int, default=32)
-    p.add_argument("--sparsity", default="l1"); p.add_argument("--sparsity-coeff", type=float, default=1e-3)
-    p.add_argument("--aux", default="none"); p.add_argument("--aux-coeff", type=float, default=1 / 32)
-    p.add_argument("--global-batch-size", type=int, default=4096)
-    p.add_argument("--steps", type=int, default=None); p.add_argument("--total-tokens", type=lambda s: int(s.replace("_", "")), default=None)
-    p.add_argument("--lr", type=float, default=3e-4); p.add_argument("--warmup-steps", type=int, default=1000)
-    p.add_argument("--resample", default="none"); p.add_argument("--dead-window", type=int, default=10_000_000)
-    p.add_argument("--checkpoint-every", type=int, default=None)
-    p.add_argument("--dtype", default="float32"); p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cpu", action="store_true", help="gloo on CPU even if CUDA is available")
-    a = p.parse_args(argv)
-    if not a.job and not (a.store and a.out): p.error("give --job, or --store and --out")
-    info = init_distributed(device="cpu" if a.cpu else None)
-    if a.job: job = DDPJob.load(a.job)
-    else: job = DDPJob(store=a.store, out=a.out, global_batch_size=a.global_batch_size, dtype=a.dtype,
-                 sae_cfg=SAEConfig(d_in=ActivationStore.load(a.store).d_in, expansion_factor=a.expansion_factor, architecture=a.architecture, k=a.k),
-                 loss_cfg=LossConfig(sparsity=a.sparsity, sparsity_coeff=a.sparsity_coeff, aux=a.aux, aux_coeff=a.aux_coeff),
-                 train_cfg=TrainConfig(lr=a.lr, steps=a.steps, total_tokens=a.total_tokens, batch_size=a.global_batch_size,
-                                       warmup_steps=a.warmup_steps, resample=a.resample, dead_window=a.dead_window,
-                                       checkpoint_every=a.checkpoint_every,
-                                       checkpoint_dir=str(Path(a.out)/"checkpoints") if a.checkpoint_every else None,
-                                       seed=a.seed))
+    o = parse_ddp_args(argv)
+    info = init_distributed(device="cpu" if o.cpu else None)
+    job = DDPJob.load(o.job) if o.job else DDPJob(store=o.store, out=o.out, sae_cfg=o.sae, loss_cfg=o.loss,
+                                                  train_cfg=o.train, global_batch_size=o.global_batch_size, dtype=o.dtype)
     if info.rank == 0:
         c = job.sae_cfg
         print(f"{info.world_size} ranks on {info.device.type}; per rank: "

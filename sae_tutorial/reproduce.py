@@ -4,67 +4,130 @@
 
 # %% ../nbs/07_reproduction.ipynb #53a9d162
 from __future__ import annotations
-import hashlib, itertools, json, math, os, re, shutil, signal, time
-from dataclasses import dataclass, asdict, fields, replace
+import hashlib, itertools, json, os, shutil, signal, time
+from dataclasses import dataclass, asdict, field, fields, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, Literal, NamedTuple
 import numpy as np
 import torch
 from torch import Tensor
-from .core import atomic_file, atomic_folder, get_device, project_root, seed_everything
+from safetensors.torch import save, save_file, load_file
+from .core import atomic_file, atomic_folder, get_device, project_root, seed_everything, sha256_file
+from .corpus import DEFAULT_MIX, Document, CorpusConfig, build_corpus
+from .activations import (ActivationStore, HarvestConfig, KEPT, validate_hook, harvest_activations,
+                                      tokenize_contexts)
+from .lm import LOCAL_MODELS, load_lm
+from .sae import SAE, SAEConfig, make_sae
+from .losses import LossConfig
+from .train import TrainConfig, train, latest_checkpoint
+from .metrics import evaluate
+from .saelens import save_saelens
+from .analysis import (CATEGORIES, SHARE_THRESHOLDS, agreement, category_features, category_labels, plot_categories,
+                                   plot_splitting, plot_universality, splitting_families,
+                                   splitting_null, top_examples, unit_rows, universality)
+
 
 # %% auto #0
-__all__ = ['PRESETS', 'METRIC_FIELDS', 'SHARE_THRESHOLDS', 'PLACES', 'CATEGORIES', 'TARGET_EV', 'TARGET_DELTA_CE', 'TARGET_L0',
-           'TARGET_SHARE', 'TARGET_SOURCE_EV', 'TARGET_SOURCE_DELTA_CE', 'PLOTS', 'ReproConfig', 'stage_key',
-           'stage_done', 'run_stage', 'write_json_atomic', 'split_documents_by_index', 'held_out_probe', 'load_store',
-           'data_splits', 'data_key', 'split_documents', 'build_data', 'SAESpec', 'sae_specs', 'train_configs',
-           'epoch_batches', 'spliced_ce', 'sae_replacement', 'eval_token_set', 'CurvePoint', 'model_sha256',
-           'saved_config', 'start_sae', 'train_sae', 'density_hist', 'check_sae_fits_store', 'evaluate_sae',
-           'encode_rows', 'one_to_one_cosines', 'agreement', 'random_dictionary', 'universality', 'splitting_families',
-           'splitting_null', 'category_labels', 'category_features', 'top_examples', 'ReproResult', 'results_table',
-           'write_dashboard', 'check_no_links', 'reproduce', 'reproduce_cli', 'plot_density', 'plot_curve',
-           'plot_universality', 'plot_splitting', 'plot_categories']
+__all__ = ['Preset', 'Stop', 'PRESETS', 'METRIC_FIELDS', 'STAGES', 'TARGET_EV', 'TARGET_DELTA_CE', 'TARGET_L0', 'TARGET_SHARE',
+           'TARGET_SOURCE_EV', 'TARGET_SOURCE_DELTA_CE', 'PLOTS', 'ReluSettings', 'TopKSettings', 'rule_values',
+           'ReproConfig', 'stage_key', 'stage_done', 'run_stage', 'write_json_atomic', 'split_documents_by_index',
+           'held_out_probe', 'load_store', 'data_splits', 'data_key', 'split_documents', 'build_data', 'SAESpec',
+           'sae_specs', 'train_configs', 'sae_key', 'epoch_batches', 'spliced_ce', 'sae_replacement', 'eval_token_set',
+           'CurvePoint', 'model_sha256', 'saved_config', 'start_sae', 'train_sae', 'density_hist',
+           'check_sae_fits_store', 'SAEEvaluation', 'evaluate_sae', 'encode_rows', 'ReproResult', 'results_table',
+           'write_dashboard', 'check_no_links', 'RunState', 'data_stage', 'train_stage', 'evaluate_stage',
+           'build_analysis', 'analyse_stage', 'dashboard_stage', 'Stage', 'stages_table', 'StageError', 'reproduce',
+           'reproduce_cli', 'plot_density', 'plot_curve']
 
 # %% ../nbs/07_reproduction.ipynb #7b71884d
+def _opt(default, help: str, **meta):
+    "A dataclass field with help text (shown by `sae-tutorial reproduce --help`)."
+    return field(default=default, metadata={"help": help, **meta})
+
+@dataclass
+class ReluSettings:
+    "How the ReLU + L1 SAEs train (inputs normalised to E||x||^2 = d_in). `None`: the preset's value or the rule shown."
+    l1_coeff: float | None = _opt(None, "lambda of the L1 penalty (preset)", aliases=["--l1-coeff"])
+    lr: float | None = _opt(None, "peak Adam learning rate (preset)", aliases=["--lr"])
+    warmup_steps: int | None = _opt(None, "steps of linear lr warm-up; None: max(1, steps // 20)")
+    min_lr_frac: float = _opt(0.1, "the cosine decay ends at lr * min_lr_frac")
+    sparsity_warmup_steps: int | None = _opt(None, "the L1 coefficient rises from 0 over these steps; None: max(1, steps // 10)")
+    resample_every: int | None = _opt(None, "steps between resamplings of dead latents; None: max(1, steps // 4)")
+    resample_stop: float = _opt(0.5, "no resampling after this fraction of the run")
+    resample_inputs: int | None = _opt(None, "inputs scored to draw new directions; None: min(8192, 8 * batch_size)")
+
+@dataclass
+class TopKSettings:
+    "How the TopK SAEs train. `None`: the preset's value or the rule shown."
+    k: int | None = _opt(None, "active latents per token (preset)", aliases=["--k"])
+    lr: float | None = _opt(None, "peak Adam learning rate (preset); larger than ReLU's: a TopK row moves only when it "
+                            "fires (k of d_sae per token), so it needs a larger step to leave its init",
+                            aliases=["--topk-lr"])
+    warmup_steps: int | None = _opt(None, "steps of linear lr warm-up; None: max(1, steps // 20)")
+    min_lr_frac: float = _opt(0.1, "the cosine decay ends at lr * min_lr_frac")
+    aux_coeff: float = _opt(1 / 32, "weight of the AuxK loss that revives dead latents")
+    k_aux: int | None = _opt(None, "dead latents the AuxK loss uses per token; None: min(512, d_sae // 2)")
+
+def rule_values(steps: int, batch_size: int) -> dict:
+    "What the `None` schedule settings of `ReluSettings`, `TopKSettings` and `ReproConfig.dead_window` resolve to."
+    warm = max(1, steps // 20)
+    return {"relu": dict(warmup_steps=warm, sparsity_warmup_steps=max(1, steps // 10),
+                         resample_every=max(1, steps // 4), resample_inputs=min(8192, 8 * batch_size)),
+            "topk": dict(warmup_steps=warm),
+            "dead_window": max(1, min(100_000, steps * batch_size // 5))}
+
+Preset = Literal["ci", "cpu", "gpu"]
+Stop = Literal["data", "train", "evaluate"]
+
 @dataclass
 class ReproConfig:
-    "The whole reproduction. `None` fields take the value of `PRESETS[preset]`."
-    preset: str = "cpu"                 # 'ci' | 'cpu' | 'gpu'
-    name: str | None = None             # run name; default '<model>-<preset>'
-    run_dir: str | None = None          # default runs/<name> in the project checkout (else ./runs/<name>)
-    model: str = "smollm2-135m"         # load_lm name: offline SmolLM2-135M, a local folder, or a hub name
-    hook: str = "blocks.15.hook_resid_post"   # middle layer of the 30-block model
-    corpus_chars: int | None = None     # characters of text in the corpus (default mix of sources)
-    ctx_len: int | None = None          # tokens per context (position 0 is <|endoftext|>, masked)
-    train_tokens: int | None = None     # tokens harvested for training (before sink masking)
-    eval_tokens: int | None = None      # held-out tokens (other documents) for reconstruction metrics
-    ce_tokens: int | None = None        # held-out tokens for CE / KL with the SAE spliced in
-    expansion: float | None = None      # d_sae / d_in of the main SAEs
-    archs: str = "relu,topk"            # main architectures, comma-separated: relu (L1 + resampling), topk
-    l1_coeff: float | None = None       # relu: lambda of the L1 penalty (inputs normalised to E||x||^2 = d_in)
-    k: int | None = None                # topk: active latents per token
-    steps: int | None = None            # optimiser steps per SAE
-    batch_size: int | None = None       # tokens per optimiser step
-    lr: float | None = None             # peak Adam learning rate (ReLU + L1)
-    topk_lr: float | None = None        # peak Adam learning rate of the TopK SAEs: their rows move only when they
-                                        # fire (k of d_sae per token), so they need a larger step to leave their init
-    split_expansions: str | None = None # extra (smaller) TopK dictionary sizes for feature splitting, e.g. '1,2'
-                                        # (every SAE of a run has its own seed: seed, seed + 1, ... in sae_specs order)
-    seeds: int = 2                      # SAEs per main architecture on the same data (universality); 1 turns it off
-    held_out_source: str = "sotu"       # a corpus source kept out of training, evaluated as its own row ('' = none)
-    curve_points: int | None = None     # evaluations along training (EV, CE recovered vs tokens)
-    seed: int = 0
-    device: str | None = None           # default: cuda > mps > cpu
-    stop_after: str | None = None       # 'data' | 'train' | 'eval': stop early (the rest resumes later)
-    progress: bool = True               # progress bars while harvesting and training
+    "The whole reproduction. `None` fields take the value of `PRESETS[preset]` (or the rule in their help)."
+    preset: Preset = _opt("cpu", "sizes of the run: ci (minutes), cpu (about half an hour on 2 cores), gpu")
+    name: str | None = _opt(None, "run name; None: '<model>-<preset>'")
+    run_dir: str | None = _opt(None, "run folder; None: runs/<name> in the project checkout (else ./runs/<name>)")
+    model: str = _opt("smollm2-135m", "load_lm name: offline SmolLM2-135M, a local folder, or a hub name")
+    hook: str = _opt("blocks.15.hook_resid_post", "hook point whose activations the SAEs learn (middle of 30 blocks)")
+    corpus_chars: int | None = _opt(None, "characters of text in the corpus (preset; default mix of sources)")
+    ctx_len: int | None = _opt(None, "tokens per context; position 0 is <|endoftext|>, masked (preset)")
+    train_tokens: int | None = _opt(None, "tokens harvested for training, before sink masking (preset)")
+    eval_tokens: int | None = _opt(None, "held-out tokens (other documents) for reconstruction metrics (preset)")
+    ce_tokens: int | None = _opt(None, "held-out tokens for CE / KL with the SAE spliced in; <= eval_tokens (preset)")
+    expansion: float | None = _opt(None, "d_sae / d_in of the main SAEs (preset)")
+    archs: str = _opt("relu,topk", "main architectures, comma-separated: relu (L1 + resampling), topk")
+    steps: int | None = _opt(None, "optimiser steps per SAE (preset)")
+    batch_size: int | None = _opt(None, "tokens per optimiser step (preset)")
+    relu: ReluSettings = field(default_factory=ReluSettings, metadata={"help": "how the ReLU + L1 SAEs train"})
+    topk: TopKSettings = field(default_factory=TopKSettings, metadata={"help": "how the TopK SAEs train"})
+    dead_window: int | None = _opt(None, "a latent silent for this many inputs is dead; "
+                                   "None: max(1, min(100_000, steps * batch_size // 5))")
+    split_expansions: str | None = _opt(None, "extra TopK dictionary sizes for feature splitting, e.g. '1,2' (preset); "
+                                        "every SAE of a run has its own seed: seed, seed + 1, ... in sae_specs order")
+    seeds: int = _opt(2, "SAEs per main architecture on the same data (universality); 1 turns it off")
+    held_out_source: str = _opt("sotu", "a corpus source kept out of training, evaluated as its own row ('' = none)")
+    curve_points: int | None = _opt(None, "evaluations along training: EV, CE recovered vs tokens (preset)")
+    seed: int = _opt(0, "seed of the corpus, data order and the first SAE")
+    device: str | None = _opt(None, "torch device; None: cuda > mps > cpu")
+    stop_after: Stop | None = _opt(None, "stop after this stage (the rest resumes later); None: run every stage")
+    progress: bool = _opt(True, "progress bars while harvesting and training")
 
     def resolved(self) -> "ReproConfig":
-        "A copy with every `None` field filled from the preset, names and paths made concrete; checks values."
+        """A copy with every `None` field filled from the preset (and the rules of the nested settings), names and
+        paths made concrete; checks values."""
         if self.preset not in PRESETS:
             raise ValueError(f"preset={self.preset!r} is unknown; use one of {', '.join(PRESETS)}.")
+        preset = PRESETS[self.preset]
         vals = {f.name: getattr(self, f.name) for f in fields(self)}
-        for k, v in PRESETS[self.preset].items():
-            if vals.get(k) is None: vals[k] = v
+        for k, v in preset.items():
+            if k not in ("relu", "topk") and vals.get(k) is None: vals[k] = v
+        for n in ("steps", "batch_size"):
+            if vals[n] < 1: raise ValueError(f"{n} must be >= 1, got {vals[n]}.")
+        rules = rule_values(vals["steps"], vals["batch_size"])
+        for sub in ("relu", "topk"):
+            s = vals[sub]
+            fill = {k: v for k, v in {**preset[sub], **rules[sub]}.items() if getattr(s, k) is None}
+            vals[sub] = replace(s, **fill)
+        if vals["dead_window"] is None: vals["dead_window"] = rules["dead_window"]
+        if vals["stop_after"] == "eval": vals["stop_after"] = "evaluate"          # the name it had before
         vals["name"] = vals["name"] or f"{Path(self.model).name}-{self.preset}"
         if vals["name"] in (".", "..") or any(c in vals["name"] for c in "/\\") or ":" in vals["name"]:
             raise ValueError(f"name={vals['name']!r} is a path, not a run name; give a plain name, and choose where the "
@@ -75,35 +138,53 @@ class ReproConfig:
         cfg = ReproConfig(**vals)
         bad = [a for a in cfg.arch_list if a not in ("relu", "topk")]
         if bad or not cfg.arch_list: raise ValueError(f"archs={self.archs!r}: give a comma-separated subset of relu,topk.")
-        if cfg.stop_after not in (None, "data", "train", "eval"):
-            raise ValueError(f"stop_after={cfg.stop_after!r}; use 'data', 'train', 'eval' or leave it unset.")
-        for n in ("ctx_len", "train_tokens", "eval_tokens", "ce_tokens", "steps", "batch_size", "k"):
+        if cfg.stop_after not in (None, "data", "train", "evaluate"):
+            raise ValueError(f"stop_after={cfg.stop_after!r}; use 'data', 'train', 'evaluate' or leave it unset.")
+        for n in ("ctx_len", "train_tokens", "eval_tokens", "ce_tokens"):
             if getattr(cfg, n) < 1: raise ValueError(f"{n} must be >= 1, got {getattr(cfg, n)}.")
+        if cfg.topk.k < 1: raise ValueError(f"topk.k must be >= 1, got {cfg.topk.k}.")
         if cfg.ce_tokens > cfg.eval_tokens:
             raise ValueError(f"ce_tokens ({cfg.ce_tokens}) must be <= eval_tokens ({cfg.eval_tokens}); CE is measured on the held-out contexts.")
         if cfg.seeds < 1: raise ValueError(f"seeds must be >= 1, got {cfg.seeds}.")
-        from sae_tutorial.corpus import DEFAULT_MIX
         if cfg.held_out_source and cfg.held_out_source not in DEFAULT_MIX:
             raise ValueError(f"held_out_source={cfg.held_out_source!r} is not a corpus source; use one of "
                              f"{', '.join(DEFAULT_MIX)}, or '' to train on every source.")
         return cfg
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ReproConfig":
+        """Inverse of `asdict(cfg)` (a run's config.json). Also reads config.json files written before the nested
+        settings, whose flat `lr`, `topk_lr`, `k`, `l1_coeff` now live in `relu` and `topk`."""
+        d = dict(d)
+        old = {"relu": {"lr": d.pop("lr", None), "l1_coeff": d.pop("l1_coeff", None)},
+               "topk": {"lr": d.pop("topk_lr", None), "k": d.pop("k", None)}}
+        known = {f.name for f in fields(cls)}
+        vals = {k: v for k, v in d.items() if k in known}
+        for sub, tp in (("relu", ReluSettings), ("topk", TopKSettings)):
+            got = vals.get(sub) or {}
+            if isinstance(got, dict): got = tp(**{**{k: v for k, v in old[sub].items() if v is not None}, **got})
+            vals[sub] = got
+        return cls(**vals)
 
     @property
     def arch_list(self) -> list[str]: return [a.strip() for a in self.archs.split(",") if a.strip()]
     @property
     def split_list(self) -> list[float]:
         return [float(e) for e in (self.split_expansions or "").split(",") if e.strip()]
+    def arch(self, architecture: str) -> ReluSettings | TopKSettings:
+        "The nested settings of one architecture ('relu' or 'topk')."
+        return self.topk if architecture == "topk" else self.relu
 
 PRESETS = {
     "ci":  dict(corpus_chars=400_000, ctx_len=64, train_tokens=64 * 32, eval_tokens=64 * 8, ce_tokens=64 * 2,
-                expansion=2.0, l1_coeff=2.0, k=16, steps=30, batch_size=256, lr=1e-3, topk_lr=1e-3,
-                split_expansions="1", curve_points=3),
+                expansion=2.0, steps=30, batch_size=256, split_expansions="1", curve_points=3,
+                relu=dict(l1_coeff=2.0, lr=1e-3), topk=dict(k=16, lr=1e-3)),
     "cpu": dict(corpus_chars=6_000_000, ctx_len=128, train_tokens=128 * 6144, eval_tokens=128 * 64,
-                ce_tokens=128 * 16, expansion=4.0, l1_coeff=1.2, k=64, steps=2000, batch_size=1024, lr=2e-3,
-                topk_lr=8e-3, split_expansions="1", curve_points=6),
+                ce_tokens=128 * 16, expansion=4.0, steps=2000, batch_size=1024, split_expansions="1", curve_points=6,
+                relu=dict(l1_coeff=1.2, lr=2e-3), topk=dict(k=64, lr=8e-3)),
     "gpu": dict(corpus_chars=15_000_000, ctx_len=128, train_tokens=128 * 32_000, eval_tokens=128 * 512,
-                ce_tokens=128 * 128, expansion=16.0, l1_coeff=1.2, k=32, steps=10_000, batch_size=4096, lr=1e-3,
-                topk_lr=4e-3, split_expansions="4,8", curve_points=10),
+                ce_tokens=128 * 128, expansion=16.0, steps=10_000, batch_size=4096, split_expansions="4,8",
+                curve_points=10, relu=dict(l1_coeff=1.2, lr=1e-3), topk=dict(k=32, lr=4e-3)),
 }
 
 # %% ../nbs/07_reproduction.ipynb #065b9ad5
@@ -226,26 +307,44 @@ def sae_specs(cfg: ReproConfig) -> list[SAESpec]:
     return [SAESpec(n, a, e, cfg.seed + i, main) for i, (n, a, e, main) in enumerate(named)]
 
 def train_configs(spec: SAESpec, cfg: ReproConfig, d_in: int):
-    "(SAEConfig, LossConfig, TrainConfig) for one SAE of the run."
-    from sae_tutorial.sae import SAEConfig
-    from sae_tutorial.losses import LossConfig
-    from sae_tutorial.train import TrainConfig
-    dead_window = max(1, min(100_000, cfg.steps * cfg.batch_size // 5))
-    sae_cfg = SAEConfig(d_in=d_in, expansion_factor=spec.expansion, architecture=spec.architecture, k=cfg.k)
-    lr = cfg.topk_lr if spec.architecture == "topk" else cfg.lr
-    common = dict(lr=lr, steps=cfg.steps, batch_size=cfg.batch_size, warmup_steps=max(1, cfg.steps // 20),
-                  decay="cosine", min_lr_frac=0.1, dead_window=dead_window, seed=spec.seed,
+    """(SAEConfig, LossConfig, TrainConfig) for one SAE of the run, from the run's sizes and the nested settings of
+    its architecture (`cfg.relu` or `cfg.topk`; a `None` there takes its rule, see `rule_values`)."""
+    rules = rule_values(cfg.steps, cfg.batch_size)
+    def get(sub, name):
+        v = getattr(cfg.arch(sub), name)
+        return rules[sub][name] if v is None else v
+    a = spec.architecture
+    dead_window = rules["dead_window"] if cfg.dead_window is None else cfg.dead_window
+    sae_cfg = SAEConfig(d_in=d_in, expansion_factor=spec.expansion, architecture=a, k=cfg.topk.k)
+    common = dict(lr=cfg.arch(a).lr, steps=cfg.steps, batch_size=cfg.batch_size, warmup_steps=get(a, "warmup_steps"),
+                  decay="cosine", min_lr_frac=cfg.arch(a).min_lr_frac, dead_window=dead_window, seed=spec.seed,
                   log_every=max(1, cfg.steps // 50), progress=cfg.progress)
-    if spec.architecture == "relu":
-        loss_cfg = LossConfig(sparsity="l1", sparsity_coeff=cfg.l1_coeff)
-        train_cfg = TrainConfig(**common, sparsity_warmup_steps=max(1, cfg.steps // 10), resample="anthropic",
-                                resample_every=max(1, cfg.steps // 4), resample_stop=0.5,
-                                resample_inputs=min(8192, 8 * cfg.batch_size))
+    if a == "relu":
+        loss_cfg = LossConfig(sparsity="l1", sparsity_coeff=cfg.relu.l1_coeff)
+        train_cfg = TrainConfig(**common, sparsity_warmup_steps=get(a, "sparsity_warmup_steps"), resample="anthropic",
+                                resample_every=get(a, "resample_every"), resample_stop=cfg.relu.resample_stop,
+                                resample_inputs=get(a, "resample_inputs"))
     else:
-        loss_cfg = LossConfig(sparsity="none", sparsity_coeff=0.0, aux="auxk", aux_coeff=1 / 32,
-                              k_aux=min(512, max(1, sae_cfg.d_sae // 2)))
+        loss_cfg = LossConfig(sparsity="none", sparsity_coeff=0.0, aux="auxk", aux_coeff=cfg.topk.aux_coeff,
+                              k_aux=cfg.topk.k_aux if cfg.topk.k_aux is not None else min(512, max(1, sae_cfg.d_sae // 2)))
         train_cfg = TrainConfig(**common)
     return sae_cfg, loss_cfg, train_cfg
+
+def sae_key(spec: SAESpec, cfg: ReproConfig, data_keys: dict) -> str:
+    """The key of one SAE's training stage: its data, its spec, and every setting it trains with. Settings left at
+    their rule or default join the key only when changed, so keys of runs made before they were options still hold."""
+    rules = rule_values(cfg.steps, cfg.batch_size)
+    changed = {}
+    for sub in ("relu", "topk"):
+        for f in fields(cfg.arch(sub)):
+            if f.name in ("lr", "k", "l1_coeff"): continue
+            v, usual = getattr(cfg.arch(sub), f.name), rules[sub].get(f.name, f.default)
+            if v is not None and v != usual: changed[f"{sub}.{f.name}"] = v
+    if cfg.dead_window is not None and cfg.dead_window != rules["dead_window"]: changed["dead_window"] = cfg.dead_window
+    extra = {"changed": changed} if changed else {}
+    return stage_key(stage="sae", v=3, data=data_keys["train"], eval=data_keys["eval"], spec=spec._asdict(),
+                     k=cfg.topk.k, l1=cfg.relu.l1_coeff, steps=cfg.steps, bs=cfg.batch_size, lr=cfg.arch(spec.architecture).lr,
+                     curve=cfg.curve_points, ce=cfg.ce_tokens if spec.main else 0, **extra)
 
 def epoch_batches(store, batch_size: int, seed: int, on_batch=None):
     "Endless shuffled batches [batch_size, d_in], a new permutation each epoch; `on_batch(i)` is called before batch i."
@@ -286,7 +385,6 @@ def sae_replacement(sae, scale: float):
 
 def eval_token_set(store, n_tokens: int) -> tuple[Tensor, Tensor]:
     "(tokens, keep) of the first n_tokens // ctx_len held-out contexts; keep [n_ctx, seq] bool = not masked."
-    from sae_tutorial.activations import KEPT
     n = max(1, min(len(store.tokens), n_tokens // store.tokens.shape[1]))
     return store.tokens[:n], store.mask[:n] == KEPT
 
@@ -306,8 +404,6 @@ class CurvePoint(NamedTuple):
 def model_sha256(name: str) -> str | None:
     """sha256 of the weights behind a `load_lm` name: the pinned archive holding an offline model's weights file,
     a local folder's model.safetensors; None for a hub name (the hub's revision names those weights)."""
-    from sae_tutorial.lm import LOCAL_MODELS
-    from sae_tutorial.core import sha256_file
     if name in LOCAL_MODELS: return LOCAL_MODELS[name]["archive"].sha256
     p = Path(name)/"model.safetensors"
     return sha256_file(p) if p.is_file() else None
@@ -324,7 +420,6 @@ def saved_config(sae_cfg, cfg: ReproConfig, store, tokens_trained: int):
 def start_sae(spec: SAESpec, cfg: ReproConfig, store, device=None, fast: bool = True):
     """(sae, loss_cfg, train_cfg) for one SAE of the run, ready for `train`: seeded with spec.seed, the run's configs,
     and b_dec at the mean of up to 16,384 store rows (the residual stream has a large common offset)."""
-    from sae_tutorial.sae import make_sae
     seed_everything(spec.seed)
     sae_cfg, loss_cfg, train_cfg = train_configs(spec, cfg, store.d_in)
     sae = make_sae(replace(sae_cfg, fast=fast), device=device)
@@ -332,8 +427,6 @@ def start_sae(spec: SAESpec, cfg: ReproConfig, store, device=None, fast: bool = 
         pick = np.random.default_rng(spec.seed).choice(store.n_rows, min(store.n_rows, 16_384), replace=False)
         sae.b_dec.copy_(store.get(np.sort(pick)).mean(0).to(sae.b_dec))
     return sae, loss_cfg, train_cfg
-
-def _unit_rows(W: Tensor) -> Tensor: return W / W.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 def train_sae(spec: SAESpec, cfg: ReproConfig, store, eval_store, out: Path, model=None, log=print,
               ckpt_dir=None, source_store=None) -> dict:
@@ -344,12 +437,9 @@ def train_sae(spec: SAESpec, cfg: ReproConfig, store, eval_store, out: Path, mod
     `ckpt_dir`: checkpoint every tenth of the run there (with the curve and snapshots so far) and, if it already
     holds a checkpoint (a killed earlier try), continue from the newest one: at most a tenth of the run is lost.
     `eval_store` / `source_store` (main SAEs): held-out documents and the held-out source, in the training units."""
-    from safetensors.torch import save, save_file, load_file
-    from sae_tutorial.train import train, latest_checkpoint
-    from sae_tutorial.metrics import evaluate
     dev = get_device(cfg.device)
     sae, loss_cfg, train_cfg = start_sae(spec, cfg, store, dev)
-    W0 = _unit_rows(sae.W_dec.detach().float().cpu())
+    W0 = unit_rows(sae.W_dec.detach().float().cpu())
     if spec.main:                                     # the untrained SAE, saved like the trained one
         live = sae.cfg; sae.cfg = saved_config(live, cfg, store, 0); sae.save(out/"init"); sae.cfg = live
     curve, snaps, at, resume, skip_below = [], {"init": W0.half()}, set(), None, 0
@@ -382,7 +472,7 @@ def train_sae(spec: SAESpec, cfg: ReproConfig, store, eval_store, out: Path, mod
     def point(i):
         r = evaluate(sae, eval_store.batches(4096, shuffle=False, device=dev))
         r_src = evaluate(sae, source_store.batches(4096, shuffle=False, device=dev)) if held["source"] is not None else None
-        W = _unit_rows(sae.W_dec.detach().float().cpu())
+        W = unit_rows(sae.W_dec.detach().float().cpu())
         dce = delta_ce("docs")
         curve.append(CurvePoint(i, i * cfg.batch_size, min(i * cfg.batch_size, store.n_rows), r.explained_variance,
                                 r.l0, float((W * W0).sum(1).mean()), dce,
@@ -405,12 +495,11 @@ def train_sae(spec: SAESpec, cfg: ReproConfig, store, eval_store, out: Path, mod
     tokens = drawn[0] * cfg.batch_size
     sae.cfg = saved_config(sae.cfg, cfg, store, tokens)   # from here on the SAE takes raw activations
     sae.save(out)
-    from sae_tutorial.saelens import save_saelens           # the same SAE for SAELens users, the scale folded in
     save_saelens(sae, out/"saelens", tokens_trained=tokens, written_from=f"{cfg.name}/saes/{spec.name}")
     save_file({k: v.contiguous() for k, v in snaps.items()}, str(out/"decoder_snapshots.safetensors"))
     summary = {"name": spec.name, "architecture": spec.architecture, "expansion": spec.expansion, "seed": spec.seed,
-               "d_sae": sae.cfg.d_sae, "k": cfg.k if spec.architecture == "topk" else None,
-               "l1_coeff": cfg.l1_coeff if spec.architecture == "relu" else None, "steps": res.steps,
+               "d_sae": sae.cfg.d_sae, "k": cfg.topk.k if spec.architecture == "topk" else None,
+               "l1_coeff": cfg.relu.l1_coeff if spec.architecture == "relu" else None, "steps": res.steps,
                "batches_drawn": drawn[0], "tokens_trained": tokens, "distinct_tokens": store.n_rows,
                "epochs": round(tokens / store.n_rows, 2), "train_seconds": round(seconds, 1),
                "resumed_at_batch": skip_below or None,
@@ -442,11 +531,15 @@ def check_sae_fits_store(sae, store) -> None:
         raise ValueError(f"The SAE takes raw activations (input_scale={sae.cfg.input_scale:.4g}) but the store "
                          "normalises its batches: open it with load_store(path, normalize=False).")
 
+class SAEEvaluation(NamedTuple):
+    "What `evaluate_sae` returns."
+    metrics: dict     # the metrics.json entry (METRIC_FIELDS and more)
+    density: Tensor   # [d_sae] firing density of each latent on the store
+
 def evaluate_sae(sae, architecture: str, cfg: ReproConfig, eval_store, model=None,
-                 mean_act: Tensor | None = None) -> tuple[dict, Tensor]:
-    """(metrics.json entry, density [d_sae]) of one SAE on `eval_store`. With `model`: CE / KL with the SAE spliced
-    in, on `cfg.ce_tokens` of the store's contexts; `mean_act` [d_in] (raw units) is what mean ablation puts in."""
-    from sae_tutorial.metrics import evaluate
+                 mean_act: Tensor | None = None) -> SAEEvaluation:
+    """`SAEEvaluation(metrics, density)`: the metrics.json entry and the firing density [d_sae] of one SAE on
+    `eval_store`. With `model`: CE / KL with the SAE spliced in, on `cfg.ce_tokens` of the store's contexts; `mean_act` [d_in] (raw units) is what mean ablation puts in."""
     check_sae_fits_store(sae, eval_store)
     dev = get_device(cfg.device)
     token_batches = None
@@ -469,7 +562,7 @@ def evaluate_sae(sae, architecture: str, cfg: ReproConfig, eval_store, model=Non
               "ce_zero_abl": lm.ce_zero_abl if lm else None, "ce_loss_recovered": lm.ce_recovered_zero if lm else None,
               "kl_sae": lm.kl_sae if lm else None, "kl_zero_abl": lm.kl_zero_abl if lm else None,
               "n_pred": lm.n_pred if lm else None})
-    return m, r.density
+    return SAEEvaluation(m, r.density)
 
 # %% ../nbs/07_reproduction.ipynb #4231d720
 @torch.no_grad()
@@ -478,119 +571,6 @@ def encode_rows(sae, store, batch: int = 4096) -> Tensor:
     check_sae_fits_store(sae, store)
     dev = sae.W_dec.device
     return torch.cat([sae.encode(x.to(dev)).cpu() for x in store.batches(batch, shuffle=False)])
-
-SHARE_THRESHOLDS = (0.5, 0.7, 0.9)
-
-def one_to_one_cosines(C: np.ndarray) -> np.ndarray:
-    """The cosines of the best one-to-one pairing of rows with columns of a cosine matrix C [n_a, n_b] (the Hungarian
-    method, maximising their sum): each latent is used at most once, so two near-copies of one feature inside a
-    dictionary cannot both be 'matched' to the same partner. [min(n_a, n_b)]"""
-    from scipy.optimize import linear_sum_assignment
-    r, c = linear_sum_assignment(C, maximize=True)
-    return C[r, c]
-
-def _agreement(W_a: Tensor, W_b: Tensor) -> tuple[dict, np.ndarray]:
-    "(`agreement`'s dict, the one-to-one matched cosines)."
-    C = (_unit_rows(W_a.double()) @ _unit_rows(W_b.double()).T).numpy()
-    pair = one_to_one_cosines(C)
-    return {"mmcs": float(C.max(1).mean()), "one_to_one_mean": float(pair.mean()),
-            **{f"share_{t:g}": float((pair > t).sum() / len(C)) for t in SHARE_THRESHOLDS}}, pair
-
-def agreement(W_a: Tensor, W_b: Tensor) -> dict:
-    """How much two dictionaries W_a [n_a, d], W_b [n_b, d] share: MMCS (each row of W_a to its best row of W_b,
-    many-to-one) and, under one-to-one matching, the share of W_a's rows matched above 0.5 / 0.7 / 0.9."""
-    return _agreement(W_a, W_b)[0]
-
-def random_dictionary(n: int, d: int, seed: int = 0) -> Tensor:
-    "n random unit directions in R^d [n, d]: the null a learned dictionary's agreement is read against."
-    g = torch.Generator().manual_seed(seed)
-    return _unit_rows(torch.randn(n, d, generator=g, dtype=torch.float64))
-
-def universality(W_a: Tensor, W_b: Tensor, W_a_init: Tensor, seed: int = 0) -> dict:
-    """Agreement of two SAEs trained from independent seeds (`pair`), beside two baselines: two random dictionaries
-    of the same shapes (`random`) and SAE a against its own initialisation (`own_init`). `max_cos`: each a-latent's
-    one-to-one matched cosine with b (for the histogram)."""
-    pair, cos = _agreement(W_a, W_b)
-    return {"pair": pair, "own_init": agreement(W_a, W_a_init),
-            "random": agreement(random_dictionary(len(W_a), W_a.shape[1], seed), random_dictionary(len(W_b), W_b.shape[1], seed + 1)),
-            "n": len(W_a), "max_cos": [round(float(c), 4) for c in cos]}
-
-def splitting_families(W_small: Tensor, W_large: Tensor, density_small: Tensor, density_large: Tensor,
-                       min_cos: float = 0.5) -> list[dict]:
-    """Feature-splitting families: each live large-dictionary feature j joins the small feature s it is most
-    similar to (decoder cosine), if that cosine >= min_cos. Families with >= 2 children, most children first."""
-    cos = W_small.float() @ W_large.float().T                         # [n_small, n_large]
-    best_cos, parent = cos.max(0)                                     # for each large feature
-    fam: dict[int, list] = {}
-    for j in range(W_large.shape[0]):
-        if density_large[j] > 0 and best_cos[j] >= min_cos and density_small[parent[j]] > 0:
-            fam.setdefault(int(parent[j]), []).append((j, float(best_cos[j])))
-    out = [{"parent": s, "children": [c for c, _ in sorted(ch, key=lambda t: -t[1])],
-            "cos": [round(c, 3) for _, c in sorted(ch, key=lambda t: -t[1])],
-            "parent_density": float(density_small[s])}
-           for s, ch in fam.items() if len(ch) >= 2]
-    return sorted(out, key=lambda d: (-len(d["children"]), -sum(d["cos"])))
-
-def splitting_null(n_small: int, n_large: int, d: int, min_cos: float = 0.5, seed: int = 0) -> dict:
-    "What `splitting_families` finds between random dictionaries of the same sizes: the null for the family count."
-    fams = splitting_families(random_dictionary(n_small, d, seed).float(), random_dictionary(n_large, d, seed + 1).float(),
-                              torch.ones(n_small), torch.ones(n_large), min_cos)
-    return {"n_families": len(fams), "children_per_parent": [len(f["children"]) for f in fams]}
-
-PLACES = set("""France Paris London China India Texas California York Germany Spain Italy Japan Russia Mexico Canada
-Egypt Israel Jerusalem Rome Berlin Madrid Europe Africa Asia America Washington Virginia Boston Chicago England
-Scotland Ireland Britain Iraq Iran Vietnam Korea Cuba Brazil Argentina Chile Peru Australia Greece Turkey Poland
-Ukraine Sweden Norway Denmark Portugal Austria Switzerland Belgium Netherlands Holland Venice Florence Athens Moscow
-Tokyo Beijing Cairo Baghdad Damascus Ohio Florida Georgia Pennsylvania Massachusetts Carolina Kentucky Tennessee
-Alabama Mississippi Louisiana Missouri Illinois Michigan Oregon Alaska Hawaii Philadelphia Pacific Atlantic
-Mediterranean Milan Naples Lyon Marseille Barcelona Seville Lima Quebec Montreal Toronto Vienna Prague Warsaw
-Dublin Edinburgh Verona Padua Navarre Burgundy Normandy Francia España Espagne Allemagne Alemania Londres
-Inglaterra Angleterre Italie Italia Afghanistan Pakistan Korea Syria Lebanon Jordan Arabia Kansas Nebraska Iowa
-Colorado Arizona Nevada Utah Montana Wisconsin Minnesota Indiana Maryland Connecticut Jersey Orleans Panama""".split())
-
-CATEGORIES = ("python code", "arabic script", "hebrew script", "base64", "numbers and dates", "places")
-
-def category_labels(store, token_strs: list[str]) -> dict[str, Tensor]:
-    """Bool [n_rows] per category, from each row's corpus source (python, arabic, hebrew, base64 certificates)
-    and simple token rules (a digit: numbers and dates; a gazetteer word: places)."""
-    src = np.array([s or "" for s in store.row_sources(np.arange(store.n_rows))])
-    toks = [token_strs[i] for i in store.row_tokens(np.arange(store.n_rows)).tolist()]
-    digit = np.array([bool(re.search(r"\d", t)) for t in toks])
-    place = np.array([t.strip() in PLACES for t in toks])
-    lab = {"python code": src == "python", "arabic script": src == "arabic", "hebrew script": src == "hebrew",
-           "base64": src == "base64", "numbers and dates": digit & (src != "base64"), "places": place}
-    return {k: torch.from_numpy(v) for k, v in lab.items()}
-
-def category_features(f: Tensor, labels: dict[str, Tensor], top: int = 3, min_fires: int = 3) -> dict:
-    """For each category c, the features firing most selectively on it: score = precision * recall, where
-    precision = share of the feature's activation mass on c-tokens, recall = share of c-tokens it fires on."""
-    mass, fires = f.double().sum(0), (f > 0)
-    out = {}
-    for c, lab in labels.items():
-        n_c = int(lab.sum())
-        if n_c == 0: out[c] = {"n_tokens": 0, "features": []}; continue
-        prec = f[lab].double().sum(0) / mass.clamp_min(1e-12)
-        nf = fires[lab].sum(0)
-        rec = nf.double() / n_c
-        score = torch.where(nf >= min(min_fires, n_c), prec * rec, torch.zeros_like(prec))
-        idx = score.argsort(descending=True)[:top]
-        out[c] = {"n_tokens": n_c, "base_rate": n_c / len(lab),
-                  "features": [{"feature": int(i), "precision": float(prec[i]), "recall": float(rec[i]),
-                                "score": float(score[i])} for i in idx if score[i] > 0]}
-    return out
-
-def top_examples(f_col: Tensor, store, tokenizer, n: int = 4, before: int = 10, after: int = 2) -> list[dict]:
-    "The `n` held-out tokens where one feature (activations `f_col` [n_rows]) is largest, each with its context."
-    out = []
-    vals, idx = f_col.topk(min(n, len(f_col)))
-    for v, r in zip(vals.tolist(), idx.tolist()):
-        if v <= 0: break
-        c, p = (int(t) for t in store.rows[r])
-        toks = store.tokens[c]
-        dec = lambda ids: tokenizer.decode(ids).replace("\n", "⏎")
-        text = dec(toks[max(1, p - before):p].tolist()) + "⟦" + dec([int(toks[p])]) + "⟧" + dec(toks[p + 1:p + 1 + after].tolist())
-        out.append({"act": round(v, 3), "text": text, "source": store.row_sources([r])[0]})
-    return out
 
 # %% ../nbs/07_reproduction.ipynb #4a1bd4e3
 class ReproResult(NamedTuple):
@@ -625,7 +605,7 @@ def results_table(metrics: dict, on: str = "held_out_docs") -> str:
 
 def write_dashboard(sae, eval_store, tokenizer, folder: Path, model=None, log=print) -> bool:
     "Write the static feature dashboard (notebook 08) of `sae` on the held-out store into `folder`; False if unavailable."
-    try: from sae_tutorial.dashboard import write_static_dashboard
+    try: from sae_tutorial.dashboard import write_static_dashboard   # optional: the run goes on without it
     except ImportError:
         log("  dashboard: sae_tutorial.dashboard.write_static_dashboard is not available; skipped"); return False
     write_static_dashboard(sae, eval_store, tokenizer, folder, model=model, title="TopK SAE features on held-out text")
@@ -642,192 +622,248 @@ def check_no_links(run: Path) -> None:
         raise ValueError(f"The run folder {run} holds symbolic links ({shown}{', ...' if len(links) > 5 else ''}); "
                          "a run never writes through links. Remove them, or start a fresh --run-dir.")
 
+# %% ../nbs/07_reproduction.ipynb #a2a99e71
+class RunState:
+    "What the stages of one reproduction share: the resolved config, the run folder, and each stage's outputs."
+    def __init__(self, cfg: ReproConfig, log=print):
+        self.cfg, self.log, self.run, self.t_start = cfg, log, Path(cfg.run_dir), time.time()
+        self.stages: dict[str, str] = {}                     # 'data_train', 'train/relu', ... -> 'ran' | 'skipped'
+        self.metrics, self.trained, self.analysis, self._lm = {}, {}, None, None
+    def lm(self):
+        "The language model and tokenizer, loaded on first use (a fully cached run never loads them)."
+        if self._lm is None:
+            self.log(f"  loading {self.cfg.model} on {get_device(self.cfg.device)}")
+            self._lm = load_lm(self.cfg.model, device=get_device(self.cfg.device))
+        return self._lm
+    def done(self, name: str, ran: bool): self.stages[name] = "ran" if ran else "skipped"
+    def result(self) -> ReproResult:
+        return ReproResult(self.run, self.cfg, self.metrics, self.trained, self.analysis, self.stages,
+                           time.time() - self.t_start)
+
+def data_stage(s: RunState) -> None:
+    "Build the corpus, split it, harvest each split's activations; open the stores (training units)."
+    cfg, run = s.cfg, s.run
+    s.splits = data_splits(cfg)
+    s.log(f"[1/5] data: corpus -> {', '.join(s.splits)} splits -> activations")
+    s.data_keys = {}
+    for split in s.splits:
+        s.data_keys[split] = data_key(cfg, split)
+        if stage_done(run/f"data_{split}", s.data_keys[split]):
+            s.log(f"  data_{split}: done earlier, skipped"); s.done(f"data_{split}", False)
+        else:
+            model, tok = s.lm()
+            validate_hook(model, cfg.hook)               # a bad hook fails now, not after the corpus is built
+            _, ran = run_stage(run/f"data_{split}", s.data_keys[split],
+                               lambda tmp: build_data(cfg, split, model, tok, tmp, s.log), s.log)
+            s.done(f"data_{split}", ran)
+    s.info = {sp: json.loads((run/f"data_{sp}"/"info.json").read_text()) for sp in s.splits}
+    s.store = load_store(run/"data_train"/"store")
+    s.eval_store = load_store(run/"data_eval"/"store", scale=s.store.scale)   # held-out data in the training units
+    s.source_store = load_store(run/"data_source"/"store", scale=s.store.scale) if "source" in s.splits else None
+
+def train_stage(s: RunState) -> None:
+    "Train every SAE of `sae_specs` (each its own stage, checkpointed while it trains)."
+    cfg, run = s.cfg, s.run
+    s.specs, s.keys = sae_specs(cfg), {}
+    s.log(f"[2/5] train: {', '.join(sp.name for sp in s.specs)} ({cfg.steps} steps x {cfg.batch_size} tokens each, "
+          f"{s.store.n_rows:,} distinct tokens)")
+    for spec in s.specs:
+        key = s.keys[spec.name] = sae_key(spec, cfg, s.data_keys)
+        folder = run/"saes"/spec.name
+        ckpt = run/"checkpoints"/f"{spec.name}-{key}"      # mid-training checkpoints of this config only
+        for stale in (run/"checkpoints").glob(f"{spec.name}-*"):
+            if stale != ckpt: shutil.rmtree(stale, ignore_errors=True)
+        if stage_done(folder, key): s.log(f"  {spec.name}: trained earlier, skipped"); s.done(f"train/{spec.name}", False)
+        else:
+            s.log(f"  training {spec.name} ({spec.architecture}, expansion {spec.expansion:g}, seed {spec.seed})")
+            model = s.lm().model if spec.main else None
+            _, ran = run_stage(folder, key, lambda tmp: train_sae(spec, cfg, s.store, s.eval_store, tmp, model, s.log,
+                                                                  ckpt_dir=ckpt, source_store=s.source_store), s.log)
+            s.done(f"train/{spec.name}", ran)
+        shutil.rmtree(ckpt, ignore_errors=True)                          # the SAE is published: its checkpoints go
+        s.trained[spec.name] = json.loads((folder/"train.json").read_text())
+    try: (run/"checkpoints").rmdir()                                      # empty once every SAE is published
+    except OSError: pass
+
+def evaluate_stage(s: RunState) -> None:
+    "Evaluate every SAE (and the untrained main ones) on held-out text; write metrics.json and results.md."
+    cfg, run = s.cfg, s.run
+    s.log("[3/5] evaluate on held-out text" + (f" and on the held-out source ({cfg.held_out_source})" if cfg.held_out_source else ""))
+    dev = get_device(cfg.device)
+    s.raw = {sp: load_store(run/f"data_{sp}"/"store", normalize=False) for sp in s.splits if sp != "train"}   # saved SAEs take raw activations
+    pick = np.sort(np.random.default_rng(cfg.seed).choice(s.store.n_rows, min(s.store.n_rows, 16_384), replace=False))
+    mean_act = s.store.get(pick, normalize=False).mean(0)                  # what mean ablation splices in (raw units)
+    rows = [(sp.name, run/"saes"/sp.name, sp, s.keys[sp.name]) for sp in s.specs]
+    rows += [(f"{sp.name}_untrained", run/"saes"/sp.name/"init", sp, s.keys[sp.name]) for sp in s.specs if sp.main]
+    s.saes, s.densities = {}, {}
+    for name, path, spec, skey in rows:
+        s.saes[name] = SAE.load(path, device=dev).eval()
+        lm_rows = spec.main
+        ekey = stage_key(stage="eval", v=2, sae=skey, name=name, ce=cfg.ce_tokens if lm_rows else 0, data=s.data_keys)
+        folder = run/"eval"/name
+        def build(tmp, name=name, spec=spec, lm_rows=lm_rows, path=path):
+            model = s.lm().model if lm_rows else None
+            m, dens = evaluate_sae(s.saes[name], spec.architecture, cfg, s.raw["eval"], model, mean_act)
+            m["tokens_trained"] = json.loads((path/"cfg.json").read_text())["tokens_trained"]
+            if lm_rows and "source" in s.raw:
+                m["held_out_source"] = evaluate_sae(s.saes[name], spec.architecture, cfg, s.raw["source"], model, mean_act).metrics
+                m["held_out_source"]["source"] = cfg.held_out_source
+            np.save(tmp/"density.npy", dens.numpy()); write_json_atomic(tmp/"metrics.json", m)
+        if not stage_done(folder, ekey): s.log(f"  evaluating {name}")
+        _, ran = run_stage(folder, ekey, build, s.log); s.done(f"eval/{name}", ran)
+        s.metrics[name] = json.loads((folder/"metrics.json").read_text())
+        s.densities[name] = torch.from_numpy(np.load(folder/"density.npy", allow_pickle=False))
+    write_json_atomic(run/"metrics.json", s.metrics)
+    s.table = results_table(s.metrics)
+    s.src_table = results_table(s.metrics, "held_out_source") if cfg.held_out_source else ""
+    with atomic_file(run/"results.md", "w") as fh: fh.write(
+        f"# {cfg.name}\n\nHeld-out documents of the training sources: {s.info['eval']['tokens']:,} tokens "
+        f"({s.metrics[s.specs[0].name]['n_tokens']:,} kept positions).\n\n{s.table}\n"
+        + (f"\nHeld-out source, never trained on ({cfg.held_out_source}): {s.info['source']['tokens']:,} tokens.\n\n{s.src_table}\n"
+           if s.src_table else ""))
+
+def _tokenizer(s: RunState):
+    from transformers import AutoTokenizer                   # heavy: loaded only by the stages that decode tokens
+    return AutoTokenizer.from_pretrained(s.run/"data_train"/"tokenizer")
+
+def build_analysis(s: RunState, tmp: Path) -> None:
+    "Write analysis.json: universality per architecture, feature splitting and feature categories (notebook 07a)."
+    cfg, run, saes, raw, densities = s.cfg, s.run, s.saes, s.raw, s.densities
+    tok = _tokenizer(s)
+    snaps = {sp.name: load_file(str(run/"saes"/sp.name/"decoder_snapshots.safetensors")) for sp in s.specs}
+    a = {"universality": {}}
+    for arch in cfg.arch_list:
+        if f"{arch}_seed1" not in saes: continue
+        W_a, W_b = saes[arch].W_dec.detach().cpu(), saes[f"{arch}_seed1"].W_dec.detach().cpu()
+        u = universality(W_a, W_b, snaps[arch]["init"].float(), seed=cfg.seed)
+        steps = [k for k in snaps[arch] if k.startswith("step_") and k in snaps[f"{arch}_seed1"]]
+        u["curve"] = [{"step": int(k[5:]), "tokens": int(k[5:]) * cfg.batch_size,
+                       **agreement(snaps[arch][k].float(), snaps[f"{arch}_seed1"][k].float())}
+                      for k in sorted(steps, key=lambda k: int(k[5:]))]
+        a["universality"][arch] = {"a": arch, "b": f"{arch}_seed1", **u}
+    if "topk" in saes:
+        sizes = sorted([sp for sp in s.specs if sp.name.startswith("topk_x")] + [sp for sp in s.specs if sp.name == "topk"],
+                       key=lambda sp: sp.expansion)
+        if len(sizes) >= 2:
+            small, large = sizes[0].name, sizes[-1].name
+            W_s, W_l = saes[small].W_dec.detach().cpu(), saes[large].W_dec.detach().cpu()
+            fams = splitting_families(W_s, W_l, densities[small], densities[large])
+            f_s, f_l = encode_rows(saes[small], raw["eval"]), encode_rows(saes[large], raw["eval"])
+            for fam in fams[:6]:
+                fam["parent_examples"] = top_examples(f_s[:, fam["parent"]], raw["eval"], tok)
+                fam["children_examples"] = [top_examples(f_l[:, c], raw["eval"], tok, n=3) for c in fam["children"][:4]]
+            a["splitting"] = {"small": small, "large": large, "sizes": [sp.name for sp in sizes],
+                              "d_sae": {sp.name: s.metrics[sp.name]["d_sae"] for sp in sizes},
+                              "seeds": {sp.name: sp.seed for sp in sizes},
+                              "n_small_alive": int((densities[small] > 0).sum()),
+                              "n_families": len(fams), "families": fams[:20],
+                              "children_per_parent": [len(x["children"]) for x in fams],
+                              "null": splitting_null(len(W_s), len(W_l), W_s.shape[1], seed=cfg.seed)}
+        ids = sorted(set(raw["eval"].tokens.flatten().tolist()))
+        token_strs = [""] * (max(ids) + 1)
+        for i in ids: token_strs[i] = tok.decode([i])
+        labels = category_labels(raw["eval"], token_strs)
+        f = encode_rows(saes["topk"], raw["eval"])
+        cats = category_features(f, labels)
+        for c, d in cats.items():
+            for feat in d["features"][:2]: feat["examples"] = top_examples(f[:, feat["feature"]], raw["eval"], tok)
+            for feat in d["features"]:
+                feat["mass_share"] = {c2: float(f[l2, feat["feature"]].double().sum() / f[:, feat["feature"]].double().sum().clamp_min(1e-12))
+                                      for c2, l2 in labels.items()}
+        a["categories"] = {"sae": "topk", **cats}
+    write_json_atomic(tmp/"analysis.json", a)
+
+def analyse_stage(s: RunState) -> None:
+    "Run the analyses (one stage keyed by every SAE) and draw the run's figures into plots/."
+    s.log("[4/5] analyses: universality, feature splitting, feature categories")
+    run = s.run
+    _, ran = run_stage(run/"analysis", stage_key(stage="analysis", v=2, saes=s.keys), lambda tmp: build_analysis(s, tmp), s.log)
+    s.done("analysis", ran)
+    s.analysis = json.loads((run/"analysis"/"analysis.json").read_text())
+    plots = run/"plots"; plots.mkdir(exist_ok=True)                      # check_no_links: a real folder inside the run
+    import matplotlib.pyplot as plt
+    for name, fn in PLOTS.items():
+        fig = fn(s.metrics, s.trained, s.analysis)
+        if fig is None: continue
+        with atomic_file(plots/f"{name}.png", "wb") as fh: fig.savefig(fh, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+
+def dashboard_stage(s: RunState) -> None:
+    "Write the static feature dashboard of the TopK SAE (notebook 08); 'unavailable' without the dashboard module."
+    if "topk" not in s.saes: return
+    s.log("[5/5] dashboard")
+    dkey = stage_key(stage="dashboard", v=2, sae=s.keys["topk"], data=s.data_keys["eval"])
+    if not stage_done(s.run/"dashboard", dkey): s.log("  writing the static dashboard of the TopK SAE")
+    def build(tmp):
+        if not write_dashboard(s.saes["topk"], s.raw["eval"], _tokenizer(s), tmp, s.lm().model, s.log):
+            raise ImportError("sae_tutorial.dashboard is not available")
+    try: _, ran = run_stage(s.run/"dashboard", dkey, build, s.log); s.done("dashboard", ran)
+    except ImportError: s.stages["dashboard"] = "unavailable"
+
+# %% ../nbs/07_reproduction.ipynb #79f7a842
+class Stage(NamedTuple):
+    "One named stage of the reproduction."
+    name: str                        # what stop_after and a failure call it
+    run: Callable[[RunState], None]  # reads its inputs from the RunState, adds its outputs there and in the run folder
+    key: str                         # what its stage key hashes: when it is recomputed
+    inputs: str
+    outputs: str
+
+STAGES = [
+    Stage("data", data_stage, "model, hook, corpus_chars, ctx_len, tokens of the split, seed, held_out_source",
+          "corpus (PyPI packages)", "data_train/, data_eval/, data_source/: activation stores + info.json"),
+    Stage("train", train_stage, "the data keys, the SAE's spec, k, l1_coeff, lr, steps, batch_size, curve points, "
+          "ce_tokens, changed schedule settings", "data_train/ (data_eval/, data_source/ for the curve)",
+          "saes/<name>/: the SAE, its SAELens copy, train.json, decoder snapshots, init/"),
+    Stage("evaluate", evaluate_stage, "the SAE's key, the row name, ce_tokens, the data keys",
+          "saes/, data_eval/, data_source/", "eval/<name>/, metrics.json, results.md"),
+    Stage("analyse", analyse_stage, "every SAE's key", "saes/, eval/ densities, data_eval/",
+          "analysis/analysis.json, plots/"),
+    Stage("dashboard", dashboard_stage, "the TopK SAE's key, the eval data key", "saes/topk, data_eval/",
+          "dashboard/dashboards.html"),
+]
+
+def stages_table() -> str:
+    "STAGES as a markdown table."
+    rows = ["| stage | key hashes | inputs | outputs |", "|---|---|---|---|"]
+    return "\n".join(rows + [f"| {st.name} | {st.key} | {st.inputs} | {st.outputs} |" for st in STAGES])
+
+# %% ../nbs/07_reproduction.ipynb #9c130fc3
+class StageError(RuntimeError):
+    "A reproduction that failed in a named stage; `cause` is the original exception (also its `__cause__`)."
+    def __init__(self, stage: str, cause: BaseException):
+        self.stage, self.cause = stage, cause
+        super().__init__(f"the reproduction failed in its {stage} stage: {type(cause).__name__}: {cause}\n"
+                         "Finished stages are kept in the run folder: fix the cause and run the same command again "
+                         "to resume from there.")
+
 def reproduce(cfg: ReproConfig | None = None, log=print, **kwargs) -> ReproResult:
-    "Run (or resume) the reproduction described by `cfg` (or `ReproConfig(**kwargs)`); see the folder layout above."
-    from sae_tutorial.sae import SAE
-    from sae_tutorial.lm import load_lm
-    from sae_tutorial.activations import validate_hook
-    t_start = time.time()
+    """Run (or resume) the reproduction described by `cfg` (or `ReproConfig(**kwargs)`): the `STAGES` in order, up to
+    `cfg.stop_after`. An exception keeps its type and records the stage it came from as its `stage` attribute."""
     cfg = (cfg or ReproConfig(**kwargs)).resolved()
     run = Path(cfg.run_dir); run.mkdir(parents=True, exist_ok=True)
     check_no_links(run)
     write_json_atomic(run/"config.json", asdict(cfg))
     log(f"[reproduce] {cfg.name}: preset {cfg.preset}, run folder {run}")
-    stages, lm_cache = {}, {}
-    def lm():
-        if "m" not in lm_cache:
-            log(f"  loading {cfg.model} on {get_device(cfg.device)}")
-            lm_cache["m"] = load_lm(cfg.model, device=get_device(cfg.device))
-        return lm_cache["m"]
-    def done(name, ran): stages[name] = "ran" if ran else "skipped"
-    def finish(analysis=None):
-        return ReproResult(run, cfg, metrics, trained, analysis, stages, time.time() - t_start)
-    metrics, trained = {}, {}
-
-    splits = data_splits(cfg)
-    log(f"[1/4] data: corpus -> {', '.join(splits)} splits -> activations")
-    dkeys = {}
-    for split in splits:
-        dkeys[split] = data_key(cfg, split)
-        if stage_done(run/f"data_{split}", dkeys[split]): log(f"  data_{split}: done earlier, skipped"); done(f"data_{split}", False)
-        else:
-            model, tok = lm()
-            validate_hook(model, cfg.hook)               # a bad hook fails now, not after the corpus is built
-            _, ran = run_stage(run/f"data_{split}", dkeys[split], lambda tmp: build_data(cfg, split, model, tok, tmp, log), log)
-            done(f"data_{split}", ran)
-    info = {s: json.loads((run/f"data_{s}"/"info.json").read_text()) for s in splits}
-    store = load_store(run/"data_train"/"store")
-    eval_store = load_store(run/"data_eval"/"store", scale=store.scale)   # held-out data in the training units
-    source_store = load_store(run/"data_source"/"store", scale=store.scale) if "source" in splits else None
-    if cfg.stop_after == "data": return finish()
-
-    specs, keys = sae_specs(cfg), {}
-    log(f"[2/4] train: {', '.join(s.name for s in specs)} ({cfg.steps} steps x {cfg.batch_size} tokens each, "
-        f"{store.n_rows:,} distinct tokens)")
-    for spec in specs:
-        keys[spec.name] = stage_key(stage="sae", v=3, data=dkeys["train"], eval=dkeys["eval"], spec=spec._asdict(), k=cfg.k,
-                                    l1=cfg.l1_coeff, steps=cfg.steps, bs=cfg.batch_size, lr=cfg.topk_lr if spec.architecture == "topk" else cfg.lr,
-                                    curve=cfg.curve_points, ce=cfg.ce_tokens if spec.main else 0)
-        folder = run/"saes"/spec.name
-        ckpt = run/"checkpoints"/f"{spec.name}-{keys[spec.name]}"      # mid-training checkpoints of this config only
-        for stale in (run/"checkpoints").glob(f"{spec.name}-*"):
-            if stale != ckpt: shutil.rmtree(stale, ignore_errors=True)
-        if stage_done(folder, keys[spec.name]): log(f"  {spec.name}: trained earlier, skipped"); done(f"train/{spec.name}", False)
-        else:
-            log(f"  training {spec.name} ({spec.architecture}, expansion {spec.expansion:g}, seed {spec.seed})")
-            model = lm().model if spec.main else None
-            _, ran = run_stage(folder, keys[spec.name],
-                               lambda tmp: train_sae(spec, cfg, store, eval_store, tmp, model, log, ckpt_dir=ckpt,
-                                                     source_store=source_store), log)
-            done(f"train/{spec.name}", ran)
-        shutil.rmtree(ckpt, ignore_errors=True)                          # the SAE is published: its checkpoints go
-        trained[spec.name] = json.loads((folder/"train.json").read_text())
-    try: (run/"checkpoints").rmdir()                                      # empty once every SAE is published
-    except OSError: pass
-    if cfg.stop_after == "train": return finish()
-
-    log("[3/4] evaluate on held-out text" + (f" and on the held-out source ({cfg.held_out_source})" if cfg.held_out_source else ""))
-    dev = get_device(cfg.device)
-    raw = {s: load_store(run/f"data_{s}"/"store", normalize=False) for s in splits if s != "train"}   # saved SAEs take raw activations
-    pick = np.sort(np.random.default_rng(cfg.seed).choice(store.n_rows, min(store.n_rows, 16_384), replace=False))
-    mean_act = store.get(pick, normalize=False).mean(0)                  # what mean ablation splices in (raw units)
-    rows = [(s.name, run/"saes"/s.name, s, keys[s.name]) for s in specs]
-    rows += [(f"{s.name}_untrained", run/"saes"/s.name/"init", s, keys[s.name]) for s in specs if s.main]
-    saes, densities = {}, {}
-    for name, path, spec, skey in rows:
-        saes[name] = SAE.load(path, device=dev).eval()
-        lm_rows = spec.main
-        ekey = stage_key(stage="eval", v=2, sae=skey, name=name, ce=cfg.ce_tokens if lm_rows else 0, data=dkeys)
-        folder = run/"eval"/name
-        def build(tmp, name=name, spec=spec, lm_rows=lm_rows, path=path):
-            model = lm().model if lm_rows else None
-            m, dens = evaluate_sae(saes[name], spec.architecture, cfg, raw["eval"], model, mean_act)
-            m["tokens_trained"] = json.loads((path/"cfg.json").read_text())["tokens_trained"]
-            if lm_rows and "source" in raw:
-                m["held_out_source"], _ = evaluate_sae(saes[name], spec.architecture, cfg, raw["source"], model, mean_act)
-                m["held_out_source"]["source"] = cfg.held_out_source
-            np.save(tmp/"density.npy", dens.numpy()); write_json_atomic(tmp/"metrics.json", m)
-        if not stage_done(folder, ekey): log(f"  evaluating {name}")
-        _, ran = run_stage(folder, ekey, build, log); done(f"eval/{name}", ran)
-        metrics[name] = json.loads((folder/"metrics.json").read_text())
-        densities[name] = torch.from_numpy(np.load(folder/"density.npy", allow_pickle=False))
-    write_json_atomic(run/"metrics.json", metrics)
-    table = results_table(metrics)
-    src_table = results_table(metrics, "held_out_source") if cfg.held_out_source else ""
-    with atomic_file(run/"results.md", "w") as fh: fh.write(
-        f"# {cfg.name}\n\nHeld-out documents of the training sources: {info['eval']['tokens']:,} tokens "
-        f"({metrics[specs[0].name]['n_tokens']:,} kept positions).\n\n{table}\n"
-        + (f"\nHeld-out source, never trained on ({cfg.held_out_source}): {info['source']['tokens']:,} tokens.\n\n{src_table}\n"
-           if src_table else ""))
-    if cfg.stop_after == "eval":
-        log(f"[reproduce] stopped after evaluation, as asked; results in {run}\n\n{table}\n"); return finish()
-
-    log("[4/4] analyses: universality, feature splitting, feature categories")
-    akey = stage_key(stage="analysis", v=2, saes=keys)
-    def build_analysis(tmp):
-        from transformers import AutoTokenizer
-        from safetensors.torch import load_file
-        tok = AutoTokenizer.from_pretrained(run/"data_train"/"tokenizer")
-        snaps = {s.name: load_file(str(run/"saes"/s.name/"decoder_snapshots.safetensors")) for s in specs}
-        a = {"universality": {}}
-        for arch in cfg.arch_list:
-            if f"{arch}_seed1" not in saes: continue
-            W_a, W_b = saes[arch].W_dec.detach().cpu(), saes[f"{arch}_seed1"].W_dec.detach().cpu()
-            u = universality(W_a, W_b, snaps[arch]["init"].float(), seed=cfg.seed)
-            steps = [k for k in snaps[arch] if k.startswith("step_") and k in snaps[f"{arch}_seed1"]]
-            u["curve"] = [{"step": int(k[5:]), "tokens": int(k[5:]) * cfg.batch_size,
-                           **agreement(snaps[arch][k].float(), snaps[f"{arch}_seed1"][k].float())}
-                          for k in sorted(steps, key=lambda k: int(k[5:]))]
-            a["universality"][arch] = {"a": arch, "b": f"{arch}_seed1", **u}
-        if "topk" in saes:
-            sizes = sorted([s for s in specs if s.name.startswith("topk_x")] + [s for s in specs if s.name == "topk"],
-                           key=lambda s: s.expansion)
-            if len(sizes) >= 2:
-                small, large = sizes[0].name, sizes[-1].name
-                W_s, W_l = saes[small].W_dec.detach().cpu(), saes[large].W_dec.detach().cpu()
-                fams = splitting_families(W_s, W_l, densities[small], densities[large])
-                f_s, f_l = encode_rows(saes[small], raw["eval"]), encode_rows(saes[large], raw["eval"])
-                for fam in fams[:6]:
-                    fam["parent_examples"] = top_examples(f_s[:, fam["parent"]], raw["eval"], tok)
-                    fam["children_examples"] = [top_examples(f_l[:, c], raw["eval"], tok, n=3) for c in fam["children"][:4]]
-                a["splitting"] = {"small": small, "large": large, "sizes": [s.name for s in sizes],
-                                  "d_sae": {s.name: metrics[s.name]["d_sae"] for s in sizes},
-                                  "seeds": {s.name: s.seed for s in sizes},
-                                  "n_small_alive": int((densities[small] > 0).sum()),
-                                  "n_families": len(fams), "families": fams[:20],
-                                  "children_per_parent": [len(x["children"]) for x in fams],
-                                  "null": splitting_null(len(W_s), len(W_l), W_s.shape[1], seed=cfg.seed)}
-            ids = sorted(set(raw["eval"].tokens.flatten().tolist()))
-            token_strs = [""] * (max(ids) + 1)
-            for i in ids: token_strs[i] = tok.decode([i])
-            labels = category_labels(raw["eval"], token_strs)
-            f = encode_rows(saes["topk"], raw["eval"])
-            cats = category_features(f, labels)
-            for c, d in cats.items():
-                for feat in d["features"][:2]: feat["examples"] = top_examples(f[:, feat["feature"]], raw["eval"], tok)
-                for feat in d["features"]:
-                    feat["mass_share"] = {c2: float(f[l2, feat["feature"]].double().sum() / f[:, feat["feature"]].double().sum().clamp_min(1e-12))
-                                          for c2, l2 in labels.items()}
-            a["categories"] = {"sae": "topk", **cats}
-        write_json_atomic(tmp/"analysis.json", a)
-    _, ran = run_stage(run/"analysis", akey, build_analysis, log); done("analysis", ran)
-    analysis = json.loads((run/"analysis"/"analysis.json").read_text())
-    plots = run/"plots"; plots.mkdir(exist_ok=True)                      # check_no_links: a real folder inside the run
-    import matplotlib; import matplotlib.pyplot as plt
-    for name, fn in PLOTS.items():
-        fig = fn(metrics, trained, analysis)
-        if fig is None: continue
-        with atomic_file(plots/f"{name}.png", "wb") as fh: fig.savefig(fh, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-    if "topk" in saes:
-        from transformers import AutoTokenizer
-        tok = AutoTokenizer.from_pretrained(run/"data_train"/"tokenizer")
-        dkey = stage_key(stage="dashboard", v=2, sae=keys["topk"], data=dkeys["eval"])
-        if not stage_done(run/"dashboard", dkey): log("  writing the static dashboard of the TopK SAE")
-        def build_dashboard(tmp):
-            if not write_dashboard(saes["topk"], raw["eval"], tok, tmp, lm().model, log):
-                raise ImportError("sae_tutorial.dashboard is not available")
-        try: _, ran = run_stage(run/"dashboard", dkey, build_dashboard, log); done("dashboard", ran)
-        except ImportError: stages["dashboard"] = "unavailable"
-    res = finish(analysis)
-    log(f"[reproduce] done in {res.seconds:.0f} s; results in {run}\n\n{table}\n" + (f"\n{src_table}\n" if src_table else ""))
+    s = RunState(cfg, log)
+    for stage in STAGES:
+        try: stage.run(s)
+        except Exception as e: e.stage = stage.name; raise
+        if cfg.stop_after == stage.name: break
+    res = s.result()
+    if cfg.stop_after == "evaluate": log(f"[reproduce] stopped after evaluation, as asked; results in {run}\n\n{s.table}\n")
+    elif cfg.stop_after is None:
+        log(f"[reproduce] done in {res.seconds:.0f} s; results in {run}\n\n{s.table}\n" + (f"\n{s.src_table}\n" if s.src_table else ""))
     return res
 
 def reproduce_cli(cfg: ReproConfig) -> ReproResult:
-    "`reproduce(cfg)` for the command line: progress on stdout; any failure becomes a RuntimeError naming the stage and how to resume."
-    stage = ["setup"]
+    "`reproduce(cfg)` for the command line: progress on stdout; any failure becomes a `StageError` naming its stage."
     def on_term(signum, frame): raise KeyboardInterrupt(f"signal {signum}")
     try: signal.signal(signal.SIGTERM, on_term)     # `kill` cleans temporaries up like Ctrl-C does
     except ValueError: pass                          # not the main thread
-    def log(msg):
-        print(msg, flush=True)
-        if m := re.match(r"\[\d/4\] (\w+)", msg): stage[0] = m.group(1)
-    try: return reproduce(cfg, log=log)
+    try: return reproduce(cfg, log=lambda msg: print(msg, flush=True))
     except KeyboardInterrupt: raise
-    except Exception as e:
-        raise RuntimeError(f"the reproduction failed in its {stage[0]} stage: {type(e).__name__}: {e}\n"
-                           "Finished stages are kept in the run folder: fix the cause and run the same command again "
-                           "to resume from there.") from e
+    except Exception as e: raise StageError(getattr(e, "stage", "setup"), e) from e
 
 # %% ../nbs/07_reproduction.ipynb #84a3c1d1
 TARGET_EV, TARGET_DELTA_CE, TARGET_L0, TARGET_SHARE = 0.85, 0.10, 64, 0.30
@@ -893,60 +929,6 @@ def plot_curve(metrics, trained, analysis=None):
                  "dictionaries; thin vertical line: every distinct token seen once)",
                  fontsize=10)
     fig.tight_layout()
-    return fig
-
-def plot_universality(metrics, trained, analysis):
-    "Histogram of each latent's one-to-one matched cosine with the other seed's dictionary, per architecture."
-    import matplotlib.pyplot as plt
-    u = (analysis or {}).get("universality")
-    if not u: return None
-    fig, axes = plt.subplots(1, len(u), figsize=(5.2 * len(u), 3.4), squeeze=False)
-    for ax, (arch, v) in zip(axes[0], u.items()):
-        ax.hist(v["max_cos"], bins=40, range=(0, 1), label=f"{v['a']} vs {v['b']}")
-        ax.axvline(0.7, ls="--", c="gray")
-        p, r = v["pair"], v["random"]
-        ax.set_xlabel("cosine of each latent with its one-to-one partner"); ax.set_ylabel("latents")
-        ax.set_title(f"{arch}: {p['share_0.7']:.0%} matched at cos > 0.7, MMCS {p['mmcs']:.2f}\n"
-                     f"(random dictionaries: {r['share_0.7']:.0%}, MMCS {r['mmcs']:.2f})", fontsize=9)
-    fig.tight_layout()
-    return fig
-
-def plot_splitting(metrics, trained, analysis):
-    "How many large-dictionary features each small-dictionary feature splits into, beside random dictionaries."
-    import matplotlib.pyplot as plt
-    s = (analysis or {}).get("splitting")
-    if not s: return None
-    fig, ax = plt.subplots(figsize=(6.5, 3.4))
-    cp = s["children_per_parent"] or [0]
-    ax.hist(cp, bins=np.arange(1.5, max(max(cp), 2) + 1.5), label=f"{s['small']} -> {s['large']}")
-    ax.set_xticks(range(2, max(max(cp), 2) + 1))
-    ax.set_xlabel(f"features of {s['large']} (d_sae {s['d_sae'][s['large']]}) with cosine >= 0.5 to one feature")
-    ax.set_ylabel(f"features of {s['small']}")
-    ax.set_title(f"{s['n_families']} of {s['n_small_alive']} live features of {s['small']} (d_sae "
-                 f"{s['d_sae'][s['small']]}) split in two or more\n(random dictionaries of the same sizes: "
-                 f"{s['null']['n_families']})", fontsize=9)
-    return fig
-
-def plot_categories(metrics, trained, analysis):
-    "Where the activation mass of each category's best feature goes, across categories."
-    import matplotlib.pyplot as plt
-    c = (analysis or {}).get("categories")
-    if not c: return None
-    cats = [k for k in CATEGORIES if k in c and c[k]["features"]]
-    if not cats: return None
-    M = np.array([[c[k]["features"][0]["mass_share"][k2] for k2 in cats] for k in cats])
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    im = ax.imshow(M, vmin=0, vmax=1, cmap="viridis")
-    ax.set_yticks(range(len(cats)), [f"{k}: #{c[k]['features'][0]['feature']}" for k in cats])
-    ax.set_xticks(range(len(cats)), cats, rotation=35, ha="right")
-    for i in range(len(cats)):
-        for j in range(len(cats)): ax.text(j, i, f"{M[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                                           color="k" if M[i, j] > 0.5 else "w")
-    ax.set_xlabel("share of the feature's activation mass on tokens of this category")
-    diag = float(np.diag(M).mean())
-    ax.set_title("The most selective feature for each category fires mostly on it" if diag > 0.5 else
-                 f"Each category's most selective feature: {diag:.0%} of its mass on the category, on average")
-    fig.colorbar(im, ax=ax, fraction=0.04)
     return fig
 
 PLOTS = {"repro_log_density": plot_density, "repro_training_curve": plot_curve,

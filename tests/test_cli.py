@@ -41,3 +41,28 @@ def test_interrupted_command_prints_one_line_and_how_to_resume(tmp_path):
     out, err = p.communicate(timeout=120)
     assert p.returncode == 130, (out, err)
     assert "Traceback" not in err and "interrupted" in err and "Run the same command again to resume" in err
+
+
+def test_reproduce_help_shows_nested_options_with_help():
+    "Every ReproConfig option, nested ones included, is listed with its help text, choices and default."
+    r = _run("reproduce", "--help")
+    out = " ".join(r.stdout.split())
+    assert r.returncode == 0
+    assert "--topk.lr" in out and "peak Adam learning rate (preset)" in out and "--relu.warmup-steps" in out
+    assert "max(1, steps // 20)" in out and "ci|cpu|gpu" in out and "data|train|evaluate" in out
+    assert "--topk-lr" in out and "--l1-coeff" in out           # the flat names of earlier versions still work
+
+
+def test_nested_option_round_trips_into_the_config():
+    from sae_tutorial.reproduce import ReproConfig, ReluSettings, TopKSettings
+    p = argparse.ArgumentParser(); add_dataclass_args(p, ReproConfig)
+    got = dataclass_from_args(ReproConfig, p.parse_args(["--topk.k", "7", "--relu.min-lr-frac", "0.2", "--lr", "0.5",
+                                                         "--steps", "9", "--stop-after", "train"]))
+    assert got == ReproConfig(steps=9, stop_after="train", relu=ReluSettings(lr=0.5, min_lr_frac=0.2),
+                              topk=TopKSettings(k=7))
+    assert dataclass_from_args(ReproConfig, p.parse_args([])) == ReproConfig()
+
+
+def test_unknown_choice_names_the_field_and_choices(capsys):
+    assert main(["reproduce", "--stop-after", "later"]) == 1
+    assert "stop_after='later' is unknown; use one of data, train, evaluate" in capsys.readouterr().err

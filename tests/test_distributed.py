@@ -208,3 +208,18 @@ def test_torchrun_ranks_stop_together_on_non_finite_loss(store, tmp_path):
     ranks = {l.split(", rank ")[1][0] for l in out.splitlines() if "Non-finite loss or gradient at step" in l and ", rank " in l}
     assert ranks == {"0", "1"} and len(steps) == 1, out[-3000:]
     assert not (tmp_path/"out"/"sae").exists()
+
+
+def test_main_parses_the_configs_with_their_own_defaults(tmp_path):
+    "torchrun's options are SAEConfig / LossConfig / TrainConfig fields: unset ones keep those classes' defaults."
+    from dataclasses import replace
+    from sae_tutorial.distributed import parse_ddp_args
+    store = write_disk_store(torch.randn(64, 8), tmp_path/"store")
+    o = parse_ddp_args(["--store", str(store), "--out", str(tmp_path/"out")])
+    assert o.train == replace(TrainConfig(), batch_size=o.global_batch_size) and o.loss == LossConfig()
+    assert o.sae == SAEConfig(d_in=8) and not o.cpu
+    o = parse_ddp_args(["--job", "j.json", "--cpu", "--train.lr", "1e-3", "--warmup-steps", "7", "--checkpoint-every", "5",
+                        "--out", str(tmp_path/"o2")])
+    assert (o.train.lr, o.train.warmup_steps, o.train.checkpoint_every, o.cpu) == (1e-3, 7, 5, True)
+    assert o.train.checkpoint_dir == str(tmp_path/"o2"/"checkpoints")
+    with pytest.raises(SystemExit): parse_ddp_args(["--steps", "3"])

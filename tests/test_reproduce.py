@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from sae_tutorial.reproduce import (ReproConfig, reproduce, METRIC_FIELDS, PRESETS, run_stage, stage_done, stage_key,
-                                    split_documents_by_index, load_store, category_features, splitting_families,
-                                    sae_specs, one_to_one_cosines, agreement, random_dictionary, splitting_null)
+                                    split_documents_by_index, load_store, sae_specs)
+from sae_tutorial.analysis import (category_features, splitting_families, one_to_one_cosines, agreement,
+                                   random_dictionary, splitting_null)
 
 SAES = ("relu", "relu_seed1", "topk", "topk_seed1", "topk_x1")
 
@@ -73,7 +74,7 @@ def test_metrics_json_has_every_field(interrupted_then_resumed):
             assert m["delta_ce"] == pytest.approx(m["ce_sae"] - m["ce_clean"]) and m["kl_sae"] >= 0
         assert metrics[name]["held_out_source"]["source"] == "sotu"
     assert metrics["topk_untrained"]["tokens_trained"] == 0 and metrics["topk"]["tokens_trained"] > 0
-    assert 0 < metrics["topk"]["l0"] <= PRESETS["ci"]["k"]              # TopK: at most k active latents per token
+    assert 0 < metrics["topk"]["l0"] <= PRESETS["ci"]["topk"]["k"]              # TopK: at most k active latents per token
 
 
 def test_explained_variance_matches_float64_numpy(interrupted_then_resumed):

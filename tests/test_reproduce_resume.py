@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from sae_tutorial.activations import ActivationStore
 from sae_tutorial.distributed import write_disk_store
-from sae_tutorial.reproduce import ReproConfig, SAESpec, train_sae
+from sae_tutorial.reproduce import ReproConfig, ReluSettings, TopKSettings, SAESpec, train_sae
 from sae_tutorial.sae import SAE
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")   # bit-identical runs need a fixed thread count
@@ -45,8 +45,9 @@ def open_store(folder: Path, pause: float = 0.0, report: bool = False) -> Activa
     return store
 
 
-CFG = ReproConfig(preset="ci", expansion=4, archs="relu", l1_coeff=3e-3, steps=STEPS, batch_size=BATCH, lr=3e-3,
-                  curve_points=5, ctx_len=8, ce_tokens=32, k=4, progress=False)
+CFG = ReproConfig(preset="ci", expansion=4, archs="relu", steps=STEPS, batch_size=BATCH,
+                  relu=ReluSettings(l1_coeff=3e-3, lr=3e-3), topk=TopKSettings(k=4),
+                  curve_points=5, ctx_len=8, ce_tokens=32, progress=False)
 SPEC = SAESpec("relu", "relu", 4, 0, True)
 
 
