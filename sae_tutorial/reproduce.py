@@ -351,7 +351,8 @@ def train_sae(spec: SAESpec, cfg: ReproConfig, store, eval_store, out: Path, mod
     holds a checkpoint (a killed earlier try), continue from the newest one: at most a tenth of the run is lost.
     `eval_store` / `source_store` (main SAEs): held-out documents and the held-out source, in the training units."""
     from safetensors.torch import save, save_file, load_file
-    from sae_tutorial.train import train, latest_checkpoint
+    from sae_tutorial.train import train
+    from sae_tutorial.checkpoint import latest_checkpoint
     from sae_tutorial.metrics import evaluate
     dev = get_device(cfg.device)
     sae, loss_cfg, train_cfg = start_sae(spec, cfg, store, dev)
