@@ -19,7 +19,8 @@ from .activations import (ActivationStore, HarvestConfig, KEPT, validate_hook, h
 from .lm import LOCAL_MODELS, load_lm
 from .sae import SAE, SAEConfig, make_sae
 from .losses import LossConfig
-from .train import TrainConfig, train, latest_checkpoint
+from .train import TrainConfig, train
+from .checkpoint import latest_checkpoint
 from .metrics import evaluate
 from .saelens import save_saelens
 from .analysis import (CATEGORIES, SHARE_THRESHOLDS, agreement, category_features, category_labels, plot_categories,

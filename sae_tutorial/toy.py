@@ -4,9 +4,9 @@
 
 # %% ../nbs/01_toy_models.ipynb #32c0aeab
 from __future__ import annotations
-import math
+import itertools, math
 from dataclasses import dataclass, field
-from typing import NamedTuple, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 import numpy as np
 import torch
 from torch import nn, Tensor
@@ -15,15 +15,16 @@ from .core import budget, per_budget, get_device, seed_everything, check_finite,
 
 # %% auto #0
 __all__ = ['CORRELATIONS', 'NOT_REPRESENTED', 'DEDICATED', 'SUPERPOSITION', 'FEATURE_CLASSES', 'DIMENSIONALITY_FRACTIONS',
-           'TOY_FIGURES', 'ToyConfig', 'generate_batch', 'ToyOutput', 'ToyModel', 'ToyTrainLog', 'train_toy',
-           'evaluate_loss', 'feature_norms', 'feature_overlaps', 'feature_superposition', 'feature_dimensionality',
-           'dimensions_per_feature', 'regular_polygon', 'feature_angles', 'angular_gaps', 'classify_features',
-           'SweepResult', 'train_sweep', 'Experiment', 'toy_train_sizes', 'run_importance_sparsity',
-           'plot_importance_sparsity', 'check_importance_sparsity', 'run_pentagon', 'plot_feature_arrows',
-           'plot_pentagon', 'check_pentagon', 'dimensionality_sweep_sizes', 'run_dimensionality', 'plot_dimensionality',
-           'check_dimensionality', 'run_phase_diagram', 'phase_classes', 'plot_phase_diagram', 'check_phase_diagram',
-           'run_correlated', 'pair_angles', 'plot_correlated', 'check_correlated', 'neuron_monosemanticity',
-           'run_computation', 'plot_computation', 'check_computation', 'reproduce_toy']
+           'TOY_EXPERIMENTS', 'TOY_FIGURES', 'ToyConfig', 'generate_batch', 'ToyOutput', 'ToyModel', 'ToyTrainLog',
+           'train_toy', 'evaluate_loss', 'feature_norms', 'feature_overlaps', 'feature_superposition',
+           'feature_dimensionality', 'dimensions_per_feature', 'regular_polygon', 'feature_angles', 'angular_gaps',
+           'classify_features', 'SweepResult', 'train_sweep', 'Experiment', 'ToyFactError', 'toy_train_sizes',
+           'run_importance_sparsity', 'plot_importance_sparsity', 'importance_sparsity_facts', 'run_pentagon',
+           'plot_feature_arrows', 'plot_pentagon', 'pentagon_facts', 'dimensionality_sweep_sizes', 'run_dimensionality',
+           'plot_dimensionality', 'dimensionality_facts', 'run_phase_diagram', 'phase_classes', 'plot_phase_diagram',
+           'phase_diagram_facts', 'run_correlated', 'pair_angles', 'plot_correlated', 'correlated_facts',
+           'neuron_monosemanticity', 'run_computation', 'plot_computation', 'computation_facts', 'ToyExperiment',
+           'reproduce_toy', 'SparseFeatureData']
 
 # %% ../nbs/01_toy_models.ipynb #f5fe5273
 def _per_instance(value, n_inst: int, n: int, name: str, lo: float | None = None, hi: float | None = None) -> Tensor:
@@ -299,6 +300,9 @@ class Experiment(NamedTuple):
     settings: Tensor       # [G] or [G, k] the swept values (e.g. feature probability), in sweep order
     sweep: SweepResult     # the best copy of each setting
 
+class ToyFactError(AssertionError):
+    "A toy model that did not show a fact the paper reports (a training run too short, or a change that broke something)."
+
 def toy_train_sizes(b: str | None = None) -> dict:
     "Optimiser settings per budget. gpu: the paper's AdamW lr 1e-3, batch 1024, 10k steps. cpu: fewer steps with a larger lr (fits a shared 2-core machine). ci: fewer still."
     return per_budget(ci=dict(steps=1_000, lr=1e-2, batch_size=512),
@@ -346,16 +350,20 @@ def plot_importance_sparsity(e: Experiment):
     fig.suptitle(f"Sparser features are squeezed into superposition (n={n} features, m={m} dims)")
     return fig
 
-def check_importance_sparsity(e: Experiment) -> dict:
-    "Assert the paper's facts for item 1 and return the numbers: dense -> m orthogonal unit features; sparsest -> more than m features."
+def importance_sparsity_facts(e: Experiment) -> dict:
+    "Verify the paper's facts for item 1 (ToyFactError if one fails) and return the numbers: dense -> m orthogonal unit features; sparsest -> more than m features."
     W = e.sweep.W; m = W.shape[1]
     dense = int(e.settings.argmax()); sparse = int(e.settings.argmin())
     norms, sup = feature_norms(W[dense]), feature_superposition(W[dense])
     n_dense = int((norms > 0.5).sum()); n_sparse = int((feature_norms(W[sparse]) > 0.5).sum())
-    assert torch.all((norms[:m] - 1).abs() < 0.1), f"dense: the {m} most important features should have norm ≈ 1; got {norms[:m]}"
-    assert torch.all(norms[m:] < 0.2), f"dense: the less important features should be dropped (norm ≈ 0); got {norms[m:]}"
-    assert torch.all(sup[:m] < 0.05), f"dense: the kept features should be near-orthogonal; superposition {sup[:m]}"
-    assert n_sparse > m, f"sparsest: expected more than m={m} represented features; got {n_sparse}"
+    if not torch.all((norms[:m] - 1).abs() < 0.1):
+        raise ToyFactError(f"dense: the {m} most important features should have norm ≈ 1; got {norms[:m]}")
+    if not torch.all(norms[m:] < 0.2):
+        raise ToyFactError(f"dense: the less important features should be dropped (norm ≈ 0); got {norms[m:]}")
+    if not torch.all(sup[:m] < 0.05):
+        raise ToyFactError(f"dense: the kept features should be near-orthogonal; superposition {sup[:m]}")
+    if not (n_sparse > m):
+        raise ToyFactError(f"sparsest: expected more than m={m} represented features; got {n_sparse}")
     return dict(dense_represented=n_dense, dense_max_superposition=sup[:m].max().item(), sparse_represented=n_sparse)
 
 # %% ../nbs/01_toy_models.ipynb #24cb2df9
@@ -392,24 +400,27 @@ def plot_pentagon(e: Experiment):
     fig.tight_layout()
     return fig
 
-def check_pentagon(e: Experiment) -> dict:
-    "Assert: sparsest p -> pentagon (norms ≈ 1, neighbouring angles 72° ± 6°); p = 1 -> two orthogonal features, three dropped; antipodal pairs in between."
+def pentagon_facts(e: Experiment) -> dict:
+    "Verify (ToyFactError if one fails): sparsest p -> pentagon (norms ≈ 1, neighbouring angles 72° ± 6°); p = 1 -> two orthogonal features, three dropped; antipodal pairs in between."
     W = e.sweep.W
     dense, sparse = int(e.settings.argmax()), int(e.settings.argmin())
     norms, gaps = feature_norms(W[sparse]), angular_gaps(W[sparse])
-    assert torch.all((norms > 0.85) & (norms < 1.25)), f"sparsest: all five norms should be ≈ 1; got {norms}"
-    assert len(gaps) == 5 and torch.all((gaps - 72).abs() < 6), f"sparsest: neighbouring angles should be 72° ± 6°; got {gaps}"
+    if not torch.all((norms > 0.85) & (norms < 1.25)):
+        raise ToyFactError(f"sparsest: all five norms should be ≈ 1; got {norms}")
+    if not (len(gaps) == 5 and torch.all((gaps - 72).abs() < 6)):
+        raise ToyFactError(f"sparsest: neighbouring angles should be 72° ± 6°; got {gaps}")
     dn = feature_norms(W[dense]); kept = dn > 0.5
-    assert kept.sum() == 2 and torch.all((dn[kept] - 1).abs() < 0.1) and torch.all(dn[~kept] < 0.2), \
-        f"dense: two features with norm ≈ 1 and three ≈ 0 (< 0.2) expected; got norms {dn}"
+    if not (kept.sum() == 2 and torch.all((dn[kept] - 1).abs() < 0.1) and torch.all(dn[~kept] < 0.2)):
+        raise ToyFactError(f"dense: two features with norm ≈ 1 and three ≈ 0 (< 0.2) expected; got norms {dn}")
     ang = feature_angles(W[dense])[kept][:, kept][0, 1]
-    assert (ang - 90).abs() < 6, f"dense: the two kept features should be orthogonal; angle {ang:.1f}°"
+    if not ((ang - 90).abs() < 6):
+        raise ToyFactError(f"dense: the two kept features should be orthogonal; angle {ang:.1f}°")
     n_antipodal = []
     for g in range(W.shape[0]):
         keep = feature_norms(W[g]) > 0.5
         a = feature_angles(W[g])[keep][:, keep]
         n_antipodal.append(int((a > 170).sum()) // 2)
-    assert max(n_antipodal) >= 1, "no antipodal pair (angle > 170°) at any feature probability"
+    if not (max(n_antipodal) >= 1): raise ToyFactError("no antipodal pair (angle > 170°) at any feature probability")
     return dict(pentagon_gaps=[round(x, 1) for x in gaps.tolist()], pentagon_norms=[round(x, 2) for x in norms.tolist()],
                 dense_angle=round(ang.item(), 1), antipodal_pairs_per_p=n_antipodal)
 
@@ -454,18 +465,21 @@ def plot_dimensionality(e: Experiment):
     fig.tight_layout()
     return fig
 
-def check_dimensionality(e: Experiment) -> dict:
-    "Assert: dense -> one dimension per feature; sparsest -> below 1/2; a plateau at 1/2 where every represented feature has D_i ≈ 1/2."
+def dimensionality_facts(e: Experiment) -> dict:
+    "Verify (ToyFactError if one fails): dense -> one dimension per feature; sparsest -> below 1/2; a plateau at 1/2 where every represented feature has D_i ≈ 1/2."
     W = e.sweep.W
     dpf = dimensions_per_feature(W)
     D, norms = feature_dimensionality(W), feature_norms(W)
-    assert (dpf[0] - 1).abs() < 0.1, f"dense: expected m/‖W‖²_F ≈ 1; got {dpf[0]:.3f}"
-    assert dpf[-1] < 0.5, f"sparsest: expected fewer than 1/2 dimensions per feature; got {dpf[-1]:.3f}"
+    if not ((dpf[0] - 1).abs() < 0.1): raise ToyFactError(f"dense: expected m/‖W‖²_F ≈ 1; got {dpf[0]:.3f}")
+    if not (dpf[-1] < 0.5):
+        raise ToyFactError(f"sparsest: expected fewer than 1/2 dimensions per feature; got {dpf[-1]:.3f}")
     plateau = (dpf - 0.5).abs() < 0.05
     k = per_budget(1, 2)
-    assert plateau.sum() >= k, f"expected a plateau at 1/2 (>= {k} settings within 0.05); got {dpf}"
+    if not (plateau.sum() >= k):
+        raise ToyFactError(f"expected a plateau at 1/2 (>= {k} settings within 0.05); got {dpf}")
     Dp = D[plateau][norms[plateau] > 0.5]
-    assert torch.all((Dp - 0.5).abs() < 0.05), f"on the 1/2 plateau every represented feature should have D_i ≈ 1/2; got {Dp}"
+    if not torch.all((Dp - 0.5).abs() < 0.05):
+        raise ToyFactError(f"on the 1/2 plateau every represented feature should have D_i ≈ 1/2; got {Dp}")
     mid = (dpf > 0.3)[:, None] & (norms > 0.5)                   # where the simple fractions (>= 3/8) are possible
     near = (D[mid][:, None] - torch.tensor(DIMENSIONALITY_FRACTIONS)).abs().min(1).values < 0.05
     return dict(dims_per_feature=[round(v, 3) for v in dpf.tolist()], settings_on_half_plateau=int(plateau.sum()),
@@ -508,14 +522,17 @@ def plot_phase_diagram(e: Experiment):
     ax.set_title("Two features, one dimension: sparse features go into superposition")
     return fig
 
-def check_phase_diagram(e: Experiment) -> dict:
-    "Assert the three regions: dense & unimportant -> not represented; dense & important -> dedicated; sparse & comparable importance -> superposition."
+def phase_diagram_facts(e: Experiment) -> dict:
+    "Verify the three regions (ToyFactError if one fails): dense & unimportant -> not represented; dense & important -> dedicated; sparse & comparable importance -> superposition."
     p, r = e.settings[:, 0], e.settings[:, 1]
     cls = classify_features(e.sweep.W)[:, 1]
     dense, sparse = p == p.max(), p == p.min()
-    assert torch.all(cls[dense & (r < 0.5)] == NOT_REPRESENTED), "dense, unimportant feature 2 should not be represented"
-    assert torch.all(cls[dense & (r > 2)] == DEDICATED), "dense, important feature 2 should take the dimension"
-    assert torch.all(cls[sparse & (r > 0.5) & (r < 2)] == SUPERPOSITION), "sparse features of similar importance should be antipodal"
+    if not torch.all(cls[dense & (r < 0.5)] == NOT_REPRESENTED):
+        raise ToyFactError("dense, unimportant feature 2 should not be represented")
+    if not torch.all(cls[dense & (r > 2)] == DEDICATED):
+        raise ToyFactError("dense, important feature 2 should take the dimension")
+    if not torch.all(cls[sparse & (r > 0.5) & (r < 2)] == SUPERPOSITION):
+        raise ToyFactError("sparse features of similar importance should be antipodal")
     return {FEATURE_CLASSES[k]: int((cls == k).sum()) for k in range(3)}
 
 # %% ../nbs/01_toy_models.ipynb #36b606d8
@@ -544,14 +561,15 @@ def plot_correlated(exps: dict):
     fig.tight_layout()
     return fig
 
-def check_correlated(exps: dict) -> dict:
-    "Assert: correlated pairs are orthogonal within the pair; anticorrelated pairs are antipodal."
+def correlated_facts(exps: dict) -> dict:
+    "Verify (ToyFactError if one fails): correlated pairs are orthogonal within the pair; anticorrelated pairs are antipodal."
     c, a = pair_angles(exps["correlated"].sweep.W[0]), pair_angles(exps["anticorrelated"].sweep.W[0])
     for kind in ("correlated", "anticorrelated"):
         nrm = feature_norms(exps[kind].sweep.W[0])
-        assert torch.all(nrm > 0.5), f"{kind}: all four features should be represented; norms {nrm}"
-    assert torch.all((c - 90).abs() < 10), f"correlated pairs should be orthogonal within the pair; angles {c}"
-    assert torch.all(a > 170), f"anticorrelated pairs should be antipodal; angles {a}"
+        if not torch.all(nrm > 0.5): raise ToyFactError(f"{kind}: all four features should be represented; norms {nrm}")
+    if not torch.all((c - 90).abs() < 10):
+        raise ToyFactError(f"correlated pairs should be orthogonal within the pair; angles {c}")
+    if not torch.all(a > 170): raise ToyFactError(f"anticorrelated pairs should be antipodal; angles {a}")
     return dict(correlated_pair_angles=[round(x, 1) for x in c.tolist()], anticorrelated_pair_angles=[round(x, 1) for x in a.tolist()])
 
 # %% ../nbs/01_toy_models.ipynb #9eb672a4
@@ -595,39 +613,93 @@ def plot_computation(e: Experiment, n_show: int | None = None):
     fig.tight_layout()
     return fig
 
-def check_computation(e: Experiment) -> dict:
-    "Assert: dense -> live neurons are monosemantic (mean > 0.9); sparse -> clearly less monosemantic, and more features than m/2 are computed."
+def computation_facts(e: Experiment) -> dict:
+    "Verify (ToyFactError if one fails): dense -> live neurons are monosemantic (mean > 0.9); sparse -> clearly less monosemantic, and more features than m/2 are computed."
     dense, sparse = int(e.settings.argmax()), int(e.settings.argmin())
     md, ms = neuron_monosemanticity(e.sweep.W[dense]), neuron_monosemanticity(e.sweep.W[sparse])
     md, ms = md[~md.isnan()].mean().item(), ms[~ms.isnan()].mean().item()
     m = e.sweep.W.shape[1]
     feat_sparse = int((e.sweep.W[sparse].norm(dim=0) > 0.5).sum())
-    assert md > 0.9, f"dense: neurons should be monosemantic; mean monosemanticity {md:.2f}"
-    assert ms < md - 0.15, f"sparse: neurons should be polysemantic; mean monosemanticity {ms:.2f} vs dense {md:.2f}"
-    assert feat_sparse > m // 2, f"sparse: more than m/2 = {m // 2} features should be computed; got {feat_sparse}"
+    if not (md > 0.9): raise ToyFactError(f"dense: neurons should be monosemantic; mean monosemanticity {md:.2f}")
+    if not (ms < md - 0.15):
+        raise ToyFactError(f"sparse: neurons should be polysemantic; mean monosemanticity {ms:.2f} vs dense {md:.2f}")
+    if not (feat_sparse > m // 2):
+        raise ToyFactError(f"sparse: more than m/2 = {m // 2} features should be computed; got {feat_sparse}")
     return dict(dense_monosemanticity=round(md, 3), sparse_monosemanticity=round(ms, 3), sparse_features_computed=feat_sparse)
 
 # %% ../nbs/01_toy_models.ipynb #ed1bb871
-TOY_FIGURES = {"importance_sparsity": "toy_feature_importance_sparsity.png", "pentagon": "toy_pentagon_geometry.png",
-               "dimensionality": "toy_dimensionality.png", "phase_diagram": "toy_phase_diagram.png",
-               "correlated": "toy_correlated_features.png", "computation": "toy_computation_in_superposition.png"}
+class ToyExperiment(NamedTuple):
+    "One toy-model experiment: how to train it, draw it and verify it, and the figure's file name."
+    run: Callable[..., Experiment | dict]      # trains at the current budget (takes device=)
+    plot: Callable                             # its figure
+    facts: Callable[..., dict]                 # the paper's facts, verified (ToyFactError otherwise)
+    figure: str                                # file name under images/
+
+TOY_EXPERIMENTS = {
+    "importance_sparsity": ToyExperiment(run_importance_sparsity, plot_importance_sparsity, importance_sparsity_facts,
+                                         "toy_feature_importance_sparsity.png"),
+    "pentagon": ToyExperiment(run_pentagon, plot_pentagon, pentagon_facts, "toy_pentagon_geometry.png"),
+    "dimensionality": ToyExperiment(run_dimensionality, plot_dimensionality, dimensionality_facts, "toy_dimensionality.png"),
+    "phase_diagram": ToyExperiment(run_phase_diagram, plot_phase_diagram, phase_diagram_facts, "toy_phase_diagram.png"),
+    "correlated": ToyExperiment(run_correlated, plot_correlated, correlated_facts, "toy_correlated_features.png"),
+    "computation": ToyExperiment(run_computation, plot_computation, computation_facts, "toy_computation_in_superposition.png"),
+}
+TOY_FIGURES = {name: e.figure for name, e in TOY_EXPERIMENTS.items()}
 
 def reproduce_toy(which: Sequence[str] | None = None, device=None, verbose: bool = True) -> dict:
-    "Run the toy-model experiments (`which`, default all six) at the current budget, save their figures, assert their facts; return {name: facts}."
+    "Run the toy-model experiments (`which`, default all six) at the current budget, save their figures, verify their facts; return {name: facts}."
     import time
     import matplotlib
     if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"): matplotlib.use("Agg")
     plt = _plt()
     torch.set_num_threads(1)          # tiny models: one thread is fastest (several threads spin on a busy machine)
-    this = globals()
-    names = list(which or TOY_FIGURES)
-    bad = [w for w in names if w not in TOY_FIGURES]
-    if bad: raise ValueError(f"unknown toy experiment(s) {bad}; choose from {list(TOY_FIGURES)}.")
+    names = list(which or TOY_EXPERIMENTS)
+    bad = [w for w in names if w not in TOY_EXPERIMENTS]
+    if bad: raise ValueError(f"unknown toy experiment(s) {bad}; choose from {list(TOY_EXPERIMENTS)}.")
     out = {}
     for name in names:
-        t0 = time.perf_counter()
-        e = this[f"run_{name}"](device=device)
-        fig = this[f"plot_{name}"](e); path = save_figure(fig, TOY_FIGURES[name]); plt.close(fig)
-        out[name] = this[f"check_{name}"](e)
+        t0, ex = time.perf_counter(), TOY_EXPERIMENTS[name]
+        e = ex.run(device=device)
+        fig = ex.plot(e); path = save_figure(fig, ex.figure); plt.close(fig)
+        out[name] = ex.facts(e)
         if verbose: print(f"[{budget()}] {name}: OK in {time.perf_counter() - t0:.0f} s -> {path}\n    {out[name]}", flush=True)
     return out
+
+# %% ../nbs/01_toy_models.ipynb #f361cc23
+class SparseFeatureData:
+    """Synthetic activations built from known sparse features (Sharkey et al. 2022).
+
+    `features` [n_features, d_in]: unit-norm ground-truth directions. Feature i is present with probability
+    p_i proportional to decay**i, scaled so that on average `mean_active` are present; a present feature
+    has magnitude U[0, 1]; x = sum_i m_i * features[i]. `correlated=True` draws presence from a Gaussian
+    copula with a random correlation matrix, which keeps every p_i but makes features co-occur."""
+    def __init__(self, d_in: int = 256, n_features: int = 512, mean_active: float = 5.0, decay: float = 0.99,
+                 correlated: bool = False, seed: int = 0, device=None):
+        g = torch.Generator().manual_seed(seed)
+        self.d_in, self.n_features, self.correlated, self.device = d_in, n_features, correlated, device
+        F = torch.randn(n_features, d_in, generator=g)
+        self.features = (F / F.norm(dim=1, keepdim=True)).to(device)                    # [n_features, d_in]
+        w = decay ** torch.arange(n_features, dtype=torch.float64)
+        self.p = (mean_active * w / w.sum()).clamp(max=1.0).float().to(device)          # [n_features]
+        if correlated:
+            A = torch.randn(n_features, 8, generator=g, dtype=torch.float64) / math.sqrt(8)  # 8 latent factors
+            C = A @ A.T + 0.5 * torch.eye(n_features, dtype=torch.float64)              # random covariance
+            d = C.diagonal().rsqrt(); C = d[:, None] * C * d[None, :]                  # ... as a correlation
+            self.L = torch.linalg.cholesky(C).float().to(device)                        # [n_features, n_features]
+            self.z_cut = torch.distributions.Normal(0.0, 1.0).icdf(self.p.double().cpu()).float().to(device)
+
+    def sample_codes(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
+        "Feature magnitudes [batch_size, n_features]: m_i ~ U[0, 1] where feature i is present, else 0."
+        n = self.n_features
+        if self.correlated: present = (torch.randn(batch_size, n, generator=generator).to(self.device) @ self.L.T) < self.z_cut
+        else: present = torch.rand(batch_size, n, generator=generator).to(self.device) < self.p
+        return present * torch.rand(batch_size, n, generator=generator).to(self.device)
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
+        "A batch of activations x = codes @ features [batch_size, d_in]."
+        return self.sample_codes(batch_size, generator) @ self.features
+
+    def batches(self, batch_size: int, n_batches: int | None = None, seed: int = 0) -> Iterator[Tensor]:
+        "`n_batches` batches (forever if None) from a generator seeded with `seed`: the same seed gives the same data."
+        g = torch.Generator().manual_seed(seed)
+        for _ in (range(n_batches) if n_batches is not None else itertools.count()): yield self.sample(batch_size, g)

@@ -2,104 +2,72 @@
 
 # %% ../nbs/04_training.ipynb #33a60d5a
 from __future__ import annotations
-import contextlib, hashlib, itertools, json, math, os, random, shutil, time
+import contextlib, itertools, time
 from collections import deque
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, NamedTuple
-import numpy as np
+from typing import Callable, Iterable, Literal, NamedTuple, get_args
 import torch
 from torch import Tensor
 from torch.optim.lr_scheduler import LinearLR, CosineAnnealingLR, ConstantLR, SequentialLR, LRScheduler
-from safetensors import SafetensorError
-from safetensors.torch import save_file, load_file
 from tqdm.auto import tqdm
-from .core import check_finite, atomic_folder, sha256_file
-from .sae import SAE, SAEConfig, input_check_deferred
+from .core import check_finite
+from .sae import SAE, input_check_deferred
 from .losses import LossConfig, sae_loss
 
 # %% auto #0
-__all__ = ['DECAYS', 'RESAMPLERS', 'EXTRA_ENCODER_PARAMS', 'HISTORY_KEYS', 'RUN_DEFINING', 'SparseFeatureData', 'TrainConfig',
-           'make_optimizer', 'make_scheduler', 'sparsity_coeff_at', 'FeatureUsage', 'ResampleEvent', 'reset_adam_rows_',
-           'resample_dead_features', 'TrainHistory', 'TrainResult', 'save_checkpoint', 'latest_checkpoint',
-           'prune_checkpoints', 'CheckpointError', 'Checkpoint', 'load_checkpoint', 'restore_rng', 'StepGuard',
-           'RankSync', 'train']
-
-# %% ../nbs/04_training.ipynb #c0a9a8d3
-class SparseFeatureData:
-    """Synthetic activations built from known sparse features (Sharkey et al. 2022).
-
-    `features` [n_features, d_in]: unit-norm ground-truth directions. Feature i is present with probability
-    p_i proportional to decay**i, scaled so that on average `mean_active` are present; a present feature
-    has magnitude U[0, 1]; x = sum_i m_i * features[i]. `correlated=True` draws presence from a Gaussian
-    copula with a random correlation matrix, which keeps every p_i but makes features co-occur."""
-    def __init__(self, d_in: int = 256, n_features: int = 512, mean_active: float = 5.0, decay: float = 0.99,
-                 correlated: bool = False, seed: int = 0, device=None):
-        g = torch.Generator().manual_seed(seed)
-        self.d_in, self.n_features, self.correlated, self.device = d_in, n_features, correlated, device
-        F = torch.randn(n_features, d_in, generator=g)
-        self.features = (F / F.norm(dim=1, keepdim=True)).to(device)                    # [n_features, d_in]
-        w = decay ** torch.arange(n_features, dtype=torch.float64)
-        self.p = (mean_active * w / w.sum()).clamp(max=1.0).float().to(device)          # [n_features]
-        if correlated:
-            A = torch.randn(n_features, 8, generator=g, dtype=torch.float64) / math.sqrt(8)  # 8 latent factors
-            C = A @ A.T + 0.5 * torch.eye(n_features, dtype=torch.float64)              # random covariance
-            d = C.diagonal().rsqrt(); C = d[:, None] * C * d[None, :]                  # ... as a correlation
-            self.L = torch.linalg.cholesky(C).float().to(device)                        # [n_features, n_features]
-            self.z_cut = torch.distributions.Normal(0.0, 1.0).icdf(self.p.double().cpu()).float().to(device)
-
-    def sample_codes(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
-        "Feature magnitudes [batch_size, n_features]: m_i ~ U[0, 1] where feature i is present, else 0."
-        n = self.n_features
-        if self.correlated: present = (torch.randn(batch_size, n, generator=generator).to(self.device) @ self.L.T) < self.z_cut
-        else: present = torch.rand(batch_size, n, generator=generator).to(self.device) < self.p
-        return present * torch.rand(batch_size, n, generator=generator).to(self.device)
-
-    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
-        "A batch of activations x = codes @ features [batch_size, d_in]."
-        return self.sample_codes(batch_size, generator) @ self.features
-
-    def batches(self, batch_size: int, n_batches: int | None = None, seed: int = 0) -> Iterator[Tensor]:
-        "`n_batches` batches (forever if None) from a generator seeded with `seed`: the same seed gives the same data."
-        g = torch.Generator().manual_seed(seed)
-        for _ in (range(n_batches) if n_batches is not None else itertools.count()): yield self.sample(batch_size, g)
+__all__ = ['Decay', 'Resampler', 'DECAYS', 'RESAMPLERS', 'EXTRA_ENCODER_PARAMS', 'HISTORY_KEYS', 'TrainConfig', 'make_optimizer',
+           'make_scheduler', 'sparsity_coeff_at', 'FeatureUsage', 'ResampleEvent', 'reset_adam_rows_',
+           'resample_dead_features', 'StepRecord', 'TrainHistory', 'TrainResult', 'StepGuard', 'RankSync', 'train']
 
 # %% ../nbs/04_training.ipynb #2e814e72
-DECAYS = ("cosine", "linear", "constant")
-RESAMPLERS = ("anthropic", "random", "none")
+Decay = Literal["cosine", "linear", "constant"]          # the learning rate after warm-up
+Resampler = Literal["anthropic", "random", "none"]       # how dead latents get new directions
+DECAYS, RESAMPLERS = get_args(Decay), get_args(Resampler)
 
 @dataclass
 class TrainConfig:
     "How to train an SAE: optimiser, schedules, clipping, dead latents, checkpoints. Doubles as CLI options."
-    lr: float = 3e-4                  # peak learning rate of Adam
-    beta1: float = 0.9                # Adam's first-moment decay
-    beta2: float = 0.999              # Adam's second-moment decay
-    eps: float = 1e-8                 # Adam's epsilon
-    steps: int | None = None          # optimiser steps; None: total_tokens // batch_size, else len(batches)
-    total_tokens: int | None = None   # alternative to `steps`: inputs to train on
-    batch_size: int = 4096            # inputs per batch, used to turn `total_tokens` into steps
-    warmup_steps: int = 0             # lr rises linearly from lr*warmup_start to lr over these steps
-    warmup_start: float = 0.01        # first warm-up lr as a fraction of lr (must be > 0)
-    decay: str = "cosine"             # after warm-up: "cosine" | "linear" | "constant"
-    min_lr_frac: float = 0.0          # lr at the last step, as a fraction of lr (cosine, linear)
-    sparsity_warmup_steps: int = 0    # sparsity coefficient rises linearly from 0 over these steps
-    clip_grad_norm: float | None = 1.0  # bound on the global L2 norm of all gradients; None: no clipping
-    dead_window: int = 100_000        # inputs: a latent that did not fire on the last `dead_window` inputs is dead
-    dead_threshold: float = 0.0       # theta: latent i fires on x when f_i(x) > theta
-    resample: str = "none"            # dead-latent resampling: "anthropic" | "random" | "none"
-    resample_every: int | None = None # resample every this many steps ...
-    resample_stop: float = 0.5        # ... up to this fraction of the run (Anthropic: the first half)
-    resample_steps: list[int] = field(default_factory=list)  # and/or at these exact steps
-    resample_inputs: int = 8192       # inputs scored to draw new directions from (anthropic)
-    resample_enc_scale: float = 0.2   # new encoder column norm, as a multiple of the mean alive one
-    checkpoint_every: int | None = None  # steps between checkpoints (needs checkpoint_dir)
-    checkpoint_dir: str | None = None
-    keep_checkpoints: int = 2         # newest checkpoints kept on disk
-    log_every: int = 50               # steps between host syncs (history flush, progress bar)
-    seed: int = 0                     # seeds the trainer's own generator (resampling draws)
-    device: str | None = None         # None: wherever the SAE's parameters are
-    progress: bool = True             # tqdm progress bar
-    resume_changed_config: bool = False  # resume a checkpoint written under other settings (steps, lr, schedule, ...)
+    lr: float = field(default=3e-4, metadata={"help": "peak learning rate of Adam"})
+    beta1: float = field(default=0.9, metadata={"help": "Adam's first-moment decay"})
+    beta2: float = field(default=0.999, metadata={"help": "Adam's second-moment decay"})
+    eps: float = field(default=1e-8, metadata={"help": "Adam's epsilon"})
+    steps: int | None = field(default=None, metadata={
+        "help": "optimiser steps; None: total_tokens // batch_size, else len(batches)"})
+    total_tokens: int | None = field(default=None, metadata={"help": "alternative to steps: inputs to train on"})
+    batch_size: int = field(default=4096, metadata={"help": "inputs per batch, used to turn total_tokens into steps"})
+    warmup_steps: int = field(default=0, metadata={
+        "help": "lr rises linearly from lr*warmup_start to lr over these steps"})
+    warmup_start: float = field(default=0.01, metadata={"help": "first warm-up lr as a fraction of lr (must be > 0)"})
+    decay: Decay = field(default="cosine", metadata={"help": "learning-rate decay after warm-up"})
+    min_lr_frac: float = field(default=0.0, metadata={
+        "help": "lr at the last step, as a fraction of lr (cosine, linear)"})
+    sparsity_warmup_steps: int = field(default=0, metadata={
+        "help": "sparsity coefficient rises linearly from 0 over these steps"})
+    clip_grad_norm: float | None = field(default=1.0, metadata={
+        "help": "bound on the global L2 norm of all gradients; None: no clipping"})
+    dead_window: int = field(default=100_000, metadata={
+        "help": "inputs: a latent that did not fire on the last dead_window inputs is dead"})
+    dead_threshold: float = field(default=0.0, metadata={"help": "theta: latent i fires on x when f_i(x) > theta"})
+    resample: Resampler = field(default="none", metadata={"help": "dead-latent resampling"})
+    resample_every: int | None = field(default=None, metadata={"help": "resample every this many steps ..."})
+    resample_stop: float = field(default=0.5, metadata={
+        "help": "... up to this fraction of the run (Anthropic: the first half)"})
+    resample_steps: list[int] = field(default_factory=list, metadata={"help": "and/or resample at these exact steps"})
+    resample_inputs: int = field(default=8192, metadata={
+        "help": "inputs scored to draw new directions from (anthropic)"})
+    resample_enc_scale: float = field(default=0.2, metadata={
+        "help": "new encoder column norm, as a multiple of the mean alive one"})
+    checkpoint_every: int | None = field(default=None, metadata={
+        "help": "steps between checkpoints (needs checkpoint_dir)"})
+    checkpoint_dir: str | None = field(default=None, metadata={"help": "folder of the step_* checkpoints"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "newest checkpoints kept on disk"})
+    log_every: int = field(default=50, metadata={"help": "steps between host syncs (history flush, progress bar)"})
+    seed: int = field(default=0, metadata={"help": "seeds the trainer's own generator (resampling draws)"})
+    device: str | None = field(default=None, metadata={"help": "None: wherever the SAE's parameters are"})
+    progress: bool = field(default=True, metadata={"help": "tqdm progress bar"})
+    resume_changed_config: bool = field(default=False, metadata={
+        "help": "resume a checkpoint written under other settings (steps, lr, schedule, ...)"})
 
     def __post_init__(self):
         if self.decay not in DECAYS: raise ValueError(f"decay={self.decay!r}; use one of {DECAYS}.")
@@ -263,7 +231,22 @@ def resample_dead_features(sae: SAE, dead: Tensor, x: Tensor | None = None, meth
     return idx
 
 # %% ../nbs/04_training.ipynb #ef56eaa2
-HISTORY_KEYS = ("loss", "recon", "sparsity", "aux", "l0", "mse", "dead", "grad_norm", "lr", "sparsity_coeff")
+class StepRecord(NamedTuple):
+    """What one optimiser step logs, built by name in `train`. The measured values are 0-dim tensors on the device
+    until the log block's host sync (averaged over data-parallel ranks there); `lr` and `sparsity_coeff` are numbers.
+    A new metric is one more field here and its list in `TrainHistory`."""
+    loss: Tensor             # total loss
+    recon: Tensor            # reconstruction term
+    sparsity: Tensor         # sparsity penalty (before the coefficient)
+    aux: Tensor              # auxiliary term
+    l0: Tensor               # mean number of active latents per input
+    mse: Tensor              # mean squared error per element
+    dead: Tensor             # dead latents (window of `dead_window` inputs); an integer in the history
+    grad_norm: Tensor        # global gradient norm before clipping
+    lr: float                # learning rate used at this step
+    sparsity_coeff: float    # sparsity coefficient used at this step
+
+HISTORY_KEYS = StepRecord._fields
 
 @dataclass
 class TrainHistory:
@@ -283,219 +266,18 @@ class TrainHistory:
 
     def as_dict(self) -> dict[str, list]: return asdict(self)
 
+    def append(self, step: int, values: dict, tokens_per_s: float) -> None:
+        "Add one step: `values` holds every `HISTORY_KEYS` entry as a number (`dead` is rounded to an integer)."
+        self.step.append(step)
+        for k in HISTORY_KEYS: getattr(self, k).append(int(round(values[k])) if k == "dead" else values[k])
+        self.tokens_per_s.append(tokens_per_s)
+
 class TrainResult(NamedTuple):
     "What `train` returns."
     sae: SAE                       # the trained SAE (the same object that was passed in)
     history: TrainHistory          # per-step metrics
     resamples: list[ResampleEvent] # resampling events, in order
     steps: int                     # optimiser steps done in total (including those before a resume)
-
-# %% ../nbs/04_training.ipynb #e005ea80
-def _rng_state() -> tuple[dict, dict]:
-    "Global RNG states as (tensors, json)."
-    tensors = {"rng.torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()): tensors[f"rng.cuda.{i}"] = s
-    v, st, g = random.getstate()
-    name, keys, pos, has_g, cached = np.random.get_state()
-    return tensors, {"python": [v, list(st), g], "numpy": [name, keys.tolist(), int(pos), int(has_g), float(cached)]}
-
-def _python_rng_state(js: dict) -> tuple: v, st, g = js["python"]; return (v, tuple(st), g)
-def _numpy_rng_state(js: dict) -> tuple:
-    name, keys, pos, has_g, cached = js["numpy"]; return (name, np.array(keys, dtype=np.uint32), pos, has_g, cached)
-
-def _set_rng_state(tensors: dict, js: dict) -> None:
-    torch.set_rng_state(tensors["rng.torch_cpu"])
-    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
-    if cuda and torch.cuda.is_available(): torch.cuda.set_rng_state_all(cuda)
-    random.setstate(_python_rng_state(js))
-    np.random.set_state(_numpy_rng_state(js))
-
-def save_checkpoint(folder, sae: SAE, optimizer, scheduler, usage: FeatureUsage, generator: torch.Generator,
-                    state: dict, history: TrainHistory, resamples: list, cfg: TrainConfig) -> Path:
-    """Write a checkpoint atomically with `core.atomic_folder`: it is built in a temporary sibling folder and renamed
-    into place in one step, so a crash leaves either the previous `folder` or the complete new one.
-    Holds the SAE (sae/: safetensors + cfg.json), Adam's state, trainer and RNG tensors (state.safetensors) and
-    state.json: step, data position (batches drawn), scheduler, dead-latent statistics, history, and the size and
-    sha256 of every other file, which `load_checkpoint` checks before it trusts them."""
-    folder = Path(folder)
-    with atomic_folder(folder, overwrite=True) as tmp:
-        sae.save(tmp/"sae")
-        opt = optimizer.state_dict()
-        tensors = {f"opt.{i}.{k}": v.detach().contiguous() for i, s in opt["state"].items() for k, v in s.items()}
-        u = usage.state_dict()
-        tensors.update({f"usage.{k}": u[k].contiguous() for k in ("last_fired", "counts", "chunks")})
-        tensors["rng.trainer"] = generator.get_state()
-        rng_t, rng_j = _rng_state(); tensors.update(rng_t)
-        save_file({k: v.cpu() for k, v in tensors.items()}, tmp/"state.safetensors")
-        files = {p.relative_to(tmp).as_posix(): [p.stat().st_size, sha256_file(p)] for p in sorted(tmp.rglob("*")) if p.is_file()}
-        meta = {"state": state, "param_groups": opt["param_groups"], "scheduler": scheduler.state_dict(),
-                "usage": {k: u[k] for k in ("tokens", "window_tokens", "sizes")}, "rng": rng_j,
-                "history": history.as_dict(), "resamples": [e._asdict() for e in resamples], "train_cfg": asdict(cfg),
-                "files": files}
-        meta["state_sha256"] = _state_sha256(meta)               # covers state.json itself, as "files" covers the rest
-        (tmp/"state.json").write_text(json.dumps(meta))
-    return folder
-
-def _state_sha256(meta: dict) -> str:
-    "sha256 of state.json's content without its own hash (canonical JSON), stored in it and checked on resume."
-    return hashlib.sha256(json.dumps({k: v for k, v in meta.items() if k != "state_sha256"}, sort_keys=True).encode()).hexdigest()
-
-# the TrainConfig fields that define a run: a checkpoint resumed under other values would change the run half-way
-RUN_DEFINING = ("lr", "beta1", "beta2", "eps", "steps", "total_tokens", "batch_size", "warmup_steps", "warmup_start",
-                "decay", "min_lr_frac", "sparsity_warmup_steps", "clip_grad_norm", "dead_window", "dead_threshold",
-                "resample", "resample_every", "resample_stop", "resample_steps", "resample_inputs", "resample_enc_scale",
-                "seed")
-
-def _is_checkpoint(folder: Path) -> bool:
-    return any((folder/n).exists() for n in ("state.json", "state.safetensors", "sae"))
-
-def latest_checkpoint(folder) -> Path | None:
-    "The newest `step_*` checkpoint under `folder` (or `folder` itself if it is one), else None. It is not validated."
-    folder = Path(folder)
-    if _is_checkpoint(folder): return folder
-    steps = sorted(p for p in folder.glob("step_*") if p.is_dir())
-    return steps[-1] if steps else None
-
-def prune_checkpoints(folder, keep: int) -> None:
-    """Delete all but the newest `keep` step_* checkpoints in `folder`. Each is renamed to a hidden name before it is
-    deleted, so a kill in the middle never leaves half a checkpoint under a step_* name."""
-    folder = Path(folder)
-    for t in folder.glob(".trash-step_*"): shutil.rmtree(t, ignore_errors=True)     # left by a killed run
-    for old in sorted(p for p in folder.glob("step_*") if p.is_dir())[:-keep]:
-        trash = folder/f".trash-{old.name}"
-        os.replace(old, trash); shutil.rmtree(trash, ignore_errors=True)
-
-class CheckpointError(ValueError):
-    "A checkpoint that cannot be resumed from: files missing, truncated or corrupt, or written for another SAE or schedule."
-
-class Checkpoint(NamedTuple):
-    "Trainer state read back by `load_checkpoint` (weights, optimiser, scheduler, usage are restored in place)."
-    state: dict                     # {"step": optimiser steps done, "batches_drawn": data position}
-    history: TrainHistory
-    resamples: list[ResampleEvent]
-    rng_tensors: dict               # global torch RNG states (restore with `restore_rng`)
-    rng_json: dict                  # python and numpy RNG states
-    path: Path | None = None        # the checkpoint folder it came from
-
-def _checkpoint_fix(path: Path) -> str:
-    "What to do about a damaged checkpoint: delete it and resume from the previous step_* folder, if there is one."
-    prev = sorted(p for p in path.parent.glob("step_*") if p.is_dir() and p.name < path.name) if path.name.startswith("step_") else []
-    return (f"Delete {path} and resume from the previous checkpoint, {prev[-1]} (resume_from=that folder, or the "
-            "checkpoint_dir once the damaged folder is gone)." if prev else
-            f"Delete {path} and start the run again: there is no earlier step_* checkpoint next to it.")
-
-def _sae_summary(c: SAEConfig) -> str:
-    k = f", k={c.k}" if c.architecture in ("topk", "batchtopk") else ""
-    return f"architecture={c.architecture!r}, d_in={c.d_in}, d_sae={c.d_sae}{k}, tied={c.tied}"
-
-def _read_checkpoint(path: Path, sae: SAE, optimizer, scheduler, usage: FeatureUsage, cfg=None, n_steps=None) -> tuple:
-    """Read and check everything in checkpoint `path` against the objects it will be loaded into, touching none of them
-    (and, given this run's `cfg` and step count, against them too).
-    Returns (meta, tensors, the checkpoint's SAE on the live SAE's device and dtype). Raises CheckpointError."""
-    def bad(why: str): return CheckpointError(f"Checkpoint {path} is unusable: {why}. {_checkpoint_fix(path)}")
-    try: meta = json.loads((path/"state.json").read_text())
-    except FileNotFoundError: raise bad("state.json is missing (a copy or a write that did not finish)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise bad(f"state.json is not valid JSON ({e})") from e
-    need = ("state", "param_groups", "scheduler", "usage", "rng", "history", "resamples")
-    if not isinstance(meta, dict) or any(k not in meta for k in need):
-        raise bad(f"state.json lacks some of the fields {need}")
-    files = meta.get("files") or {n: None for n in ("state.safetensors", "sae/cfg.json", "sae/sae.safetensors")}
-    if not isinstance(files, dict) or not all(w is None or (isinstance(w, list) and len(w) == 2) for w in files.values()):
-        raise bad("state.json's list of files is malformed")
-    for name, want in files.items():                         # sizes first (a truncated file), then the sha256 (bit rot)
-        p = path/name
-        if not p.is_file(): raise bad(f"{name} is missing")
-        if want is not None and p.stat().st_size != want[0]:
-            raise bad(f"{name} has {p.stat().st_size} bytes, state.json recorded {want[0]} (truncated or overwritten)")
-        if want is not None and sha256_file(p) != want[1]: raise bad(f"{name} does not match the sha256 recorded in state.json")
-    try: tensors = load_file(path/"state.safetensors")
-    except (SafetensorError, OSError, ValueError) as e: raise bad(f"state.safetensors cannot be read ({e})") from e
-    try: ck_sae = SAE.load(path/"sae", device=sae.W_dec.device, dtype=sae.W_dec.dtype)
-    except (OSError, ValueError) as e: raise bad(f"its sae/ folder cannot be read ({e})") from e
-    if _sae_summary(ck_sae.cfg) != _sae_summary(sae.cfg):
-        raise CheckpointError(
-            f"Checkpoint {path} holds an SAE with {_sae_summary(ck_sae.cfg)}, but the SAE being trained has "
-            f"{_sae_summary(sae.cfg)}. Resume with the checkpoint's own SAE (SAE.load('{path/'sae'}')) or an SAE built "
-            f"from its config, or train this SAE from scratch into a new checkpoint_dir.")
-    try:
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        groups = meta["param_groups"]
-        if [len(g["params"]) for g in groups] != [len(g["params"]) for g in optimizer.param_groups]:
-            raise ValueError(f"its optimiser has parameter groups of sizes {[len(g['params']) for g in groups]}, "
-                             f"this one {[len(g['params']) for g in optimizer.param_groups]}")
-        for k, v in tensors.items():
-            if k.startswith("opt."):
-                _, i, name = k.split(".", 2); i = int(i)
-                if not 0 <= i < len(params) or (v.ndim and v.shape != params[i].shape):
-                    raise ValueError(f"optimiser tensor {k} {tuple(v.shape)} fits no parameter of this SAE")
-        if not isinstance(meta["scheduler"], dict) or set(meta["scheduler"]) != set(scheduler.state_dict()):
-            raise ValueError("its learning-rate schedule has a different form (warm-up or decay changed); "
-                             "resume with the TrainConfig stored in state.json['train_cfg']")
-        d_sae = usage.d_sae
-        for k in ("last_fired", "counts"):
-            if tuple(tensors[f"usage.{k}"].shape) != (d_sae,): raise ValueError(f"usage.{k} is not [{d_sae}]")
-        [int(n) for n in meta["usage"]["sizes"]]; int(meta["usage"]["tokens"]), int(meta["usage"]["window_tokens"])
-        if tuple(tensors["usage.chunks"].shape) != (len(meta["usage"]["sizes"]), d_sae): raise ValueError("usage.chunks has the wrong shape")
-        torch.Generator().set_state(tensors["rng.trainer"])                   # a scratch generator: checks the format only
-        torch.Generator().set_state(tensors["rng.torch_cpu"])
-        random.Random().setstate(_python_rng_state(meta["rng"])); np.random.RandomState().set_state(_numpy_rng_state(meta["rng"]))
-        TrainHistory(**meta["history"]); [ResampleEvent(**e) for e in meta["resamples"]]
-        step, drawn = meta["state"]["step"], meta["state"]["batches_drawn"]
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (step, drawn)) or not 0 <= step <= drawn:
-            raise ValueError(f"its position (step {step!r}, batches drawn {drawn!r}) is not two integers with 0 <= step <= batches")
-        for g in groups:                                      # Adam's settings, as fused Adam will use them
-            num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            if not (num(g.get("lr")) and g["lr"] >= 0): raise ValueError(f"its learning rate is {g.get('lr')!r}")
-            b_ = g.get("betas")
-            if not (isinstance(b_, list) and len(b_) == 2 and all(num(v) and 0 <= v < 1 for v in b_)):
-                raise ValueError(f"its Adam betas are {b_!r}, not two numbers in [0, 1)")
-            if not (num(g.get("eps")) and g["eps"] > 0): raise ValueError(f"its Adam eps is {g.get('eps')!r}")
-        if n_steps is not None and step > n_steps:
-            raise ValueError(f"it is at step {step:,}, past the {n_steps:,} steps of this run")
-    except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
-        raise bad(f"{type(e).__name__}: {e}") from e
-    if "state_sha256" in meta and meta["state_sha256"] != _state_sha256(meta):   # well-formed, but not what was written
-        raise bad("state.json does not match the sha256 recorded in it (edited or damaged)")
-    was = meta.get("train_cfg")
-    if cfg is not None and isinstance(was, dict) and not cfg.resume_changed_config:
-        now = asdict(cfg)
-        diff = [f"{k}: {was[k]!r} then, {now[k]!r} now" for k in RUN_DEFINING if k in was and was[k] != now[k]]
-        if diff:
-            raise CheckpointError(f"Checkpoint {path} was written by a run with other settings ({'; '.join(diff)}); "
-                                  "resuming would change the run half-way. Resume with the checkpoint's settings "
-                                  "(state.json['train_cfg']), start a new checkpoint_dir, or set "
-                                  "resume_changed_config=True to continue anyway.")
-    return meta, tensors, ck_sae
-
-def load_checkpoint(folder, sae: SAE, optimizer, scheduler, usage: FeatureUsage, generator: torch.Generator,
-                    cfg=None, n_steps: int | None = None) -> Checkpoint:
-    """Restore what `save_checkpoint` wrote into the given objects, in place. `folder`: a checkpoint, or a folder of
-    step_* checkpoints (the newest is used; if it is damaged this is an error that names the previous one, never a
-    silent fall-back). Everything is read and checked first (file sizes and sha256, the SAE's architecture and
-    sizes, optimiser and usage shapes, RNG formats), so a bad checkpoint raises `CheckpointError` and changes nothing.
-    Given the resuming run's TrainConfig `cfg` (and its step count `n_steps`), a checkpoint written under other
-    run-defining settings (`RUN_DEFINING`) or past the run's end is refused, naming the difference.
-    Global RNG states are returned, not applied: `train` applies them (`restore_rng`) after skipping the batches already drawn."""
-    path = latest_checkpoint(folder)
-    if path is None: raise FileNotFoundError(f"No checkpoint in {folder}: expected state.json or step_* folders.")
-    meta, tensors, ck_sae = _read_checkpoint(path, sae, optimizer, scheduler, usage, cfg, n_steps)
-    # everything below works on checked data
-    state = {}
-    for k, v in tensors.items():
-        if k.startswith("opt."):
-            _, i, name = k.split(".", 2); state.setdefault(int(i), {})[name] = v
-    optimizer.load_state_dict({"state": state, "param_groups": [{**g, "betas": tuple(g["betas"])} for g in meta["param_groups"]]})
-    sae.load_state_dict(ck_sae.state_dict())
-    scheduler.load_state_dict(meta["scheduler"])
-    usage.load_state_dict({**meta["usage"], **{k: tensors[f"usage.{k}"] for k in ("last_fired", "counts", "chunks")}})
-    generator.set_state(tensors["rng.trainer"])
-    return Checkpoint(meta["state"], TrainHistory(**meta["history"]), [ResampleEvent(**e) for e in meta["resamples"]],
-                      {k: v for k, v in tensors.items() if k.startswith("rng.") and k != "rng.trainer"}, meta["rng"], path)
-
-def restore_rng(ckpt: Checkpoint) -> None:
-    "Set the global torch (cpu, cuda), python and numpy RNGs to the checkpoint's states."
-    _set_rng_state(ckpt.rng_tensors, ckpt.rng_json)
 
 # %% ../nbs/04_training.ipynb #314823b4
 class _StepCheck(NamedTuple):
@@ -599,6 +381,47 @@ class RankSync(NamedTuple):
     barrier: Callable[[], None] = _nothing          # wait for every rank (after rank 0 wrote a checkpoint)
     forward: Callable | None = None                 # what the forward pass calls (a DDP wrapper of the SAE); None: the SAE
 
+# %% ../nbs/04_training.ipynb #2121da65
+def _resample(sae: SAE, x: Tensor, next_batch: Callable, usage: FeatureUsage, optimizer, gen: torch.Generator,
+              cfg: TrainConfig, sync: RankSync, step: int) -> ResampleEvent | None:
+    "Resample the latents dead now, scoring `x` plus, for 'anthropic', more batches up to `resample_inputs` (all ranks')."
+    dead = usage.dead_mask()
+    n_dead = int(dead.sum())
+    if not n_dead: return None
+    world, xs = sync.world_size, [x]
+    while world * sum(len(b) for b in xs) < cfg.resample_inputs and cfg.resample == "anthropic":
+        try: xs.append(next_batch()[0])
+        except StopIteration: break
+    xg = torch.cat([sync.gather(b) for b in xs])               # the global batches, in order
+    idx = resample_dead_features(sae, dead, xg[:max(cfg.resample_inputs, world * len(x))], cfg.resample,
+                                 optimizer, cfg.resample_enc_scale, gen)
+    sync.broadcast(sae)                                         # rank 0's new weights everywhere
+    usage.revive_(idx)
+    return ResampleEvent(step, n_dead, cfg.resample)
+
+@torch.no_grad()
+def _record_step(out, x: Tensor, losses, grad_norm: Tensor, usage: FeatureUsage, cfg: TrainConfig, sync: RankSync,
+                 lr: float, coeff: float) -> StepRecord:
+    "Count this step's firings into `usage` (summed over ranks) and return its record, every value still on the device."
+    active = getattr(out, "active", None)   # fast TopK/ReLU: f's non-zeros as pairs, so no pass over a dense f
+    c = usage.firings(out.f.detach()) if active is None else usage.firings_active(active)   # [d_sae] this rank's
+    if cfg.dead_threshold == 0: l0 = c.sum() / len(x)                    # Σ_i count_i / B: no extra pass
+    elif active is None: l0 = (out.f.detach() > 0).sum(-1, dtype=torch.int32).float().mean()
+    else: l0 = (active.vals > 0).sum() / len(x)
+    usage.update_counts(len(x) * sync.world_size, sync.reduce(c))       # global counts on every rank
+    mse = (out.x_hat.detach() - x).pow(2).mean()
+    return StepRecord(loss=losses.total.detach(), recon=losses.recon.detach(), sparsity=losses.sparsity.detach(),
+                      aux=losses.aux.detach(), l0=l0, mse=mse, dead=usage.dead_mask().sum(),
+                      grad_norm=grad_norm.detach(), lr=lr, sparsity_coeff=coeff)
+
+def _append_block(history: TrainHistory, pending: list[tuple[int, StepRecord]], sync: RankSync, tokens_per_s: float) -> None:
+    "Bring a block of steps' records to the host in one transfer (the tensors averaged over ranks) and append them."
+    measured = [k for k, v in zip(HISTORY_KEYS, pending[0][1]) if isinstance(v, Tensor)]
+    vals = torch.stack([torch.stack([getattr(r, k) for k in measured]) for _, r in pending]).double()
+    vals = (sync.reduce(vals) / sync.world_size).cpu().tolist()
+    for (step, r), v in zip(pending, vals): history.append(step, {**r._asdict(), **dict(zip(measured, v))}, tokens_per_s)
+
+# %% ../nbs/04_training.ipynb #75eb897f
 def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = None,
           train_cfg: TrainConfig | None = None, resume_from=None, sync: RankSync | None = None) -> TrainResult:
     """Train `sae` on an iterable of activation batches [batch, d_in]; return the SAE, per-step history and resampling events.
@@ -609,6 +432,7 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
     naming the batch (`StepGuard`; on a GPU the check is read one step later, the bad update skipped on the
     device). `resume_from`: a checkpoint folder (or the checkpoint_dir) to continue exactly from.
     `sync`: the data-parallel seam (see `RankSync`); leave it None for one process."""
+    from sae_tutorial.checkpoint import load_checkpoint, prune_checkpoints, restore_rng, save_checkpoint  # it builds on this module
     cfg, loss_cfg, sync = train_cfg or TrainConfig(), loss_cfg or LossConfig(), sync or RankSync()
     rank, world = sync.rank, sync.world_size
     on_rank = f", rank {rank}" if world > 1 else ""
@@ -636,7 +460,7 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
     model = sync.forward or sae
     bar = tqdm(total=n_steps, initial=state["step"], disable=not cfg.progress or rank != 0, dynamic_ncols=True,
                desc="train SAE" + (f" ×{world}" if world > 1 else ""))
-    pending, block_start, block_tokens = [], time.perf_counter(), 0
+    pending, block_start, block_tokens = [], time.perf_counter(), 0     # pending: (step, StepRecord) not yet on the host
 
     pin = device.type == "cuda"          # a large copy from pageable memory waits until the GPU's queue reaches it
 
@@ -651,12 +475,8 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
         guard.resolve(quiet=final)                                           # raises at a bad step not yet reported
         if guard.bad_step is not None: pending[:] = [p for p in pending if p[0] < guard.bad_step]
         if not pending: return
-        vals = torch.stack([torch.stack(p) for _, p, _, _ in pending]).double()
-        vals = (sync.reduce(vals) / world).cpu().tolist()                      # averages over ranks
         dt = max(time.perf_counter() - block_start, 1e-9); tps = block_tokens * world / dt
-        for (step, _, lr, c), v in zip(pending, vals):
-            history.step.append(step); history.lr.append(lr); history.sparsity_coeff.append(c); history.tokens_per_s.append(tps)
-            for k, x in zip(HISTORY_KEYS[:8], v): getattr(history, k).append(int(round(x)) if k == "dead" else x)
+        _append_block(history, pending, sync, tps)
         pending.clear(); block_start, block_tokens = time.perf_counter(), 0
         bar.set_postfix(loss=f"{history.loss[-1]:.4g}", L0=f"{history.l0[-1]:.1f}", mse=f"{history.mse[-1]:.3g}",
                         dead=history.dead[-1], tok_s=f"{tps:,.0f}", refresh=False)
@@ -669,19 +489,8 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
             except StopIteration: break
             if _should_resample(step, cfg, n_steps):
                 guard.resolve()                                                 # no resampling after a bad step
-                dead = usage.dead_mask()
-                n_dead = int(dead.sum())
-                if n_dead:
-                    xs = [x]
-                    while world * sum(len(b) for b in xs) < cfg.resample_inputs and cfg.resample == "anthropic":
-                        try: xs.append(next_batch()[0])
-                        except StopIteration: break
-                    xg = torch.cat([sync.gather(b) for b in xs])               # the global batches, in order
-                    idx = resample_dead_features(sae, dead, xg[:max(cfg.resample_inputs, world * len(x))], cfg.resample,
-                                                 optimizer, cfg.resample_enc_scale, gen)
-                    sync.broadcast(sae)                                         # rank 0's new weights everywhere
-                    usage.revive_(idx)
-                    resamples.append(ResampleEvent(step, n_dead, cfg.resample))
+                event = _resample(sae, x, next_batch, usage, optimizer, gen, cfg, sync, step)
+                if event: resamples.append(event)
             lr, coeff = optimizer.param_groups[0]["lr"], sparsity_coeff_at(step, loss_cfg.sparsity_coeff, cfg.sparsity_warmup_steps)
             dead = usage.dead_mask()
             with torch.enable_grad():       # even if the data generator yields from inside torch.no_grad()
@@ -695,16 +504,7 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
             grad_norm = guard(losses.total, step, bi, x)                        # clip; NaN/Inf check (all ranks stop together)
             optimizer.step(); scheduler.step()
             sae.normalize_decoder_()
-            with torch.no_grad():
-                active = getattr(out, "active", None)   # fast TopK/ReLU: f's non-zeros as pairs, so no pass over a dense f
-                c = usage.firings(out.f.detach()) if active is None else usage.firings_active(active)   # [d_sae] this rank's
-                if cfg.dead_threshold == 0: l0 = c.sum() / len(x)                    # Σ_i count_i / B: no extra pass
-                elif active is None: l0 = (out.f.detach() > 0).sum(-1, dtype=torch.int32).float().mean()
-                else: l0 = (active.vals > 0).sum() / len(x)
-                usage.update_counts(len(x) * world, sync.reduce(c))                  # global counts on every rank
-                mse = (out.x_hat.detach() - x).pow(2).mean()
-                pending.append((step, [losses.total.detach(), losses.recon.detach(), losses.sparsity.detach(),
-                                       losses.aux.detach(), l0, mse, usage.dead_mask().sum(), grad_norm.detach()], lr, coeff))
+            pending.append((step, _record_step(out, x, losses, grad_norm, usage, cfg, sync, lr, coeff)))
             block_tokens += len(x)
             state["step"] += 1; bar.update(1)
             if state["step"] % cfg.log_every == 0 or state["step"] == n_steps: flush()

@@ -8,7 +8,8 @@ import pytest
 import torch
 from sae_tutorial.sae import SAE, SAEConfig, make_sae
 from sae_tutorial.losses import LossConfig
-from sae_tutorial.train import TrainConfig, SparseFeatureData, FeatureUsage, train
+from sae_tutorial.train import TrainConfig, FeatureUsage, train
+from sae_tutorial.toy import SparseFeatureData
 from sae_tutorial.activations import ActivationStore
 from sae_tutorial.distributed import (DDPJob, SyncedFeatureUsage, global_batches, memory_estimate, n_params,
                                       activation_bytes, shard_indices, sharded_batches, train_ddp, write_disk_store,

@@ -8,9 +8,10 @@ import torch
 from sae_tutorial.core import seed_everything
 from sae_tutorial.sae import SAEConfig, make_sae
 from sae_tutorial.losses import LossConfig
-from sae_tutorial import train as train_mod
-from sae_tutorial.train import (TrainConfig, SparseFeatureData, FeatureUsage, CheckpointError, train, load_checkpoint,
-                                save_checkpoint, latest_checkpoint, prune_checkpoints, make_optimizer, make_scheduler)
+from sae_tutorial import checkpoint as checkpoint_mod
+from sae_tutorial.train import TrainConfig, TrainHistory, FeatureUsage, train, make_optimizer, make_scheduler
+from sae_tutorial.toy import SparseFeatureData
+from sae_tutorial.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, latest_checkpoint, prune_checkpoints
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")    # conftest.py: bit-identical runs need a fixed thread count
 HERE = Path(__file__).resolve().parent
@@ -214,8 +215,8 @@ def test_failed_checkpoint_write_leaves_the_old_one_untouched(ckdir, tmp_path, m
     def full_disk(tensors, path, *a, **k):
         Path(path).write_bytes(b"\0" * 100)
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(train_mod, "save_file", full_disk)
-    args = (sae, opt, sched, usage, gen, {"step": 20, "batches_drawn": 20}, train_mod.TrainHistory(), [], TrainConfig())
+    monkeypatch.setattr(checkpoint_mod, "save_file", full_disk)
+    args = (sae, opt, sched, usage, gen, {"step": 20, "batches_drawn": 20}, TrainHistory(), [], TrainConfig())
     for folder in (target, ck/"step_000000030"):          # overwriting an existing checkpoint, and a new one
         with pytest.raises(OSError, match="No space left"): save_checkpoint(folder, *args)
     assert sorted(p.name for p in ck.iterdir()) == ["step_000000010", "step_000000020"]   # no debris, nothing new

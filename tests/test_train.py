@@ -5,8 +5,9 @@ import pytest
 import torch
 from sae_tutorial.sae import SAEConfig, make_sae
 from sae_tutorial.losses import LossConfig
-from sae_tutorial.train import (TrainConfig, FeatureUsage, SparseFeatureData, train, resample_dead_features,
-                                latest_checkpoint, make_scheduler)
+from sae_tutorial.train import TrainConfig, FeatureUsage, train, resample_dead_features, make_scheduler
+from sae_tutorial.toy import SparseFeatureData
+from sae_tutorial.checkpoint import latest_checkpoint
 
 torch.set_num_threads(1)
 D_IN = 16
