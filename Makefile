@@ -24,9 +24,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	@touch $@
 
-## make test: notebooks/modules/README in step, every notebook at the ci budget, then pytest.
+## make test: notebooks/modules/README in step, the linter (ruff, zero findings), every notebook at the ci budget, then pytest.
 test: $(STAMP)
 	$(BIN)/python tests/sync.py check
+	$(BIN)/ruff check sae_tutorial tests
 	SAE_TUTORIAL_BUDGET=ci $(BIN)/nbdev-test --n-workers 2 --timing
 	SAE_TUTORIAL_BUDGET=ci $(BIN)/python -m pytest -q tests
 

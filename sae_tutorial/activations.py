@@ -2,8 +2,8 @@
 
 # %% ../nbs/06b_activations.ipynb #71e60fe9
 from __future__ import annotations
-import contextlib, difflib, json, math, os, re, tempfile, time
-from dataclasses import dataclass, asdict, field
+import contextlib, difflib, json, math, os, re, time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal, NamedTuple
 import numpy as np

@@ -4,7 +4,7 @@
 
 # %% ../nbs/95_checks.ipynb #249c94cb
 from __future__ import annotations
-import inspect, math
+import inspect
 from typing import Callable
 import torch
 import torch.nn.functional as F
@@ -131,8 +131,8 @@ def check_l1_penalty(l1_penalty: Callable) -> bool:
         f = _crafted_f(seed, B, d); a = f.abs()
         got = _call(name, l1_penalty, f)
         _diagnose(name, got, a.sum(-1).mean(), {
-            f"L1 summed over the wrong axis: you summed over the batch (dim 0) and averaged over the features. "
-            f"Sum |f| over the features (dim -1), then average over the batch.": a.sum(0).mean(),
+            "L1 summed over the wrong axis: you summed over the batch (dim 0) and averaged over the features. "
+            "Sum |f| over the features (dim -1), then average over the batch.": a.sum(0).mean(),
             f"you averaged over the features too, so the penalty is {d}× too small (and shrinks as d_sae grows). "
             "Sum over the features (dim -1), average over the batch.": a.mean(),
             f"you summed over the batch too, so the penalty is {B}× too large and depends on the batch size. "
@@ -361,11 +361,11 @@ def check_topk_sae(TopKSAE, k: int = 2) -> bool:
     name = "TopKSAE"
     def mistakes(pre):
         vals, idx = pre.abs().topk(k, dim=-1)
-        m = {f"you kept the k largest |pre| (absolute values): a large negative pre-activation is not an active feature.":
+        m = {"you kept the k largest |pre| (absolute values): a large negative pre-activation is not an active feature.":
                  torch.zeros_like(pre).scatter(-1, idx, F.relu(pre.gather(-1, idx))),
              f"no ReLU after TopK: rows with fewer than k={k} positive pre-activations keep negative values. "
              "Apply ReLU to the kept values.": torch.zeros_like(pre).scatter(-1, pre.topk(k, -1).indices, pre.topk(k, -1).values),
-             f"you kept the k smallest pre-activations (topk(..., largest=False)); keep the largest.":
+             "you kept the k smallest pre-activations (topk(..., largest=False)); keep the largest.":
                  torch.zeros_like(pre).scatter(-1, pre.topk(k, -1, largest=False).indices, F.relu(pre.topk(k, -1, largest=False).values))}
         if k + 1 <= pre.shape[-1]: m[f"TopK keeps the wrong number: you kept k+1 = {k+1} per row instead of k = {k} "
                                     "(check for an off-by-one in the slice or topk call)."] = _topk_ref(pre, k + 1)
@@ -476,7 +476,7 @@ def check_l0(l0: Callable) -> bool:
         got = _call(name, l0, f)
         _diagnose(name, got, nz.sum(1).mean(), {
             "you counted over the batch (dim 0) and averaged over latents; count per row (dim 1), average over rows.": nz.sum(0).mean(),
-            f"you returned the fraction of nonzero entries (L0 / d_sae); L0 counts latents per row.": nz.mean(),
+            "you returned the fraction of nonzero entries (L0 / d_sae); L0 counts latents per row.": nz.mean(),
             f"you summed the counts over the batch ({B}× too large); average over rows.": nz.sum(),
             "you summed the activation values (that is L1); count nonzero entries instead.": f.sum(1).mean(),
         }, f"f of shape ({B}, {d})")
@@ -595,7 +595,7 @@ def check_toy_loss(model) -> bool:
     got = _call(name, model.loss_per_instance, x.to(model.W.dtype), x_hat.to(model.W.dtype))
     _diagnose(name, got, (I[:, None, :] * sq).sum(-1).mean(-1), {
         "the importance weights I_i are missing: weight each feature's squared error by I_i.": sq.sum(-1).mean(-1),
-        f"you averaged over the features; sum I_i (x_i - x'_i)² over the features, then average over the batch.":
+        "you averaged over the features; sum I_i (x_i - x'_i)² over the features, then average over the batch.":
             (I[:, None, :] * sq).mean(-1).mean(-1),
         "you returned one number for all instances; return one loss per instance, shape [n_inst] (sum it only for backward).":
             (I[:, None, :] * sq).sum(-1).mean(),

@@ -2,7 +2,7 @@
 
 # %% ../nbs/06a_corpus.ipynb #661bcb13
 from __future__ import annotations
-import gzip, hashlib, io, json, os, random, re, sysconfig, tarfile, tempfile, unicodedata, zipfile
+import gzip, hashlib, json, random, re, sysconfig, tarfile, zipfile
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Iterable, NamedTuple

@@ -6,11 +6,10 @@ the reading by steering the model with the feature and by ablating it."""
 
 # %% ../nbs/08_feature_inspection.ipynb #cc54f2bc
 from __future__ import annotations
-import codecs, html, math, time
-from dataclasses import dataclass, asdict, field
+import codecs, html, math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, Sequence
-import numpy as np
 import torch
 from torch import Tensor
 from .core import check_finite  # noqa: F401  (re-exported for callers checking their stores)

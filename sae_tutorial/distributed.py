@@ -2,7 +2,7 @@
 
 # %% ../nbs/09_scaling.ipynb #bfc7bd99
 from __future__ import annotations
-import gc, itertools, json, math, os, socket, warnings
+import gc, itertools, json, os, socket, warnings
 from dataclasses import dataclass, asdict, field
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
@@ -14,7 +14,6 @@ from torch.nn.parallel import DistributedDataParallel
 from .sae import SAE, SAEConfig, BatchTopKSAE, make_sae
 from .losses import LossConfig, sae_loss
 from .activations import ActivationStore
-from .core import atomic_folder
 from .train import TrainConfig, TrainResult, FeatureUsage, RankSync, train
 
 # %% auto #0

@@ -2,8 +2,7 @@
 
 # %% ../nbs/06_language_model.ipynb #41cf1e05
 from __future__ import annotations
-import difflib, json, os, shutil, socket, subprocess, sys, tempfile, time, zipfile
-from dataclasses import dataclass
+import difflib, json, os, shutil, socket, subprocess, sys, tempfile, zipfile
 from pathlib import Path
 from typing import NamedTuple
 import torch

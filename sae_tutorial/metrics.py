@@ -2,14 +2,13 @@
 
 # %% ../nbs/05_metrics.ipynb #92148640
 from __future__ import annotations
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field, asdict
 from typing import Callable, Iterable, NamedTuple
 import numpy as np
 import torch
 from torch import Tensor
-from .core import check_finite, per_budget, seed_everything, save_figure
+from .core import check_finite
 
 # %% auto #0
 __all__ = ['mse', 'explained_variance', 'fvu', 'cosine_sim', 'relative_reconstruction_bias', 'ReconstructionMetrics',

@@ -23,7 +23,7 @@ from .train import TrainConfig, train
 from .checkpoint import latest_checkpoint
 from .metrics import evaluate
 from .saelens import save_saelens
-from .analysis import (CATEGORIES, SHARE_THRESHOLDS, agreement, category_features, category_labels, plot_categories,
+from .analysis import (agreement, category_features, category_labels, plot_categories,
                                    plot_splitting, plot_universality, splitting_families,
                                    splitting_null, top_examples, unit_rows, universality)
 
@@ -227,7 +227,6 @@ def split_documents_by_index(corpus, every: int = 10) -> tuple[list, list]:
 
 def held_out_probe(docs, max_chars: int = 300) -> list:
     "Held-out documents cut to their first `max_chars` characters and interleaved source by source, so a few thousand tokens cover every source."
-    from sae_tutorial.corpus import Document
     by = {}
     for d in docs: by.setdefault(d.source, []).append(d)
     out = []
@@ -238,7 +237,6 @@ def held_out_probe(docs, max_chars: int = 300) -> list:
 def load_store(path, scale: float | None = None, normalize: bool | None = None):
     """Open a disk `ActivationStore` and read its activations into RAM; optionally override its normalisation
     `scale`, or turn normalising off (`normalize=False`: batches in the model's raw units, for saved SAEs)."""
-    from sae_tutorial.activations import ActivationStore
     return ActivationStore.load(path, in_ram=True, scale=scale, normalize=normalize)
 
 def data_splits(cfg: ReproConfig) -> list[str]:
@@ -267,8 +265,6 @@ def split_documents(cfg: ReproConfig, corpus) -> dict[str, list]:
 def build_data(cfg: ReproConfig, split: str, model, tokenizer, out: Path, log=print) -> None:
     """Write the activation store of one split to `out/store`, plus `out/info.json` (and `out/tokenizer` for train).
     train: the training documents in corpus order; eval / source: held-out documents (see `split_documents`)."""
-    from sae_tutorial.corpus import build_corpus, CorpusConfig
-    from sae_tutorial.activations import tokenize_contexts, harvest_activations, HarvestConfig
     corpus = build_corpus(CorpusConfig(total_chars=cfg.corpus_chars, seed=cfg.seed))
     split_docs = split_documents(cfg, corpus)
     docs, n_tok = split_docs[split], (cfg.train_tokens if split == "train" else cfg.eval_tokens)

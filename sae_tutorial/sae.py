@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn, Tensor
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file, load_file, save as save_safetensors
+from safetensors.torch import load_file, save as save_safetensors
 from .core import check_finite, atomic_file
 from .fast import ActiveLatents, encode_centered, TopKSparse, BatchTopKSparse, ReLUSparse   # appendix 02b
 

@@ -2,11 +2,10 @@
 
 # %% ../nbs/09a_saelens.ipynb #b6570b17
 from __future__ import annotations
-import json, math, warnings
+import json
 from pathlib import Path
 from typing import NamedTuple
 import torch
-from torch import Tensor
 from safetensors import SafetensorError
 from safetensors.torch import save_file, load_file
 from .sae import SAE, SAEConfig, make_sae
@@ -119,7 +118,8 @@ def _check_saelens_header(path: Path, cfg: dict, arch: str) -> None:
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= hi:
             raise ValueError(f"{c}: {name} must be an integer in 1..{hi:,}, got {v!r}; the file is damaged or not a SAELens cfg.json.")
         return v
-    d_in, d_sae = need_int("d_in", MAX_WIDTH), need_int("d_sae", MAX_LATENTS)
+    need_int("d_in", MAX_WIDTH)
+    d_sae = need_int("d_sae", MAX_LATENTS)
     if arch == "topk": need_int("k", d_sae)
     dt = str(cfg.get("dtype", "float32")).removeprefix("torch.")
     if dt not in ("float32", "float16", "bfloat16", "float64"):

@@ -5,13 +5,13 @@
 # %% ../nbs/01_toy_models.ipynb #32c0aeab
 from __future__ import annotations
 import itertools, math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterator, NamedTuple, Sequence
 import numpy as np
 import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
-from .core import budget, per_budget, get_device, seed_everything, check_finite, save_figure
+from .core import budget, per_budget, get_device, check_finite, save_figure
 
 # %% auto #0
 __all__ = ['CORRELATIONS', 'NOT_REPRESENTED', 'DEDICATED', 'SUPERPOSITION', 'FEATURE_CLASSES', 'DIMENSIONALITY_FRACTIONS',

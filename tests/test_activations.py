@@ -1,10 +1,9 @@
 "Harvested activations against an independent Hugging Face forward pass; masks, normalisation, stores."
-import functools, os
+import functools
 import numpy as np, pytest, torch
 from lm_fixtures import lm, small_corpus, one_thread  # noqa: F401 (autouse fixture)
 from sae_tutorial.lm import EOT_ID, cache_dir
-from sae_tutorial.activations import (ActivationStore, HarvestConfig, KEPT, MASK_POS0, MASK_SPECIAL, MASK_NORM,
-                                      harvest_activations, hook_layer, norm_scale, sink_mask, tokenize_contexts)
+from sae_tutorial.activations import (ActivationStore, HarvestConfig, KEPT, MASK_POS0, MASK_SPECIAL, harvest_activations, hook_layer, norm_scale, sink_mask, tokenize_contexts)
 
 @functools.lru_cache(maxsize=None)
 def ref_model():
@@ -54,7 +53,7 @@ def test_contexts_are_the_token_stream_cut_in_pieces():
 
 def test_resid_post_equals_hf_hidden_states():
     "blocks.15.hook_resid_post is hidden_states[16] of a full forward pass (entry 0 is the embedding)."
-    s, c = ram_store(), contexts()
+    s = ram_store()
     hs = hf_reference()[0][16]
     r = s.rows.long()
     torch.testing.assert_close(s.get(np.arange(len(s)), normalize=False), hs[r[:, 0], r[:, 1]], rtol=1e-4, atol=1e-3)

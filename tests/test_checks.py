@@ -5,7 +5,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from sae_tutorial.checks import *
+from sae_tutorial.checks import (CHECKS, CheckFailed, check_auxk_loss, check_ce_loss_recovered, check_dead_penalty,
+                                 check_explained_variance, check_feature_density, check_feature_dimensionality,
+                                 check_hoyer_penalty, check_l0, check_l1_penalty, check_l1_wdec_penalty, check_mmcs,
+                                 check_normalize_decoder, check_normalized_mse, check_reconstruction_loss,
+                                 check_relu_sae, check_remove_parallel_grad, check_resample_dead_features,
+                                 check_smooth_l0_penalty, check_sparsity_coeff_at, check_tanh_penalty, check_topk_sae,
+                                 check_toy_forward, check_toy_loss)
 from sae_tutorial.checks import _is_solution
 from sae_tutorial.sae import ReLUSAE, TopKSAE, SAEConfig
 

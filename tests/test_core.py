@@ -1,7 +1,7 @@
 "The shared helpers of nbs/00_core.ipynb, beyond the notebook's own checks."
 import os
 import numpy as np, torch, pytest
-from sae_tutorial.core import budget, per_budget, seed_everything, check_finite, get_device, images_dir
+from sae_tutorial.core import budget, seed_everything, check_finite, get_device, images_dir
 
 @pytest.mark.parametrize("value,expected", [("ci", "ci"), ("CPU", "cpu"), (" gpu ", "gpu")])
 def test_budget_reads_env(monkeypatch, value, expected):
@@ -37,7 +37,7 @@ def test_device_env_override(monkeypatch):
 
 def test_atomic_folder_survives_sigkill_and_clears_the_debris(tmp_path):
     "A writer killed with SIGKILL mid-write publishes nothing; the next writer removes its temporary folder."
-    import signal, subprocess, sys, time
+    import signal, subprocess, sys
     from sae_tutorial.core import atomic_folder
     final = tmp_path / "store"
     code = ("import sys, time; from sae_tutorial.core import atomic_folder\n"

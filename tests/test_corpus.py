@@ -1,5 +1,5 @@
 "The corpus builder: cleaning rules, determinism, proportions, user files, and its errors."
-import gzip, json, os, unicodedata
+import gzip, json, unicodedata
 import pytest
 from lm_fixtures import small_corpus, lm, one_thread  # noqa: F401 (autouse fixture)
 from sae_tutorial.corpus import (CorpusConfig, Document, DEFAULT_MIX, SOURCE_LICENCES, build_corpus, corpus_stats,

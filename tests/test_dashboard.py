@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from sae_tutorial.dashboard import (DashboardConfig, merge_topk, quantile_rows, gather_feature_data, logit_effects,
-                                    final_norm_weight, feature_html, dashboards_html, export_dashboards, features_on_text,
+                                    final_norm_weight, feature_html, export_dashboards, features_on_text,
                                     steering_hook, clamp_hook, feature_direction, generate, steer_generations,
                                     ablation_effect, store_scale, TokenText)
 from dash_tiny import WORDS, CAT, HOOK, tiny_tokenizer, tiny_model, tiny_store, cat_sae, f_reference

@@ -1,7 +1,7 @@
 """Data-parallel training (sae_tutorial.distributed): sharded reading of the disk store, synchronised dead-latent
 statistics, memory arithmetic, and the main check: `torchrun --nproc_per_node 2` (gloo on CPU) trains to the
 weights one process gets with the same global batch and seed (the training notebook's `train` is the reference)."""
-import itertools, json, os, subprocess, sys, warnings
+import itertools, json, os, subprocess, sys
 from pathlib import Path
 import numpy as np
 import pytest

@@ -2,7 +2,9 @@
 import ast, json, shutil
 from pathlib import Path
 import pytest
-from sae_tutorial.exercises import *
+from sae_tutorial.exercises import (ExerciseSpec, ExercisesConfig, exercises_cli, make_exercise_notebook, make_exercises,
+                                    parse_exercise_directives, run_notebook, source_notebooks,
+                                    strip_exercise_directives, stub_functions)
 from sae_tutorial.exercises import _new_cell, _find_defs
 from sae_tutorial.checks import CHECKS
 
@@ -41,7 +43,6 @@ def test_export_unchanged_by_markers(nb, tmp_path):
 
 def test_nbdev_clean_keeps_markers():
     from nbdev.clean import clean_nb
-    from fastcore.nbio import dict2nb
     nb = json.loads((NBS/"03_losses.ipynb").read_text())
     before = [parse_exercise_directives(_src(c)) for c in nb["cells"] if c["cell_type"] == "code"]
     clean_nb(nb)

@@ -1,10 +1,9 @@
 "Loading the language model offline: pinned archives, the cached safetensors, the promised errors."
-import hashlib, math, os, socket, subprocess, time
+import hashlib, math, socket, subprocess, time
 import pytest, torch
 from lm_fixtures import lm, one_thread  # noqa: F401 (autouse fixture)
 from sae_tutorial import lm as lm_mod
-from sae_tutorial.lm import (PinnedArchive, SMOLLM2_WHEEL, EOT_ID, fetch_archive, sha256_file, verify_sha256,
-                             load_lm, context_loss)
+from sae_tutorial.lm import (PinnedArchive, SMOLLM2_WHEEL, EOT_ID, fetch_archive, sha256_file, load_lm, context_loss)
 
 @pytest.fixture
 def no_network(monkeypatch):

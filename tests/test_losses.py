@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from sae_tutorial.sae import SAEConfig, SAEOutput, make_sae, ARCHITECTURES
+from sae_tutorial.sae import SAEConfig, SAEOutput, make_sae
 from sae_tutorial.losses import (reconstruction_loss, normalized_mse, l1_penalty, l1_wdec_penalty, smooth_l0_penalty,
                                  hoyer_penalty, tanh_penalty, jumprelu_l0_penalty, dead_penalty, diversity_penalty,
                                  auxk_loss, gated_aux_loss, LossConfig, LossOutput, sae_loss, sparsity_penalty,

@@ -1,6 +1,6 @@
 "Metrics of nbs/05_metrics.ipynb against float64 numpy references, invariants and bad inputs."
 import numpy as np, torch, pytest
-from sae_tutorial.metrics import match_dictionaries, mmcs, fraction_matched, max_cosines
+from sae_tutorial.metrics import match_dictionaries, mmcs
 
 rng = np.random.default_rng(0)
 
@@ -54,7 +54,7 @@ def test_wrong_shapes_name_the_fix():
 # ---------------------------------------------------------------- reconstruction
 from sae_tutorial.metrics import (mse, explained_variance, fvu, cosine_sim, relative_reconstruction_bias,
                                   ReconstructionStats, l0, l1, feature_density, dead_fraction, utilization,
-                                  SparsityStats, evaluate, EvalResult)
+                                  SparsityStats, evaluate)
 
 def np_recon(x, xh):
     "float64 numpy references, written independently of the library."

@@ -1,7 +1,6 @@
 "Project plumbing: nbdev settings agree, the sync checker finds what it promises to find."
 import configparser, json, sys, tomllib
 from pathlib import Path
-import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT/"tests"))

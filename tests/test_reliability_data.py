@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np, pytest, torch
 from lm_fixtures import lm, one_thread  # noqa: F401 (autouse fixture)
 from sae_tutorial import activations as act_mod, lm as lm_mod
-from sae_tutorial.activations import (ActivationStore, Contexts, HarvestConfig, KEPT, harvest_activations,
+from sae_tutorial.activations import (ActivationStore, Contexts, HarvestConfig, harvest_activations,
                                       tokenize_contexts, validate_hook)
 from sae_tutorial.corpus import CorpusConfig, build_corpus
 from sae_tutorial.lm import PinnedArchive, fetch_archive, load_lm

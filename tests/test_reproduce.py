@@ -1,6 +1,5 @@
 """End-to-end reproduction at the ci preset (offline): files, metrics fields, resume after training, CLI."""
-import json, shutil
-from pathlib import Path
+import json
 import numpy as np
 import pytest
 import torch

@@ -1,11 +1,11 @@
 "SAE architectures (nbs/02_sae.ipynb): properties, references in float64/numpy, bad inputs, checkpoints."
-import json, math, warnings
+import json, math
 import numpy as np
 import pytest
 import torch
 from safetensors.numpy import load_file as np_load_file
-from sae_tutorial.sae import (SAE, SAEConfig, SAEOutput, ARCHITECTURES, make_sae, ReLUSAE, TiedReLUSAE, TopKSAE,
-                              BatchTopKSAE, JumpReLUSAE, GatedSAE, jumprelu, step, rectangle, geometric_median,
+from sae_tutorial.sae import (SAE, SAEConfig, ARCHITECTURES, make_sae, TiedReLUSAE, TopKSAE,
+                              JumpReLUSAE, jumprelu, step, rectangle, geometric_median,
                               init_b_dec_, load_config)
 
 def cfg(**kw):

@@ -1,7 +1,7 @@
 "The toy models of nbs/01_toy_models.ipynb, beyond the notebook's own checks: hand-worked geometry, float64 references, bad inputs."
 import math
 import numpy as np, torch, pytest
-from sae_tutorial.toy import (ToyConfig, ToyModel, generate_batch, train_toy, train_sweep, feature_norms, feature_superposition,
+from sae_tutorial.toy import (ToyConfig, ToyModel, generate_batch, train_toy, train_sweep, feature_superposition,
                               feature_dimensionality, dimensions_per_feature, feature_angles, angular_gaps, classify_features,
                               regular_polygon, neuron_monosemanticity, reproduce_toy, NOT_REPRESENTED, DEDICATED, SUPERPOSITION)
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 from sae_tutorial.sae import SAEConfig, make_sae
 from sae_tutorial.losses import LossConfig
-from sae_tutorial.train import TrainConfig, FeatureUsage, train, resample_dead_features, make_scheduler
+from sae_tutorial.train import TrainConfig, FeatureUsage, train, resample_dead_features
 from sae_tutorial.toy import SparseFeatureData
 from sae_tutorial.checkpoint import latest_checkpoint
 

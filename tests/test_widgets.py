@@ -2,9 +2,9 @@
 import html
 import pytest
 import torch
-from sae_tutorial.dashboard import DashboardConfig, gather_feature_data, feature_order, store_scale
+from sae_tutorial.dashboard import DashboardConfig, gather_feature_data, feature_order
 from sae_tutorial.widgets import FeatureBrowser, text_features_html
-from dash_tiny import WORDS, CAT, HOOK, tiny_tokenizer, tiny_model, tiny_store, cat_sae
+from dash_tiny import WORDS, CAT, tiny_tokenizer, tiny_model, tiny_store, cat_sae
 
 torch.set_num_threads(2)
 DOG = WORDS.index("dog")
