@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
-from .core import atomic_folder, cache_dir, check_finite
+from .core import atomic_folder, cache_dir, require_finite
 from .lm import EOT_ID
 
 # %% auto #0
@@ -374,7 +374,7 @@ def harvest_activations(model, contexts: Contexts, cfg: HarvestConfig | None = N
                     _, cache = model.run_with_cache(tb.to(dev), names_filter=cfg.hook, stop_at_layer=stop)
                     a = cache[cfg.hook]                                   # [b, T, d_in]
                     if a.ndim != 3: raise ValueError(f"Hook {cfg.hook!r} gives shape {tuple(a.shape)}; need [batch, pos, d_in].")
-                    check_finite(a, f"activations at {cfg.hook}")
+                    require_finite(a, f"activations at {cfg.hook}")
                     d_in = a.shape[-1]
                     nb = a.float().norm(dim=-1).cpu()
                     mb = sink_mask(tb, nb, special_ids, cfg.outlier_factor)

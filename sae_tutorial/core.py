@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 # %% auto #0
-__all__ = ['BUDGETS', 'budget', 'per_budget', 'get_device', 'seed_everything', 'check_finite', 'project_root', 'images_dir',
+__all__ = ['BUDGETS', 'budget', 'per_budget', 'get_device', 'seed_everything', 'require_finite', 'project_root', 'images_dir',
            'save_figure', 'cache_dir', 'sha256_file', 'atomic_folder', 'atomic_file']
 
 # %% ../nbs/00_core.ipynb #11a57b6a
@@ -52,7 +52,7 @@ def seed_everything(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 # %% ../nbs/00_core.ipynb #0b6de558
-def check_finite(x: torch.Tensor, name: str = "input") -> torch.Tensor:
+def require_finite(x: torch.Tensor, name: str = "input") -> torch.Tensor:
     "Return `x` unchanged, or raise `ValueError` saying how many entries of `name` are NaN or Inf."
     if not torch.is_floating_point(x): return x
     bad = ~torch.isfinite(x)

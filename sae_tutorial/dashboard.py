@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor
-from .core import check_finite  # noqa: F401  (re-exported for callers checking their stores)
+from .core import require_finite  # noqa: F401  (re-exported for callers checking their stores)
 from .lm import EOT_ID
 from .activations import validate_hook
 

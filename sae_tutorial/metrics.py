@@ -8,7 +8,7 @@ from typing import Callable, Iterable, NamedTuple
 import numpy as np
 import torch
 from torch import Tensor
-from .core import check_finite
+from .core import require_finite
 
 # %% auto #0
 __all__ = ['mse', 'explained_variance', 'fvu', 'cosine_sim', 'relative_reconstruction_bias', 'ReconstructionMetrics',
@@ -25,7 +25,7 @@ def _check_pair(x: Tensor, x_hat: Tensor, names=("x", "x_hat"), allow_empty: boo
                          f"{tuple(x.shape)} and {tuple(x_hat.shape)}. Flatten [batch, seq, d] activations with x.reshape(-1, d).")
     if x.shape[0] == 0 and not allow_empty:
         raise ValueError(f"{names[0]} has no rows (shape {tuple(x.shape)}); a metric needs at least one row.")
-    return check_finite(x, names[0]).detach().double(), check_finite(x_hat, names[1]).detach().double()
+    return require_finite(x, names[0]).detach().double(), require_finite(x_hat, names[1]).detach().double()
 
 def mse(x: Tensor, x_hat: Tensor) -> float:
     "Mean over rows and dimensions of (x - x_hat)^2."
@@ -124,7 +124,7 @@ class ReconstructionStats:
 def _check_f(f: Tensor, allow_empty: bool = False) -> Tensor:
     if f.ndim != 2: raise ValueError(f"f must be [batch, d_sae]; got shape {tuple(f.shape)}. Flatten with f.reshape(-1, d_sae).")
     if f.shape[0] == 0 and not allow_empty: raise ValueError(f"f has no rows (shape {tuple(f.shape)}); a metric needs at least one row.")
-    return check_finite(f, "f").detach()
+    return require_finite(f, "f").detach()
 
 def l0(f: Tensor) -> float:
     "Mean over rows of the number of nonzero latents."
@@ -142,7 +142,7 @@ def feature_density(f: Tensor) -> Tensor:
 def _check_density(density: Tensor) -> Tensor:
     if density.ndim != 1:
         raise ValueError(f"density must be a [d_sae] vector (e.g. feature_density(f)); got shape {tuple(density.shape)}.")
-    return check_finite(density, "density")
+    return require_finite(density, "density")
 
 def dead_fraction(density: Tensor) -> float:
     "Share of latents with zero density over the window the density was measured on."
@@ -202,7 +202,7 @@ def _check_matrix(D: Tensor, name: str) -> Tensor:
     if not isinstance(D, Tensor): D = torch.as_tensor(np.asarray(D))
     if D.ndim != 2:
         raise ValueError(f"{name} must be 2-D [n_directions, d] (one direction per row); got shape {tuple(D.shape)}.")
-    return check_finite(D, name)
+    return require_finite(D, name)
 
 def _unit_rows(D: Tensor) -> Tensor:
     "D / ‖D‖ row by row in float64 (exactly, however small the norm); zero rows stay zero."
@@ -332,7 +332,7 @@ def evaluate(sae, batches: Iterable[Tensor] | None = None, *, theta: float = 0.0
         if batches is not None:
             for i, x in enumerate(batches):
                 if max_batches is not None and i >= max_batches: break
-                x = check_finite(x, f"batch {i} of `batches`").to(dev, dt or x.dtype)
+                x = require_finite(x, f"batch {i} of `batches`").to(dev, dt or x.dtype)
                 x_hat, f = _sae_out(sae, x)
                 if not torch.isfinite(x_hat).all():
                     raise ValueError(f"the SAE's x_hat has {int((~torch.isfinite(x_hat)).sum())} NaN/Inf entries on batch {i} "

@@ -35,8 +35,8 @@ __all__ = ['Preset', 'Stop', 'PRESETS', 'METRIC_FIELDS', 'STAGES', 'TARGET_EV', 
            'held_out_probe', 'load_store', 'data_splits', 'data_key', 'split_documents', 'build_data', 'SAESpec',
            'sae_specs', 'train_configs', 'sae_key', 'epoch_batches', 'spliced_ce', 'sae_replacement', 'eval_token_set',
            'CurvePoint', 'model_sha256', 'saved_config', 'start_sae', 'train_sae', 'density_hist',
-           'check_sae_fits_store', 'SAEEvaluation', 'evaluate_sae', 'encode_rows', 'ReproResult', 'results_table',
-           'write_dashboard', 'check_no_links', 'RunState', 'data_stage', 'train_stage', 'evaluate_stage',
+           'require_sae_fits_store', 'SAEEvaluation', 'evaluate_sae', 'encode_rows', 'ReproResult', 'results_table',
+           'write_dashboard', 'refuse_links', 'RunState', 'data_stage', 'train_stage', 'evaluate_stage',
            'build_analysis', 'analyse_stage', 'dashboard_stage', 'Stage', 'stages_table', 'StageError', 'reproduce',
            'reproduce_cli', 'plot_density', 'plot_curve']
 
@@ -517,7 +517,7 @@ def density_hist(density: Tensor, lo: float = -7.0, bins: int = 28) -> dict:
     counts, edges = np.histogram(alive.log10().clamp_min(lo).numpy(), bins=bins, range=(lo, 0.0))
     return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts], "dead": int((density == 0).sum())}
 
-def check_sae_fits_store(sae, store) -> None:
+def require_sae_fits_store(sae, store) -> None:
     """Raise a ValueError naming the fix if the SAE's d_in is not the store's, or if an SAE that takes raw
     activations (input_scale != 1) is given a store that normalises them (it would scale twice)."""
     if sae.cfg.d_in != store.d_in:
@@ -537,7 +537,7 @@ def evaluate_sae(sae, architecture: str, cfg: ReproConfig, eval_store, model=Non
                  mean_act: Tensor | None = None) -> SAEEvaluation:
     """`SAEEvaluation(metrics, density)`: the metrics.json entry and the firing density [d_sae] of one SAE on
     `eval_store`. With `model`: CE / KL with the SAE spliced in, on `cfg.ce_tokens` of the store's contexts; `mean_act` [d_in] (raw units) is what mean ablation puts in."""
-    check_sae_fits_store(sae, eval_store)
+    require_sae_fits_store(sae, eval_store)
     dev = get_device(cfg.device)
     token_batches = None
     if model is not None:
@@ -565,7 +565,7 @@ def evaluate_sae(sae, architecture: str, cfg: ReproConfig, eval_store, model=Non
 @torch.no_grad()
 def encode_rows(sae, store, batch: int = 4096) -> Tensor:
     "Feature activations f [n_rows, d_sae] of every row of `store` (normalised as in training), on the CPU."
-    check_sae_fits_store(sae, store)
+    require_sae_fits_store(sae, store)
     dev = sae.W_dec.device
     return torch.cat([sae.encode(x.to(dev)).cpu() for x in store.batches(batch, shuffle=False)])
 
@@ -608,7 +608,7 @@ def write_dashboard(sae, eval_store, tokenizer, folder: Path, model=None, log=pr
     write_static_dashboard(sae, eval_store, tokenizer, folder, model=model, title="TopK SAE features on held-out text")
     return True
 
-def check_no_links(run: Path) -> None:
+def refuse_links(run: Path) -> None:
     """Refuse a run folder that holds symbolic links: a folder received from someone else could otherwise make this
     run write outside it (results.md or plots/ pointing elsewhere). Links are listed, never followed."""
     links = []
@@ -777,7 +777,7 @@ def analyse_stage(s: RunState) -> None:
     _, ran = run_stage(run/"analysis", stage_key(stage="analysis", v=2, saes=s.keys), lambda tmp: build_analysis(s, tmp), s.log)
     s.done("analysis", ran)
     s.analysis = json.loads((run/"analysis"/"analysis.json").read_text())
-    plots = run/"plots"; plots.mkdir(exist_ok=True)                      # check_no_links: a real folder inside the run
+    plots = run/"plots"; plots.mkdir(exist_ok=True)                      # refuse_links: a real folder inside the run
     import matplotlib.pyplot as plt
     for name, fn in PLOTS.items():
         fig = fn(s.metrics, s.trained, s.analysis)
@@ -839,7 +839,7 @@ def reproduce(cfg: ReproConfig | None = None, log=print, **kwargs) -> ReproResul
     `cfg.stop_after`. An exception keeps its type and records the stage it came from as its `stage` attribute."""
     cfg = (cfg or ReproConfig(**kwargs)).resolved()
     run = Path(cfg.run_dir); run.mkdir(parents=True, exist_ok=True)
-    check_no_links(run)
+    refuse_links(run)
     write_json_atomic(run/"config.json", asdict(cfg))
     log(f"[reproduce] {cfg.name}: preset {cfg.preset}, run folder {run}")
     s = RunState(cfg, log)

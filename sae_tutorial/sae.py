@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn, Tensor
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save as save_safetensors
-from .core import check_finite, atomic_file
+from .core import require_finite, atomic_file
 from .fast import ActiveLatents, encode_centered, TopKSparse, BatchTopKSparse, ReLUSparse   # appendix 02b
 
 # %% auto #0
@@ -233,7 +233,7 @@ class SAE(nn.Module):
                              f"pass {name}.to({self.W_dec.dtype}) or build the SAE with that dtype.")
         if x.device != self.W_dec.device:
             raise ValueError(f"{name} is on {x.device} but the SAE is on {self.W_dec.device}; move one of them.")
-        return x if _input_check_deferred.get() else check_finite(x, f"SAE {name}")
+        return x if _input_check_deferred.get() else require_finite(x, f"SAE {name}")
 
     # --- the maths --------------------------------------------------------------------------------------
     def pre_acts(self, x: Tensor) -> Tensor:
@@ -527,7 +527,7 @@ def make_sae(cfg: SAEConfig, device=None, dtype=None) -> SAE:
 def geometric_median(x: Tensor, n_iter: int = 20, eps: float = 1e-8) -> Tensor:
     "Weiszfeld iterations for argmin_m Σ_j ‖x_j - m‖, starting from the mean. x: [n, d] -> [d]."
     if x.dim() != 2 or x.shape[0] == 0: raise ValueError(f"x must be a non-empty [n, d] matrix, got shape {tuple(x.shape)}.")
-    x = check_finite(x, "geometric_median input")
+    x = require_finite(x, "geometric_median input")
     m = x.mean(dim=0)
     for _ in range(n_iter):
         w = 1.0 / (x - m).norm(dim=1).clamp_min(eps)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
-from .core import budget, per_budget, get_device, check_finite, save_figure
+from .core import budget, per_budget, get_device, require_finite, save_figure
 
 # %% auto #0
 __all__ = ['CORRELATIONS', 'NOT_REPRESENTED', 'DEDICATED', 'SUPERPOSITION', 'FEATURE_CLASSES', 'DIMENSIONALITY_FRACTIONS',
@@ -38,7 +38,7 @@ def _per_instance(value, n_inst: int, n: int, name: str, lo: float | None = None
     else:
         raise ValueError(f"{name} has shape {tuple(t.shape)}; expected a float, [n_features]={n}, "
                          f"[n_instances]={n_inst} or [n_instances, n_features]=({n_inst}, {n}).")
-    check_finite(t, name)
+    require_finite(t, name)
     if lo is not None and (t < lo).any(): raise ValueError(f"{name} must be >= {lo}; got min {t.min().item():.4g}.")
     if hi is not None and (t > hi).any(): raise ValueError(f"{name} must be <= {hi}; got max {t.max().item():.4g}.")
     return t.contiguous()
@@ -135,7 +135,7 @@ class ToyModel(nn.Module):
         if x.ndim != 3 or x.shape[0] != c.n_instances or x.shape[2] != c.n_features:
             raise ValueError(f"x has shape {tuple(x.shape)}; expected [n_inst={c.n_instances}, batch, n={c.n_features}]"
                              + (" (or [batch, n] for a single instance)" if c.n_instances == 1 else "") + ".")
-        return check_finite(x, "x")
+        return require_finite(x, "x")
 
     def hidden(self, x: Tensor, check: bool = True) -> Tensor:
         "h: [n_inst, batch, m] = W x (ReLU'd in the hidden-ReLU variant). x: [n_inst, batch, n] ([batch, n] if n_inst = 1)."
@@ -191,7 +191,7 @@ def train_toy(model: ToyModel, steps: int = 10_000, batch_size: int = 1024, lr: 
         opt.step()
         if step % log_every == 0 or step == steps - 1:
             logged_steps.append(step); logged.append(loss.detach().cpu())
-    check_finite(logged[-1], "final toy-model loss")
+    require_finite(logged[-1], "final toy-model loss")
     return ToyTrainLog(torch.tensor(logged_steps), torch.stack(logged), time.perf_counter() - t0)
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.optim.lr_scheduler import LinearLR, CosineAnnealingLR, ConstantLR, SequentialLR, LRScheduler
 from tqdm.auto import tqdm
-from .core import check_finite
+from .core import require_finite
 from .sae import SAE, input_check_deferred
 from .losses import LossConfig, sae_loss
 
@@ -339,14 +339,14 @@ class StepGuard:
         n_bad = int((~torch.isfinite(x)).sum())
         where = f"step {step} (batch index {batch_idx}{self.on_rank})"
         if n_bad and self.input_errors:           # what the SAE's own input check would have said, had it run
-            try: check_finite(x, "SAE x")
+            try: require_finite(x, "SAE x")
             except ValueError as e:
                 raise ValueError(f"Step {step}, batch index {batch_idx}{self.on_rank}: {e} Training stopped before "
                                  "that step's update, so the SAE holds the weights of the previous step.") from None
         raise FloatingPointError(
             f"Non-finite loss or gradient at {where}; the batch has {n_bad} NaN/Inf entries. "
             "Training stopped before the optimiser step, so the SAE holds the weights of the previous step. "
-            + ("Clean or mask the activations (sae_tutorial.core.check_finite)." if n_bad else "Lower the learning rate or clip gradients."))
+            + ("Clean or mask the activations (sae_tutorial.core.require_finite)." if n_bad else "Lower the learning rate or clip gradients."))
 
 def _defer_checks(optimizer, device: torch.device, world: int) -> bool:
     "Whether `train` defers its NaN/Inf checks (StepGuard(deferred=True)): one CUDA process with fused Adam."

@@ -1,7 +1,7 @@
 "The shared helpers of nbs/00_core.ipynb, beyond the notebook's own checks."
 import os
 import numpy as np, torch, pytest
-from sae_tutorial.core import budget, seed_everything, check_finite, get_device, images_dir
+from sae_tutorial.core import budget, seed_everything, require_finite, get_device, images_dir
 
 @pytest.mark.parametrize("value,expected", [("ci", "ci"), ("CPU", "cpu"), (" gpu ", "gpu")])
 def test_budget_reads_env(monkeypatch, value, expected):
@@ -21,10 +21,10 @@ def test_seed_everything_repeats_all_generators():
     g = seed_everything(7); second = (np.random.rand(3), torch.rand(3), torch.rand(3, generator=g))
     for a, b in zip(first, second): np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
-def test_check_finite_counts_bad_entries():
+def test_require_finite_counts_bad_entries():
     x = torch.tensor([0., float("inf"), float("-inf"), float("nan")])
-    with pytest.raises(ValueError, match="1 NaN and 2 Inf entries"): check_finite(x)
-    assert check_finite(torch.arange(3)).tolist() == [0, 1, 2]  # integers pass untouched
+    with pytest.raises(ValueError, match="1 NaN and 2 Inf entries"): require_finite(x)
+    assert require_finite(torch.arange(3)).tolist() == [0, 1, 2]  # integers pass untouched
 
 def test_ci_budget_never_writes_images(monkeypatch):
     monkeypatch.setenv("SAE_TUTORIAL_BUDGET", "ci")

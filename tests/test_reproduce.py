@@ -224,11 +224,11 @@ def test_unknown_held_out_source_names_the_choices():
 def test_raw_unit_sae_refuses_a_normalising_store(interrupted_then_resumed):
     "A saved SAE scales raw activations itself: handing it normalised batches would scale twice, and is refused."
     from sae_tutorial.sae import SAE
-    from sae_tutorial.reproduce import check_sae_fits_store
+    from sae_tutorial.reproduce import require_sae_fits_store
     run = interrupted_then_resumed[0]
     with pytest.raises(ValueError, match="normalize=False"):
-        check_sae_fits_store(SAE.load(run/"saes"/"topk"), load_store(run/"data_eval"/"store"))
-    check_sae_fits_store(SAE.load(run/"saes"/"topk"), load_store(run/"data_eval"/"store", normalize=False))
+        require_sae_fits_store(SAE.load(run/"saes"/"topk"), load_store(run/"data_eval"/"store"))
+    require_sae_fits_store(SAE.load(run/"saes"/"topk"), load_store(run/"data_eval"/"store", normalize=False))
 
 
 @pytest.mark.parametrize("name", ["../../x", "/tmp/elsewhere", "a/b", "..", "C:x"])
