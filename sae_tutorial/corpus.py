@@ -172,16 +172,16 @@ READERS = {"wiki_en": lambda: read_wiki("en"), "wiki_fr": lambda: read_wiki("fr"
 @dataclass
 class CorpusConfig:
     "What goes into the corpus. `sources` maps a source name to its share of `total_chars`."
-    sources: dict = field(default_factory=lambda: dict(DEFAULT_MIX))
-    total_chars: int = 15_000_000
-    max_doc_chars: int = 4000          # longer texts are split at paragraph boundaries
-    seed: int = 0
-    files: tuple = ()                  # the user's own UTF-8 text files, each source 'file:<name>', taken whole
-    hf_dataset: str | None = None      # a Hugging Face dataset name (needs the hub), source 'hf:<name>'
-    hf_config: str | None = None
-    hf_split: str = "train"
-    hf_text_field: str = "text"
-    hf_max_chars: int = 2_000_000      # characters taken from the dataset (streamed)
+    sources: dict = field(default_factory=lambda: dict(DEFAULT_MIX), metadata={"help": "source name -> its share of total_chars (default: the offline mix of DEFAULT_MIX)"})
+    total_chars: int = field(default=15_000_000, metadata={"help": "characters of text in the corpus, summed over sources"})
+    max_doc_chars: int = field(default=4000, metadata={"help": "longer texts are split at paragraph boundaries"})
+    seed: int = field(default=0, metadata={"help": "seed of document sampling and order"})
+    files: tuple = field(default=(), metadata={"help": "the user's own UTF-8 text files, each source 'file:<name>', taken whole"})
+    hf_dataset: str | None = field(default=None, metadata={"help": "a Hugging Face dataset name (needs the hub), source 'hf:<name>'"})
+    hf_config: str | None = field(default=None, metadata={"help": "the Hugging Face dataset configuration (with hf_dataset)"})
+    hf_split: str = field(default="train", metadata={"help": "the dataset split to stream (with hf_dataset)"})
+    hf_text_field: str = field(default="text", metadata={"help": "the dataset column holding the text (with hf_dataset)"})
+    hf_max_chars: int = field(default=2_000_000, metadata={"help": "characters taken from the dataset (streamed)"})
 
     def key(self) -> str:
         "A short hash naming this configuration's cache file (includes file sizes and mtimes)."

@@ -211,15 +211,15 @@ def train_ddp(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None =
 @dataclass
 class DDPJob:
     "Everything a data-parallel run needs; picklable, so it can be handed to spawned processes."
-    store: str                              # folder of a disk ActivationStore
-    out: str                                # rank 0 writes the trained SAE (out/sae) and its history (out/history.json)
-    sae_cfg: SAEConfig
-    loss_cfg: LossConfig = field(default_factory=LossConfig)
-    train_cfg: TrainConfig = field(default_factory=TrainConfig)
-    global_batch_size: int = 4096           # rows per optimiser step, summed over ranks
-    data_seed: int | None = None            # shuffling seed (None: the store's)
-    init: str | None = None                 # start from this SAE folder (SAE.save) instead of make_sae(sae_cfg)
-    dtype: str = "float32"
+    store: str = field(metadata={"help": "folder of a disk ActivationStore"})
+    out: str = field(metadata={"help": "rank 0 writes the trained SAE (out/sae) and its history (out/history.json)"})
+    sae_cfg: SAEConfig = field(metadata={"help": "the SAE to train (make_sae(sae_cfg) unless init is given)"})
+    loss_cfg: LossConfig = field(default_factory=LossConfig, metadata={"help": "the loss (reconstruction, sparsity penalty, auxiliary losses)"})
+    train_cfg: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "optimiser, schedule, dead-latent handling, checkpoints"})
+    global_batch_size: int = field(default=4096, metadata={"help": "rows per optimiser step, summed over ranks"})
+    data_seed: int | None = field(default=None, metadata={"help": "shuffling seed (None: the store's)"})
+    init: str | None = field(default=None, metadata={"help": "start from this SAE folder (SAE.save) instead of make_sae(sae_cfg)"})
+    dtype: str = field(default="float32", metadata={"help": "the SAE parameters' dtype, a torch dtype name (float32, bfloat16, ...)"})
 
     @classmethod
     def from_dict(cls, d: dict) -> "DDPJob":

@@ -5,8 +5,8 @@
 # %% ../nbs/01_toy_models.ipynb #32c0aeab
 from __future__ import annotations
 import itertools, math
-from dataclasses import dataclass
-from typing import Callable, Iterator, NamedTuple, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Literal, NamedTuple, Sequence
 import numpy as np
 import torch
 from torch import nn, Tensor
@@ -48,14 +48,14 @@ CORRELATIONS = ("none", "correlated", "anticorrelated")
 @dataclass
 class ToyConfig:
     "Shape and data of a batch of toy models. `feature_probability` (p = 1 - S) and `importance` (I) may be a float, [n], [n_inst] or [n_inst, n]."
-    n_features: int = 5                      # n: number of input features
-    n_hidden: int = 2                        # m: hidden dimensions (m < n for superposition)
-    n_instances: int = 1                     # n_inst: independent models trained side by side
-    feature_probability: float | Sequence | Tensor = 0.01   # p = 1 - S, in [0, 1]
-    importance: float | Sequence | Tensor = 1.0             # I_i >= 0
-    correlation: str = "none"                # "none" | "correlated" | "anticorrelated": features (0,1), (2,3), ... in pairs
-    hidden_relu: bool = False                # True: h = ReLU(W x) and x' = ReLU(W_out h + b) (computation in superposition)
-    signed_inputs: bool = False              # True: active x_i ~ U[-1, 1] and the target is |x| (the absolute-value task)
+    n_features: int = field(default=5, metadata={"help": "n: number of input features"})
+    n_hidden: int = field(default=2, metadata={"help": "m: hidden dimensions (m < n for superposition)"})
+    n_instances: int = field(default=1, metadata={"help": "n_inst: independent models trained side by side"})
+    feature_probability: float | Sequence | Tensor = field(default=0.01, metadata={"help": "p = 1 - S, in [0, 1]"})
+    importance: float | Sequence | Tensor = field(default=1.0, metadata={"help": "I_i >= 0"})
+    correlation: Literal["none", "correlated", "anticorrelated"] = field(default="none", metadata={"help": "features (0,1), (2,3), ... in pairs: independent, correlated or anticorrelated"})
+    hidden_relu: bool = field(default=False, metadata={"help": "True: h = ReLU(W x) and x' = ReLU(W_out h + b) (computation in superposition)"})
+    signed_inputs: bool = field(default=False, metadata={"help": "True: active x_i ~ U[-1, 1] and the target is |x| (the absolute-value task)"})
 
     def __post_init__(self):
         for k in ("n_features", "n_hidden", "n_instances"):
