@@ -718,7 +718,7 @@ def write_results(a, runs, cmd, m, wall_s):
           "same batches from the same initial weights; ours runs `sae_tutorial.train.train`. `ours (fast)` is the "
           "package default, `SAEConfig(fast=True)`: TopK decode and backward on the k active latents only, and the same for "
           "ReLU on f's non-zeros once at most 1/8 (CPU) or 1/64 (GPU) of f is non-zero; b_dec's gradient by a "
-          "matrix-vector product, L1 without abs for f >= 0 (nbs/02_sae.ipynb, last section); fused Adam on a GPU. `ours (plain)` "
+          "matrix-vector product, L1 without abs for f >= 0 (nbs/02b_fast_paths.ipynb, the fast paths appendix); fused Adam on a GPU. `ours (plain)` "
           "is `SAEConfig(fast=False)`, the plain autograd path; tests/test_fast_pkg.py checks both give the same "
           "outputs and gradients. "
           "Memory: peak RSS above the process's RSS before the trainer was built (CPU), or peak "
