@@ -6,6 +6,7 @@
 from __future__ import annotations
 import itertools, math
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Callable, Iterator, Literal, NamedTuple, Sequence
 import numpy as np
 import torch
@@ -390,14 +391,14 @@ def plot_pentagon(e: Experiment):
     plt = _plt()
     G = e.sweep.W.shape[0]
     cols = math.ceil(G / 2)
-    fig, axes = plt.subplots(2, cols, figsize=(2.2 * cols, 5.2))
+    fig, axes = plt.subplots(2, cols, figsize=(2.2 * cols, 5.2), layout="constrained")   # constrained: titles get their own space
     for ax in axes.flat[G:]: ax.axis("off")
     for g, ax in enumerate(axes.flat[:G]):
         plot_feature_arrows(ax, e.sweep.W[g])
         k = int((feature_norms(e.sweep.W[g]) > 0.5).sum())
-        ax.set_title(f"1−S={e.settings[g].item():.2f}\n{k} features", fontsize=9)
-    fig.suptitle("Sparser features: 2 orthogonal → antipodal pairs → a pentagon in 2 dimensions\n(colour = importance, dark = most important)", fontsize=10)
-    fig.tight_layout()
+        ax.set_title(f"1−S = {e.settings[g].item():.2f}: {k} kept", fontsize=9)
+    fig.suptitle("Sparser features: 2 orthogonal → antipodal pairs → a pentagon in 2 dimensions\n"
+                 "(panel title: feature density and features kept; colour = importance, dark = most important)", fontsize=10)
     return fig
 
 def pentagon_facts(e: Experiment) -> dict:
@@ -448,12 +449,17 @@ def plot_dimensionality(e: Experiment):
     plt = _plt()
     W = e.sweep.W; G, m, n = W.shape
     x = (1 / e.settings).numpy()
-    fig, (a0, a1) = plt.subplots(2, 1, figsize=(7, 6.5), sharex=True)
+    fig, (a0, a1) = plt.subplots(2, 1, figsize=(7.5, 6.5), sharex=True, layout="constrained")
     a0.plot(x, dimensions_per_feature(W).numpy(), "o-", color="k")
     for y in (1, 0.5): a0.axhline(y, color="grey", ls="--", lw=0.8)
     a0.set_ylabel("dimensions per feature  m / ‖W‖²_F"); a0.set_ylim(0, 1.1)
-    for f in DIMENSIONALITY_FRACTIONS:
-        a1.axhline(f, color="grey", ls="--", lw=0.8); a1.text(x[-1] * 1.15, f, f"{f:.3g}", va="center", fontsize=8)
+    y_label = math.inf
+    for f in sorted(DIMENSIONALITY_FRACTIONS, reverse=True):     # labels in the right margin, nudged apart where fractions are close
+        y_label = min(f, y_label - 0.05)
+        a1.axhline(f, color="grey", ls="--", lw=0.8)
+        a1.annotate(str(Fraction(f).limit_denominator(8)), (1, f), xytext=(1.03, y_label), xycoords=("axes fraction", "data"),
+                    textcoords=("axes fraction", "data"), va="center", fontsize=8, annotation_clip=False,
+                    arrowprops=dict(arrowstyle="-", color="grey", lw=0.6, shrinkA=1, shrinkB=0))
     D, norms = feature_dimensionality(W), feature_norms(W)
     for g in range(G):
         keep = norms[g] > 0.5
@@ -462,7 +468,6 @@ def plot_dimensionality(e: Experiment):
     a1.set_xscale("log"); a1.set_xlabel("1 / (1 − S)   (inverse feature probability)"); a1.set_ylabel("feature dimensionality D_i")
     a1.set_ylim(0, 1.1)
     fig.suptitle(f"Dimensionality sticks at 1 and 1/2, and features cluster at simple fractions (n={n}, m={m})")
-    fig.tight_layout()
     return fig
 
 def dimensionality_facts(e: Experiment) -> dict:
