@@ -145,6 +145,7 @@ def test_generated_structure(nb, generated):
     orig = [(c["cell_type"], strip_exercise_directives(_src(c))) for c in src]
     def pick(cells):
         added = lambda c: (c["cell_type"] == "code" and (_src(c).startswith("check_") or "Workshop set-up" in _src(c))) or \
+                          (c["cell_type"] == "markdown" and _src(c).startswith("<details><summary><b>Still stuck")) or \
                           (c["cell_type"] == "markdown" and (_src(c).startswith("**Check your code**") or "Workshop version" in _src(c)))
         return [c for c in cells if not added(c)]
     ex_kept, key_kept = pick(ex_cells), pick(key_cells)
@@ -214,3 +215,33 @@ def test_cli_registration_lines(tmp_path, monkeypatch):
     assert cli.main(["exercises", "--outdir", str(tmp_path/"ws"), "--notebooks", "03_losses"]) == 0
     assert (tmp_path/"ws"/"03_losses.ipynb").exists() and not (tmp_path/"ws"/"02_sae.ipynb").exists()
     assert cli.main(["exercises", "--outdir", str(tmp_path/"k"), "--run", "true"]) == 1     # --run needs --with-solutions
+
+
+# --- hints in two tiers; the key keeps its outputs ---------------------------------------------------------
+def test_two_tier_hints_nudge_in_stub_formula_folded_after(tmp_path):
+    "The stub raises with the nudge only; the formula waits in a folded markdown cell right after the stubbed cell."
+    mark = "#| export\n#| exercise l1_penalty: how big f is || sum |f| over dim -1, mean over the batch\n" \
+           "def l1_penalty(f):\n    'doc'\n    return f.abs().sum(-1).mean()"
+    src = tmp_path/"01_demo.ipynb"
+    src.write_text(json.dumps(_nb(("markdown", "# D"), ("code", "import torch"), ("code", mark), ("code", "x = 1"))))
+    infos = make_exercise_notebook(src, tmp_path/"ex.ipynb")
+    assert [(x.hint, x.formula) for x in infos] == [("how big f is", "sum |f| over dim -1, mean over the batch")]
+    cells = _cells(tmp_path/"ex.ipynb")
+    i = next(j for j, c in enumerate(cells) if "def l1_penalty" in _src(c))
+    assert "how big f is" in _src(cells[i]) and "sum |f|" not in _src(cells[i])
+    assert cells[i + 1]["cell_type"] == "markdown" and "<details>" in _src(cells[i + 1])
+    assert "sum |f| over dim -1, mean over the batch" in _src(cells[i + 1])
+    with pytest.raises(NotImplementedError, match="how big f is"): run_notebook(tmp_path/"ex.ipynb")
+    make_exercise_notebook(src, tmp_path/"key.ipynb", with_solutions=True)             # the key needs no hints
+    assert not any("<details>" in _src(c) for c in _cells(tmp_path/"key.ipynb"))
+
+def test_key_keeps_outputs_learners_start_empty(tmp_path):
+    "The teacher's key keeps the source notebook's outputs (reference results); the learners' copy starts empty."
+    nb = _nb(("markdown", "# D"), ("code", "import torch"), ("code", MARK), ("code", "print(3)"))
+    nb["cells"][3]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": ["3\n"]}]
+    src = tmp_path/"01_demo.ipynb"; src.write_text(json.dumps(nb))
+    make_exercise_notebook(src, tmp_path/"key.ipynb", with_solutions=True)
+    make_exercise_notebook(src, tmp_path/"ex.ipynb")
+    outs = lambda p: [c.get("outputs") for c in _cells(p) if c["cell_type"] == "code" and _src(c) == "print(3)"]
+    assert outs(tmp_path/"key.ipynb") == [[{"output_type": "stream", "name": "stdout", "text": ["3\n"]}]]
+    assert outs(tmp_path/"ex.ipynb") == [[]]
