@@ -13,7 +13,7 @@ __all__ = ['BUDGETS', 'budget', 'per_budget', 'get_device', 'seed_everything', '
            'save_figure', 'cache_dir', 'sha256_file', 'atomic_folder', 'atomic_file']
 
 # %% ../nbs/00_core.ipynb #11a57b6a
-BUDGETS = ("ci", "cpu", "gpu")
+BUDGETS = ("ci", "workshop", "cpu", "gpu")   # workshop: a classroom laptop, each exercise chapter in a few minutes
 
 def budget() -> str:
     "The size budget: `SAE_TUTORIAL_BUDGET` if set, else `gpu` when CUDA is available, else `cpu`."
@@ -25,10 +25,11 @@ def budget() -> str:
     return b
 
 # %% ../nbs/00_core.ipynb #44aa558c
-def per_budget(ci, cpu, gpu=None, b: str | None = None):
-    "Pick the value for the current budget (or `b`); `gpu` defaults to the `cpu` value."
+def per_budget(ci, cpu, gpu=None, b: str | None = None, *, workshop=None):
+    """Pick the value for the current budget (or `b`). `gpu` and `workshop` default to the `cpu` value: a chapter
+    names a smaller `workshop` size only where its cpu size would keep a classroom waiting."""
     b = b or budget()
-    return {"ci": ci, "cpu": cpu, "gpu": cpu if gpu is None else gpu}[b]
+    return {"ci": ci, "cpu": cpu, "gpu": cpu if gpu is None else gpu, "workshop": cpu if workshop is None else workshop}[b]
 
 # %% ../nbs/00_core.ipynb #fd36e7c0
 def get_device(prefer: str | None = None) -> torch.device:
@@ -71,9 +72,10 @@ def project_root() -> Path | None:
     return None
 
 def images_dir() -> Path:
-    "Where figures go: `images/` in the checkout at the cpu/gpu budget, a temporary folder at the ci budget."
+    """Where figures go: `images/` in the checkout at the cpu/gpu budget (the committed figures), a temporary folder at
+    the ci and workshop budgets (their smaller runs must not overwrite them)."""
     root = project_root()
-    if budget() == "ci" or root is None: d = Path(tempfile.gettempdir())/"sae_tutorial_images"
+    if budget() in ("ci", "workshop") or root is None: d = Path(tempfile.gettempdir())/"sae_tutorial_images"
     else: d = root/"images"
     d.mkdir(parents=True, exist_ok=True)
     return d

@@ -14,7 +14,7 @@ def test_budget_default_follows_hardware(monkeypatch):
 
 def test_bad_budget_names_the_fix(monkeypatch):
     monkeypatch.setenv("SAE_TUTORIAL_BUDGET", "huge")
-    with pytest.raises(ValueError, match="one of ci, cpu, gpu"): budget()
+    with pytest.raises(ValueError, match="one of ci, workshop, cpu, gpu"): budget()
 
 def test_seed_everything_repeats_all_generators():
     g = seed_everything(7); first = (np.random.rand(3), torch.rand(3), torch.rand(3, generator=g))
