@@ -432,7 +432,8 @@ def dimensionality_sweep_sizes(b: str | None = None) -> dict:
     "Sizes of the item-3 sweep at budget `b` (the current one by default)."
     return per_budget(ci=dict(n=40, m=4, n_settings=8, **toy_train_sizes("ci")),
                       cpu=dict(n=100, m=10, n_settings=12, **toy_train_sizes("cpu")),
-                      gpu=dict(n=400, m=30, n_settings=30, steps=20_000, lr=1e-3, batch_size=1024), b=b)
+                      gpu=dict(n=400, m=30, n_settings=30, steps=20_000, lr=1e-3, batch_size=1024),
+                      workshop=dict(n=40, m=4, n_settings=8, **toy_train_sizes("ci")), b=b)
 
 def run_dimensionality(n=None, m=None, n_settings=None, steps=None, lr=None, p_min: float = 0.03,
                        seed: int = 0, device=None) -> Experiment:
@@ -494,7 +495,7 @@ def dimensionality_facts(e: Experiment) -> dict:
 def run_phase_diagram(n_density=None, n_importance=None, steps=None, lr=None, copies=None, seed: int = 0,
                       device=None, p_min: float = 0.01, r_range=(0.1, 10.0)) -> Experiment:
     "Item 4: n=2, m=1, feature 1 importance 1, feature 2 importance r; both with probability p; grid over (p, r)."
-    nd, ni = n_density or per_budget(8, 12, 20), n_importance or per_budget(7, 11, 19)
+    nd, ni = n_density or per_budget(8, 12, 20, workshop=8), n_importance or per_budget(7, 11, 19, workshop=7)
     p = torch.logspace(0, math.log10(p_min), nd)
     r = torch.logspace(math.log10(r_range[0]), math.log10(r_range[1]), ni)
     P, R = torch.meshgrid(p, r, indexing="xy")                       # [ni, nd]
