@@ -480,7 +480,7 @@ def dimensionality_facts(e: Experiment) -> dict:
     if not (dpf[-1] < 0.5):
         raise ToyFactError(f"sparsest: expected fewer than 1/2 dimensions per feature; got {dpf[-1]:.3f}")
     plateau = (dpf - 0.5).abs() < 0.05
-    k = per_budget(1, 2)
+    k = per_budget(1, 2, workshop=1)                      # the workshop runs the ci-sized sweep
     if not (plateau.sum() >= k):
         raise ToyFactError(f"expected a plateau at 1/2 (>= {k} settings within 0.05); got {dpf}")
     Dp = D[plateau][norms[plateau] > 0.5]
