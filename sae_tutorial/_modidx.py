@@ -161,6 +161,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                     'sae_tutorial/checks.py'),
                                      'sae_tutorial.checks.check_logit_effects': ( 'checks.html#check_logit_effects',
                                                                                   'sae_tutorial/checks.py'),
+                                     'sae_tutorial.checks.check_merge_topk': ('checks.html#check_merge_topk', 'sae_tutorial/checks.py'),
                                      'sae_tutorial.checks.check_mmcs': ('checks.html#check_mmcs', 'sae_tutorial/checks.py'),
                                      'sae_tutorial.checks.check_normalize_decoder': ( 'checks.html#check_normalize_decoder',
                                                                                       'sae_tutorial/checks.py'),

@@ -17,7 +17,7 @@ __all__ = ['SINK_CODES', 'CHECKS', 'CheckFailed', 'check_reconstruction_loss', '
            'check_remove_parallel_grad', 'check_explained_variance', 'check_l0', 'check_feature_density',
            'check_ce_loss_recovered', 'check_mmcs', 'check_toy_forward', 'check_toy_loss',
            'check_feature_dimensionality', 'check_resample_dead_features', 'check_sparsity_coeff_at', 'check_sink_mask',
-           'check_logit_effects', 'check_feature_direction', 'check_steering_hook']
+           'check_logit_effects', 'check_feature_direction', 'check_steering_hook', 'check_merge_topk']
 
 # %% ../nbs/95_checks.ipynb #462868a7
 class CheckFailed(AssertionError):
@@ -914,6 +914,46 @@ def check_steering_hook(steering_hook: Callable) -> bool:
         n += 1
     return _passed(name, n, steering_hook)
 
+def check_merge_topk(merge_topk: Callable) -> bool:
+    """merge_topk(vals, idx, new_vals, new_idx, k, *payload) -> (vals, idx, *payload): per feature (column), the k
+    largest of the old winners [k, F] and the new candidates [m, F], largest first, each with its row id and payload."""
+    name = "merge_topk"
+    g = _gen(940)
+    k, m, F_, W = 3, 5, 4, 2
+    vals = torch.rand(k, F_, generator=g, dtype=torch.float64).sort(0, descending=True).values + 0.5   # old winners
+    new_vals = torch.rand(m, F_, generator=g, dtype=torch.float64) + 0.5 * torch.tensor([0., 1., 0., 1., 0.],
+                                                                                     dtype=torch.float64)[:, None]
+    idx = torch.arange(k * F_).view(k, F_) + 100                           # row ids: old rows 100.., new rows 200..
+    new_idx = torch.arange(m * F_).view(m, F_) + 200
+    pay = (idx[..., None] * 10 + torch.arange(W)).double()                 # a window per candidate [k, F, W]
+    new_pay = (new_idx[..., None] * 10 + torch.arange(W)).double()
+    allv, alli, allp = torch.cat([vals, new_vals]), torch.cat([idx, new_idx]), torch.cat([pay, new_pay])
+    v, j = allv.topk(k, dim=0)
+    got = _call(name, merge_topk, vals.clone(), idx.clone(), new_vals.clone(), new_idx.clone(), k, (pay.clone(), new_pay.clone()))
+    if not isinstance(got, (tuple, list)) or len(got) != 3:
+        raise CheckFailed(f"{name}: with one payload pair, return three tensors: (vals, idx, payload); got "
+                          f"{len(got) if isinstance(got, (tuple, list)) else type(got).__name__}.")
+    case = f"old winners [{k}, {F_}], {m} new candidates, one payload [.., {F_}, {W}]"
+    _diagnose(f"{name} (vals)", got[0], v, {
+        "top-k over the wrong axis: you ranked the features of each row (dim 1); rank the candidates of each feature "
+        "(dim 0), giving [k, F].": allv.topk(k, dim=1).values,
+        "you kept the k smallest; keep the k largest activations.": allv.topk(k, dim=0, largest=False).values,
+        "you kept only the new candidates' top-k: the old winners must compete too (concatenate them first).":
+            new_vals.topk(k, dim=0).values,
+        "the result must be largest first.": v.flip(0),
+    }, case)
+    _diagnose(f"{name} (idx)", got[1], alli.gather(0, j), {
+        "idx holds positions in the concatenated candidates (topk's indices); return the row ids those positions "
+        "point at: torch.cat([idx, new_idx]).gather(0, j).": j,
+        "you indexed whole rows (torch.cat([idx, new_idx])[j], shape [k, F, F]); pick each feature's column with its "
+        "own topk indices: torch.cat([idx, new_idx]).gather(0, j).": alli[j],
+    }, case)
+    _diagnose(f"{name} (payload)", got[2], allp.gather(0, j[..., None].expand(-1, -1, W)), {
+        "the payload is not carried along (it still holds the old winners' windows): gather it with the same topk "
+        "indices as idx, expanded over its last dim.": pay,
+    }, case)
+    return _passed(name, 1, merge_topk)
+
 
 # %% ../nbs/95_checks.ipynb #3f8c7e69
 CHECKS: dict[str, str] = {
@@ -945,6 +985,7 @@ CHECKS: dict[str, str] = {
     "ce_loss_recovered": "check_ce_loss_recovered(ce_loss_recovered)",
     "resample_dead_features": "check_resample_dead_features(resample_dead_features)",
     "sink_mask": "check_sink_mask(sink_mask)",
+    "merge_topk": "check_merge_topk(merge_topk)",
     "logit_effects": "check_logit_effects(logit_effects)",
     "feature_direction": "check_feature_direction(feature_direction)",
     "steering_hook": "check_steering_hook(steering_hook)",

@@ -465,7 +465,7 @@ def test_other_loss_solutions_pass():
     assert check_hoyer_penalty(L.hoyer_penalty) and check_dead_penalty(L.dead_penalty) and check_auxk_loss(L.auxk_loss)
 
 # --- reading and steering features (06b, 08) ----------------------------------------------------------------
-from sae_tutorial.checks import check_feature_direction, check_logit_effects, check_sink_mask, check_steering_hook
+from sae_tutorial.checks import check_feature_direction, check_logit_effects, check_merge_topk, check_sink_mask, check_steering_hook
 
 def _sink(tokens, norms, special_ids=(0,), outlier_factor=10.0, pos0=True, special=True, pos0_first=False, med="kept",
           ids=None, as_bool=False):
@@ -572,3 +572,32 @@ def test_feature_solutions_pass():
     from sae_tutorial.dashboard import feature_direction, logit_effects, steering_hook
     assert check_sink_mask(sink_mask) and check_logit_effects(logit_effects)
     assert check_feature_direction(feature_direction) and check_steering_hook(steering_hook)
+
+def _merge(vals, idx, new_vals, new_idx, k, *payload, axis=0, largest=True, only_new=False, ascending=False,
+           raw_j=False, row_index=False, drop_payload=False, stale_payload=False):
+    "A learner's merge_topk, with one switch per mistake."
+    allv = new_vals if only_new else torch.cat([vals, new_vals])
+    alli = new_idx if only_new else torch.cat([idx, new_idx])
+    v, j = allv.topk(k, dim=axis, largest=largest)
+    if ascending: v, j = v.flip(0), j.flip(0)
+    ids = j if raw_j else (alli[j] if row_index else alli.gather(axis, j))
+    pays = []
+    for old, new in payload:
+        p = torch.cat([old, new])
+        pays.append(old if stale_payload else p[:k] if drop_payload else
+                    p.gather(0, j[..., None].expand(-1, -1, p.shape[-1])))
+    return (v, ids, *pays)
+
+@pytest.mark.parametrize("kw,needle", [
+    (dict(axis=1), "wrong axis"), (dict(largest=False), "k smallest"), (dict(only_new=True), "old winners must compete"),
+    (dict(ascending=True), "largest first"), (dict(raw_j=True), "positions in the concatenated"),
+    (dict(row_index=True), "indexed whole rows"), (dict(drop_payload=True), "payload is not carried"),
+    (dict(stale_payload=True), "payload is not carried"),
+])
+def test_merge_topk(kw, needle):
+    assert check_merge_topk(_merge)
+    fails(check_merge_topk, lambda *a: _merge(*a, **kw), "merge_topk", needle)
+
+def test_merge_topk_solution_passes():
+    from sae_tutorial.dashboard import merge_topk
+    assert check_merge_topk(merge_topk)

@@ -254,7 +254,7 @@ def test_payoff_keys_run_and_checks_pass(name, generated, monkeypatch):
     monkeypatch.setenv("SAE_TUTORIAL_BUDGET", "ci"); monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     d, _, key = generated
     assert {x.name for x in key[name]} == {"06b_activations.ipynb": {"sink_mask"},
-            "08_feature_inspection.ipynb": {"logit_effects", "feature_direction", "steering_hook"}}[name]
+            "08_feature_inspection.ipynb": {"merge_topk", "logit_effects", "feature_direction", "steering_hook"}}[name]
     nb = run_notebook(d/"key"/name)
     out = "".join(o.get("text", "") if isinstance(o.get("text", ""), str) else "".join(o["text"])
                   for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
