@@ -11,12 +11,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['CHECKS', 'CheckFailed', 'check_reconstruction_loss', 'check_normalized_mse', 'check_l1_penalty',
+__all__ = ['SINK_CODES', 'CHECKS', 'CheckFailed', 'check_reconstruction_loss', 'check_normalized_mse', 'check_l1_penalty',
            'check_l1_wdec_penalty', 'check_tanh_penalty', 'check_smooth_l0_penalty', 'check_hoyer_penalty',
            'check_dead_penalty', 'check_auxk_loss', 'check_relu_sae', 'check_topk_sae', 'check_normalize_decoder',
            'check_remove_parallel_grad', 'check_explained_variance', 'check_l0', 'check_feature_density',
            'check_ce_loss_recovered', 'check_mmcs', 'check_toy_forward', 'check_toy_loss',
-           'check_feature_dimensionality', 'check_resample_dead_features', 'check_sparsity_coeff_at']
+           'check_feature_dimensionality', 'check_resample_dead_features', 'check_sparsity_coeff_at', 'check_sink_mask',
+           'check_logit_effects', 'check_feature_direction', 'check_steering_hook', 'check_merge_topk']
 
 # %% ../nbs/95_checks.ipynb #462868a7
 class CheckFailed(AssertionError):
@@ -730,6 +731,230 @@ def check_sparsity_coeff_at(sparsity_coeff_at: Callable) -> bool:
             raise CheckFailed(f"{name}: with warmup_steps={w} (no warm-up) the coefficient must be coeff={coeff}, got {_fmt(v)}.")
     return _passed(name, len(steps) + 2, sparsity_coeff_at)
 
+# %% ../nbs/95_checks.ipynb #c7d2b3e5
+SINK_CODES = {0: "kept", 1: "position 0", 2: "special token", 3: "norm outlier"}
+
+def _sink_ref(tokens: Tensor, norms: Tensor, special_ids, factor, pos0=True, special=True, pos0_first=False,
+              med: str = "kept") -> Tensor:
+    "sink_mask written out, with switches that reproduce the usual mistakes (codes 0-3 as in notebook 06b)."
+    m = torch.zeros(tokens.shape, dtype=torch.long)
+    s = torch.isin(tokens, torch.tensor(list(special_ids)))
+    if pos0_first and pos0: m[:, 0] = 1
+    if special: m[s] = 2
+    if pos0 and not pos0_first: m[:, 0] = 1
+    if factor is not None:
+        rest, n = m == 0, norms.double()
+        if med == "kept": t = n[rest].median()
+        elif med == "all": t = n.median()
+        elif med == "mean": t = n[rest].mean()
+        elif med == "row": t = torch.stack([n[i][rest[i]].median() for i in range(len(n))])[:, None]
+        else: t = torch.stack([n[:, j][rest[:, j]].median() if rest[:, j].any() else n.new_tensor(float("inf"))
+                               for j in range(n.shape[1])])[None]
+        m[rest & (n > factor * t)] = 3
+    return m
+
+def check_sink_mask(sink_mask: Callable) -> bool:
+    """sink_mask(tokens, norms, special_ids, outlier_factor) -> [batch, seq] codes: 1 at position 0, else 2 at a
+    special token, else 3 where the norm exceeds outlier_factor × the median norm of the positions still kept, else 0."""
+    name = "sink_mask"
+    tokens = torch.tensor([[0, 5, 6, 7, 0, 8, 9, 5],          # row 0 starts with <|endoftext|>: position 0 wins
+                           [4, 5, 1, 6, 7, 8, 9, 4],          # id 1 is special only when special_ids says so
+                           [3, 5, 6, 0, 7, 8, 9, 6]])
+    norms = torch.tensor([[900., 2.0, 2.5, 23., 800., 3.0, 1.5, 2.0],      # 23: an outlier against the kept median 2.2
+                          [1.2, 0.5, 0.6, 0.5, 0.4, 6.0, 0.5, 0.6],         # a quiet context: 6 is 10× its own median
+                          [700., 3.5, 2.2, 3.0, 2.8, 27., 3.2, 2.6]])
+    n = 0
+    for special_ids in [(0,), (0, 1)]:
+        R = lambda **kw: _sink_ref(tokens, norms, special_ids, 10.0, **kw)
+        got = _call(name, sink_mask, tokens, norms, special_ids=special_ids, outlier_factor=10.0)
+        if isinstance(got, Tensor) and got.dtype == torch.bool:
+            raise CheckFailed(f"{name}: you returned a yes/no mask; return for each position the code of the rule that "
+                              "masked it (0 kept, 1 position 0, 2 special token, 3 norm outlier), e.g. as uint8.")
+        mistakes = {
+            "position 0 is not masked (or not coded 1): every context's first position is the attention sink; set "
+            "mask[:, 0] = MASK_POS0 whatever its token or norm.": R(pos0=False),
+            "special tokens are not masked: a special token (an id in special_ids, like <|endoftext|> in the middle "
+            "of a context) gets code 2 whatever its norm.": R(special=False),
+            "position 0 holding a special token got code 2; position 0 comes first: set the special codes, then "
+            "mask[:, 0] = MASK_POS0 over them.": R(pos0_first=True),
+            "the norm rule used the median of ALL positions, sinks included; compare with the median norm of the "
+            "positions not already masked (norms[mask == KEPT].median()).": R(med="all"),
+            "the norm rule used the mean; use the median of the kept positions (a mean is pulled up by the very "
+            "outliers it should find).": R(med="mean"),
+            "the norm rule is on the wrong axis: you took a median per context (each row); take one median over the "
+            "whole batch of kept positions.": R(med="row"),
+            "the norm rule is on the wrong axis: you took a median per position (over the batch, dim 0); take one "
+            "median over the whole batch of kept positions.": R(med="col"),
+        }
+        if len(special_ids) > 1:
+            mistakes["you masked only <|endoftext|> (id 0); mask every id in special_ids (torch.isin)."] = \
+                _sink_ref(tokens, norms, (0,), 10.0)
+        _diagnose(name, got, R(), mistakes, f"3 contexts of 8 tokens, special_ids={special_ids}")
+        n += 1
+    got = _call(name, sink_mask, tokens, norms, special_ids=(0,), outlier_factor=None)
+    _diagnose(name, got, _sink_ref(tokens, norms, (0,), None), {
+        "outlier_factor=None must switch the norm rule off (only position 0 and special tokens are masked).":
+            _sink_ref(tokens, norms, (0,), 10.0)}, "outlier_factor=None")
+    return _passed(name, n + 1, sink_mask)
+
+
+# %% ../nbs/95_checks.ipynb #e9f4d5a7
+class _TinyUnembed(torch.nn.Module):
+    "The last layers of a language model, as far as a logit table needs them: a final norm's weight γ and W_U."
+    def __init__(self, W_U: Tensor, gamma: Tensor | None = None):
+        super().__init__()
+        self.W_U = torch.nn.Parameter(W_U, requires_grad=False)            # [d_model, d_vocab]
+        if gamma is not None:
+            self.ln_final = torch.nn.Module()
+            self.ln_final.weight = torch.nn.Parameter(gamma, requires_grad=False)   # [d_model]
+
+def check_logit_effects(logit_effects: Callable) -> bool:
+    """logit_effects(directions, model, n) = (up, up_ids, down, down_ids): the n largest and the n most negative
+    entries of each row of (γ ⊙ d) W_U with their token ids, γ the final norm's weight (none: γ = 1)."""
+    name = "logit_effects"
+    g = _gen(910)
+    F_, d, V, n = 3, 4, 9, 3
+    D = torch.randn(F_, d, generator=g, dtype=torch.float64)                # three feature directions
+    W_U = torch.randn(d, V, generator=g, dtype=torch.float64)
+    gamma = torch.tensor([0.2, 3.0, 1.0, 0.6], dtype=torch.float64)         # far from 1, so leaving it out shows
+    cases = 0
+    for gam in (gamma, None):
+        model = _TinyUnembed(W_U.clone(), None if gam is None else gam.clone())
+        eff = (D * (gam if gam is not None else 1.0)) @ W_U                  # [F, V]
+        got = _call(name, logit_effects, D.clone(), model, n=n)
+        if not isinstance(got, (tuple, list)) or len(got) != 4:
+            raise CheckFailed(f"{name}: return four tensors (up, up_ids, down, down_ids), each [n_directions, n].")
+        up, up_ids, down, down_ids = got
+        case = "3 directions, d_model=4, 9 tokens" + (", final-norm weight γ far from 1" if gam is not None else ", no final norm")
+        plain = D @ W_U
+        _diagnose(f"{name} (up)", up, eff.topk(n, dim=1).values, {
+            "you left out the final norm's weight γ: the residual stream is multiplied by γ before W_U, so score "
+            "(γ ⊙ d) W_U (final_norm_weight(model)).": plain.topk(n, dim=1).values,
+            "you divided by γ; the final norm multiplies by its weight: (γ ⊙ d) W_U.":
+                ((D / gamma) @ W_U).topk(n, dim=1).values if gam is not None else None,
+            "top-n over the wrong axis: you ranked the directions for each token (dim 0); rank the tokens for each "
+            "direction (dim 1), giving [n_directions, n].": eff.topk(n, dim=0).values,
+            "up must be largest first: topk(n, dim=1) sorts them for you.": eff.topk(n, dim=1).values.flip(1),
+        }, case)
+        _diagnose(f"{name} (up_ids)", up_ids, eff.topk(n, dim=1).indices, {
+            "up_ids hold positions in the sorted list, not token ids: use the indices topk returns.":
+                torch.arange(n).expand(F_, n)}, case)
+        _diagnose(f"{name} (down)", down, -(-eff).topk(n, dim=1).values, {
+            "down holds the sizes of the negative effects (-effect); return the effects themselves, which are "
+            "negative: down = -(-eff).topk(n).values.": (-eff).topk(n, dim=1).values,
+            "you left out the final norm's weight γ (see up).": -(-plain).topk(n, dim=1).values,
+            "down must be most negative first.": -(-eff).topk(n, dim=1).values.flip(1),
+        }, case)
+        _diagnose(f"{name} (down_ids)", down_ids, (-eff).topk(n, dim=1).indices, {}, case)
+        cases += 1
+    return _passed(name, cases, logit_effects)
+
+def check_feature_direction(feature_direction: Callable) -> bool:
+    "feature_direction(sae, feature, scale) = W_dec[feature] / scale: a row of the decoder [d_sae, d_in], in model units."
+    name, n = "feature_direction", 0
+    for seed, (d_sae, d_in) in enumerate([(5, 5), (6, 4)]):
+        g = _gen(920 + seed)
+        sae = torch.nn.Module()
+        sae.W_dec = torch.nn.Parameter(torch.randn(d_sae, d_in, generator=g, dtype=torch.float64)
+                                       * torch.linspace(0.3, 2.5, d_sae, dtype=torch.float64)[:, None])   # rows not unit
+        sae.W_enc = torch.nn.Parameter(torch.randn(d_in, d_sae, generator=g, dtype=torch.float64))        # != W_dec.T
+        W_dec, W_enc = sae.W_dec.detach(), sae.W_enc.detach()
+        i, s = 2, 2.5
+        got = _call(name, feature_direction, sae, i, s)
+        mistakes = {
+            "you used the encoder (W_enc[:, i]); the direction a feature writes is its decoder row W_dec[i].": W_enc[:, i] / s,
+            "you multiplied by scale; divide by it: the store fed the SAE s·x, so the model's own units are W_dec[i] / s.":
+                W_dec[i] * s,
+            "you ignored scale: divide by it to get back to the model's own units (W_dec[i] / s).": W_dec[i],
+            "you normalised the row to unit length: one unit of the feature's activation writes W_dec[i] itself "
+            "(the SAE reconstructs f_i · W_dec[i]), whatever its norm.": W_dec[i] / W_dec[i].norm() / s,
+        }
+        if d_sae == d_in:
+            mistakes["you took a column of W_dec (W_dec[:, i]); W_dec is [d_sae, d_in] and feature i's direction is "
+                     "the ROW W_dec[i]."] = W_dec[:, i] / s
+        _diagnose(name, got, W_dec[i] / s, mistakes, f"W_dec ({d_sae}, {d_in}) with rows of norm 0.3-2.5, scale={s}")
+        n += 1
+    return _passed(name, n, feature_direction)
+
+def check_steering_hook(steering_hook: Callable) -> bool:
+    """steering_hook(direction, coeff, skip_first) returns hook(act, hook=None) -> act + coeff·direction at every
+    position of act [batch, seq, d_model], position 0 left alone when skip_first; the result keeps act's dtype."""
+    name = "steering_hook"
+    g = _gen(930)
+    act = torch.randn(2, 5, 4, generator=g)                                  # float32, like a model's activations
+    direction = torch.randn(4, generator=g, dtype=torch.float64)             # float64: the dtypes differ
+    c = 3.0
+    a, dd = act.double(), direction
+    def add(at, v=c * dd):
+        out = a.clone(); out[at] += v; return out
+    every, rest = (slice(None), slice(None)), (slice(None), slice(1, None))
+    n = 0
+    for skip in (True, False):
+        hook = _call(name, steering_hook, direction.clone(), c, skip_first=skip)
+        if not callable(hook):
+            raise CheckFailed(f"{name}: return a function hook(act, hook=None) that gives the new activation; got {type(hook).__name__}.")
+        out = _call(f"{name}(...)'s hook", hook, act.clone(), hook=None)
+        if isinstance(out, Tensor) and out.dtype != act.dtype:
+            raise CheckFailed(f"{name}: the hook turned a {act.dtype} activation into {out.dtype}; the model's later "
+                              "layers expect its own dtype: add (coeff * direction).to(act).")
+        want = add(rest if skip else every)
+        mistakes = {
+            "the wrong sign: steering ADDS coeff · direction (a negative coeff is how to subtract).": add(rest if skip else every, -c * dd),
+            "coeff is missing: add coeff · direction.": add(rest if skip else every, dd),
+            "you normalised the direction; add coeff · direction as given (the caller chose its units).":
+                add(rest if skip else every, c * dd / dd.norm()),
+            "you added at the last position only; add at every position.": add((slice(None), -1)),
+            "you left batch row 0 alone instead of position 0: act is [batch, seq, d_model], positions are dim 1.":
+                add((slice(1, None), slice(None))) if skip else None,
+        }
+        if skip: mistakes["position 0 was steered too: with skip_first the first position (the attention sink) is left "
+                          "as it is; add to act[:, 1:] only."] = add(every)
+        else: mistakes["with skip_first=False every position is steered, position 0 included."] = add(rest)
+        _diagnose(name, out, want, mistakes, f"act (2, 5, 4), coeff={c}, skip_first={skip}")
+        n += 1
+    return _passed(name, n, steering_hook)
+
+def check_merge_topk(merge_topk: Callable) -> bool:
+    """merge_topk(vals, idx, new_vals, new_idx, k, *payload) -> (vals, idx, *payload): per feature (column), the k
+    largest of the old winners [k, F] and the new candidates [m, F], largest first, each with its row id and payload."""
+    name = "merge_topk"
+    g = _gen(940)
+    k, m, F_, W = 3, 5, 4, 2
+    vals = torch.rand(k, F_, generator=g, dtype=torch.float64).sort(0, descending=True).values + 0.5   # old winners
+    new_vals = torch.rand(m, F_, generator=g, dtype=torch.float64) + 0.5 * torch.tensor([0., 1., 0., 1., 0.],
+                                                                                     dtype=torch.float64)[:, None]
+    idx = torch.arange(k * F_).view(k, F_) + 100                           # row ids: old rows 100.., new rows 200..
+    new_idx = torch.arange(m * F_).view(m, F_) + 200
+    pay = (idx[..., None] * 10 + torch.arange(W)).double()                 # a window per candidate [k, F, W]
+    new_pay = (new_idx[..., None] * 10 + torch.arange(W)).double()
+    allv, alli, allp = torch.cat([vals, new_vals]), torch.cat([idx, new_idx]), torch.cat([pay, new_pay])
+    v, j = allv.topk(k, dim=0)
+    got = _call(name, merge_topk, vals.clone(), idx.clone(), new_vals.clone(), new_idx.clone(), k, (pay.clone(), new_pay.clone()))
+    if not isinstance(got, (tuple, list)) or len(got) != 3:
+        raise CheckFailed(f"{name}: with one payload pair, return three tensors: (vals, idx, payload); got "
+                          f"{len(got) if isinstance(got, (tuple, list)) else type(got).__name__}.")
+    case = f"old winners [{k}, {F_}], {m} new candidates, one payload [.., {F_}, {W}]"
+    _diagnose(f"{name} (vals)", got[0], v, {
+        "top-k over the wrong axis: you ranked the features of each row (dim 1); rank the candidates of each feature "
+        "(dim 0), giving [k, F].": allv.topk(k, dim=1).values,
+        "you kept the k smallest; keep the k largest activations.": allv.topk(k, dim=0, largest=False).values,
+        "you kept only the new candidates' top-k: the old winners must compete too (concatenate them first).":
+            new_vals.topk(k, dim=0).values,
+        "the result must be largest first.": v.flip(0),
+    }, case)
+    _diagnose(f"{name} (idx)", got[1], alli.gather(0, j), {
+        "idx holds positions in the concatenated candidates (topk's indices); return the row ids those positions "
+        "point at: torch.cat([idx, new_idx]).gather(0, j).": j,
+        "you indexed whole rows (torch.cat([idx, new_idx])[j], shape [k, F, F]); pick each feature's column with its "
+        "own topk indices: torch.cat([idx, new_idx]).gather(0, j).": alli[j],
+    }, case)
+    _diagnose(f"{name} (payload)", got[2], allp.gather(0, j[..., None].expand(-1, -1, W)), {
+        "the payload is not carried along (it still holds the old winners' windows): gather it with the same topk "
+        "indices as idx, expanded over its last dim.": pay,
+    }, case)
+    return _passed(name, 1, merge_topk)
+
+
 # %% ../nbs/95_checks.ipynb #3f8c7e69
 CHECKS: dict[str, str] = {
     "ToyModel.hidden": "check_toy_forward(ToyModel)",
@@ -759,4 +984,9 @@ CHECKS: dict[str, str] = {
     "mmcs": "check_mmcs(mmcs)",
     "ce_loss_recovered": "check_ce_loss_recovered(ce_loss_recovered)",
     "resample_dead_features": "check_resample_dead_features(resample_dead_features)",
+    "sink_mask": "check_sink_mask(sink_mask)",
+    "merge_topk": "check_merge_topk(merge_topk)",
+    "logit_effects": "check_logit_effects(logit_effects)",
+    "feature_direction": "check_feature_direction(feature_direction)",
+    "steering_hook": "check_steering_hook(steering_hook)",
 }

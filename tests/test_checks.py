@@ -463,3 +463,141 @@ def test_other_loss_solutions_pass():
     from sae_tutorial import losses as L
     assert check_tanh_penalty(L.tanh_penalty) and check_smooth_l0_penalty(L.smooth_l0_penalty)
     assert check_hoyer_penalty(L.hoyer_penalty) and check_dead_penalty(L.dead_penalty) and check_auxk_loss(L.auxk_loss)
+
+# --- reading and steering features (06b, 08) ----------------------------------------------------------------
+from sae_tutorial.checks import check_feature_direction, check_logit_effects, check_merge_topk, check_sink_mask, check_steering_hook
+
+def _sink(tokens, norms, special_ids=(0,), outlier_factor=10.0, pos0=True, special=True, pos0_first=False, med="kept",
+          ids=None, as_bool=False):
+    "A learner's sink_mask, written independently of the check's reference, with one switch per mistake."
+    m = torch.zeros(tokens.shape, dtype=torch.uint8)
+    s = torch.isin(tokens, torch.tensor(list(ids if ids is not None else special_ids)))
+    if pos0 and pos0_first: m[:, 0] = 1
+    if special: m[s] = 2
+    if pos0 and not pos0_first: m[:, 0] = 1
+    if outlier_factor is not None:
+        kept = m == 0
+        if med == "kept": ref = norms[kept].median()
+        elif med == "all": ref = norms.median()
+        elif med == "mean": ref = norms[kept].mean()
+        elif med == "row": ref = torch.tensor([norms[i][kept[i]].median() for i in range(norms.shape[0])])[:, None]
+        else: ref = torch.tensor([norms[:, j][kept[:, j]].median() if kept[:, j].any() else float("inf")
+                                  for j in range(norms.shape[1])])[None]
+        m[kept & (norms > outlier_factor * ref)] = 3
+    return m != 0 if as_bool else m
+
+@pytest.mark.parametrize("kw,needle", [
+    (dict(pos0=False), "position 0 is not masked"), (dict(special=False), "special tokens are not masked"),
+    (dict(pos0_first=True), "position 0 comes first"), (dict(med="all"), "median of ALL positions"),
+    (dict(med="mean"), "used the mean"), (dict(med="row"), "median per context"), (dict(med="col"), "median per position"),
+    (dict(ids=(0,)), "every id in special_ids"), (dict(as_bool=True), "yes/no mask"),
+])
+def test_sink_mask(kw, needle):
+    assert check_sink_mask(_sink)
+    fails(check_sink_mask, lambda *a, **k: _sink(*a, **k, **kw), "sink_mask", needle)
+
+def test_sink_mask_factor_none():
+    fails(check_sink_mask, lambda t, n, special_ids=(0,), outlier_factor=10.0: _sink(t, n, special_ids, 10.0), "switch the norm rule off")
+
+class _Unembed(nn.Module):
+    def __init__(self, W_U, gamma=None):
+        super().__init__(); self.W_U = nn.Parameter(W_U)
+        if gamma is not None: self.ln_final = nn.Module(); self.ln_final.weight = nn.Parameter(gamma)
+
+def _logits(directions, model, n=10, gamma=True, divide=False, axis=1, down_sign=-1, ascending=False, pos_ids=False):
+    "A learner's logit_effects (no chunking), with one switch per mistake."
+    W = model.W_U.detach(); ln = getattr(model, "ln_final", None)
+    d = directions.to(W)
+    if gamma and ln is not None: d = d / ln.weight.detach() if divide else d * ln.weight.detach()
+    eff = d @ W
+    up, ui = eff.topk(n, dim=axis); down, di = (-eff).topk(n, dim=axis)
+    if ascending: up = up.flip(1)
+    if pos_ids: ui = torch.arange(n).expand_as(ui)
+    return up, ui, down_sign * down, di
+
+@pytest.mark.parametrize("kw,needle", [
+    (dict(gamma=False), "left out the final norm's weight γ"), (dict(divide=True), "divided by γ"),
+    (dict(axis=0), "wrong axis"), (dict(down_sign=1), "sizes of the negative effects"),
+    (dict(ascending=True), "largest first"), (dict(pos_ids=True), "not token ids"),
+])
+def test_logit_effects(kw, needle):
+    assert check_logit_effects(_logits)
+    fails(check_logit_effects, lambda *a, **k: _logits(*a, **k, **kw), "logit_effects", needle)
+
+def test_logit_effects_needs_no_final_norm():
+    def needs_ln(directions, model, n=10): return _logits(directions * model.ln_final.weight.detach(), model, n, gamma=False)
+    fails(check_logit_effects, needs_ln, "raised AttributeError")
+
+@pytest.mark.parametrize("impl,needle", [
+    (lambda sae, i, s=1.0: sae.W_enc.detach()[:, i] / s, "encoder"),
+    (lambda sae, i, s=1.0: sae.W_dec.detach()[i] * s, "multiplied by scale"),
+    (lambda sae, i, s=1.0: sae.W_dec.detach()[i], "ignored scale"),
+    (lambda sae, i, s=1.0: F.normalize(sae.W_dec.detach()[i], dim=0) / s, "normalised the row"),
+    (lambda sae, i, s=1.0: sae.W_dec.detach()[:, i] / s, "column of W_dec"),
+])
+def test_feature_direction(impl, needle):
+    assert check_feature_direction(lambda sae, i, s=1.0: sae.W_dec.detach()[int(i)] / s)
+    fails(check_feature_direction, impl, "feature_direction", needle)
+
+def _steer(direction, coeff, skip_first=True, sign=1, use_coeff=True, unit=False, last=False, row=False, every=False,
+           cast=True):
+    "A learner's steering_hook, with one switch per mistake."
+    def hook(act, hook=None):
+        v = direction / direction.norm() if unit else direction
+        v = sign * (coeff if use_coeff else 1.0) * v
+        v = v.to(act) if cast else v
+        out = act + torch.zeros_like(act)
+        if last: return out.index_add(1, torch.tensor([act.shape[1] - 1]), v.expand(act.shape[0], 1, -1))
+        if row: return torch.cat([out[:1], out[1:] + v])
+        if every or not skip_first: return out + v
+        return torch.cat([out[:, :1], out[:, 1:] + v], dim=1)
+    return hook
+
+@pytest.mark.parametrize("kw,needle", [
+    (dict(every=True), "position 0 was steered too"), (dict(sign=-1), "wrong sign"), (dict(use_coeff=False), "coeff is missing"),
+    (dict(unit=True), "normalised the direction"), (dict(last=True), "last position only"), (dict(row=True), "batch row 0"),
+    (dict(cast=False), "add (coeff * direction).to(act)"),
+])
+def test_steering_hook(kw, needle):
+    assert check_steering_hook(_steer)
+    fails(check_steering_hook, lambda d, c, skip_first=True: _steer(d, c, skip_first, **kw), "steering_hook", needle)
+
+def test_steering_hook_must_steer_position0_without_skip():
+    def never_pos0(d, c, skip_first=True): return _steer(d, c, True)
+    fails(check_steering_hook, never_pos0, "position 0 included")
+    fails(check_steering_hook, lambda d, c, skip_first=True: 3, "return a function")
+
+def test_feature_solutions_pass():
+    from sae_tutorial.activations import sink_mask
+    from sae_tutorial.dashboard import feature_direction, logit_effects, steering_hook
+    assert check_sink_mask(sink_mask) and check_logit_effects(logit_effects)
+    assert check_feature_direction(feature_direction) and check_steering_hook(steering_hook)
+
+def _merge(vals, idx, new_vals, new_idx, k, *payload, axis=0, largest=True, only_new=False, ascending=False,
+           raw_j=False, row_index=False, drop_payload=False, stale_payload=False):
+    "A learner's merge_topk, with one switch per mistake."
+    allv = new_vals if only_new else torch.cat([vals, new_vals])
+    alli = new_idx if only_new else torch.cat([idx, new_idx])
+    v, j = allv.topk(k, dim=axis, largest=largest)
+    if ascending: v, j = v.flip(0), j.flip(0)
+    ids = j if raw_j else (alli[j] if row_index else alli.gather(axis, j))
+    pays = []
+    for old, new in payload:
+        p = torch.cat([old, new])
+        pays.append(old if stale_payload else p[:k] if drop_payload else
+                    p.gather(0, j[..., None].expand(-1, -1, p.shape[-1])))
+    return (v, ids, *pays)
+
+@pytest.mark.parametrize("kw,needle", [
+    (dict(axis=1), "wrong axis"), (dict(largest=False), "k smallest"), (dict(only_new=True), "old winners must compete"),
+    (dict(ascending=True), "largest first"), (dict(raw_j=True), "positions in the concatenated"),
+    (dict(row_index=True), "indexed whole rows"), (dict(drop_payload=True), "payload is not carried"),
+    (dict(stale_payload=True), "payload is not carried"),
+])
+def test_merge_topk(kw, needle):
+    assert check_merge_topk(_merge)
+    fails(check_merge_topk, lambda *a: _merge(*a, **kw), "merge_topk", needle)
+
+def test_merge_topk_solution_passes():
+    from sae_tutorial.dashboard import merge_topk
+    assert check_merge_topk(merge_topk)

@@ -245,3 +245,18 @@ def test_key_keeps_outputs_learners_start_empty(tmp_path):
     outs = lambda p: [c.get("outputs") for c in _cells(p) if c["cell_type"] == "code" and _src(c) == "print(3)"]
     assert outs(tmp_path/"key.ipynb") == [[{"output_type": "stream", "name": "stdout", "text": ["3\n"]}]]
     assert outs(tmp_path/"ex.ipynb") == [[]]
+
+
+# --- the payoff chapters' keys run at the ci budget ---------------------------------------------------------
+@pytest.mark.parametrize("name", ["06b_activations.ipynb", "08_feature_inspection.ipynb"])
+def test_payoff_keys_run_and_checks_pass(name, generated, monkeypatch):
+    "The teacher's keys of 06b and 08 run top to bottom at the ci budget, and each check passes the notebook's own code."
+    monkeypatch.setenv("SAE_TUTORIAL_BUDGET", "ci"); monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    d, _, key = generated
+    assert {x.name for x in key[name]} == {"06b_activations.ipynb": {"sink_mask"},
+            "08_feature_inspection.ipynb": {"merge_topk", "logit_effects", "feature_direction", "steering_hook"}}[name]
+    nb = run_notebook(d/"key"/name)
+    out = "".join(o.get("text", "") if isinstance(o.get("text", ""), str) else "".join(o["text"])
+                  for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert out.count("✓") == len({x.check for x in key[name]}), out[-2000:]
+    assert "package's own solution" not in out
