@@ -11,9 +11,10 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['SHARE_THRESHOLDS', 'PLACES', 'CATEGORIES', 'unit_rows', 'one_to_one_cosines', 'agreement', 'random_dictionary',
-           'universality', 'splitting_families', 'splitting_null', 'category_labels', 'category_features',
-           'top_examples', 'plot_universality', 'plot_splitting', 'plot_categories']
+__all__ = ['SHARE_THRESHOLDS', 'PLACES', 'CATEGORIES', 'BASE64_LINE', 'FOUND', 'unit_rows', 'one_to_one_cosines', 'agreement',
+           'random_dictionary', 'universality', 'splitting_families', 'children_histogram', 'splitting_null',
+           'category_labels', 'category_features', 'category_verdict', 'top_examples', 'plot_universality',
+           'plot_splitting', 'plot_categories']
 
 # %% ../nbs/07a_analyses.ipynb #c40e71b8
 def unit_rows(W: Tensor) -> Tensor:
@@ -57,27 +58,41 @@ def universality(W_a: Tensor, W_b: Tensor, W_a_init: Tensor, seed: int = 0) -> d
 
 
 # %% ../nbs/07a_analyses.ipynb #7623511b
-def splitting_families(W_small: Tensor, W_large: Tensor, density_small: Tensor, density_large: Tensor,
-                       min_cos: float = 0.5) -> list[dict]:
-    """Feature-splitting families: each live large-dictionary feature j joins the small feature s it is most
-    similar to (decoder cosine), if that cosine >= min_cos. Families with >= 2 children, most children first."""
+def _children(W_small: Tensor, W_large: Tensor, density_small: Tensor, density_large: Tensor,
+              min_cos: float) -> dict[int, list[tuple[int, float]]]:
+    "Live small feature s -> [(live large feature j, cosine)] for every j whose most similar small feature is s."
     cos = W_small.float() @ W_large.float().T                         # [n_small, n_large]
     best_cos, parent = cos.max(0)                                     # for each large feature
     fam: dict[int, list] = {}
     for j in range(W_large.shape[0]):
         if density_large[j] > 0 and best_cos[j] >= min_cos and density_small[parent[j]] > 0:
             fam.setdefault(int(parent[j]), []).append((j, float(best_cos[j])))
+    return fam
+
+def splitting_families(W_small: Tensor, W_large: Tensor, density_small: Tensor, density_large: Tensor,
+                       min_cos: float = 0.5) -> list[dict]:
+    """Feature-splitting families: each live large-dictionary feature j joins the small feature s it is most
+    similar to (decoder cosine), if that cosine >= min_cos. Families with >= 2 children, most children first."""
+    fam = _children(W_small, W_large, density_small, density_large, min_cos)
     out = [{"parent": s, "children": [c for c, _ in sorted(ch, key=lambda t: -t[1])],
             "cos": [round(c, 3) for _, c in sorted(ch, key=lambda t: -t[1])],
             "parent_density": float(density_small[s])}
            for s, ch in fam.items() if len(ch) >= 2]
     return sorted(out, key=lambda d: (-len(d["children"]), -sum(d["cos"])))
 
+def children_histogram(W_small: Tensor, W_large: Tensor, density_small: Tensor, density_large: Tensor,
+                       min_cos: float = 0.5) -> list[int]:
+    "counts[k] = live small features with exactly k children (0, 1, 2, ...): families are the k >= 2 part."
+    fam = _children(W_small, W_large, density_small, density_large, min_cos)
+    n = [len(fam.get(s, [])) for s in range(W_small.shape[0]) if density_small[s] > 0]
+    return np.bincount(np.array(n, dtype=np.int64), minlength=2).tolist()
+
 def splitting_null(n_small: int, n_large: int, d: int, min_cos: float = 0.5, seed: int = 0) -> dict:
     "What `splitting_families` finds between random dictionaries of the same sizes: the null for the family count."
-    fams = splitting_families(random_dictionary(n_small, d, seed).float(), random_dictionary(n_large, d, seed + 1).float(),
-                              torch.ones(n_small), torch.ones(n_large), min_cos)
-    return {"n_families": len(fams), "children_per_parent": [len(f["children"]) for f in fams]}
+    W_s, W_l = random_dictionary(n_small, d, seed).float(), random_dictionary(n_large, d, seed + 1).float()
+    fams = splitting_families(W_s, W_l, torch.ones(n_small), torch.ones(n_large), min_cos)
+    return {"n_families": len(fams), "children_per_parent": [len(f["children"]) for f in fams],
+            "children_hist": children_histogram(W_s, W_l, torch.ones(n_small), torch.ones(n_large), min_cos)}
 
 
 # %% ../nbs/07a_analyses.ipynb #8fe93c0e
@@ -92,17 +107,41 @@ Dublin Edinburgh Verona Padua Navarre Burgundy Normandy Francia España Espagne 
 Inglaterra Angleterre Italie Italia Afghanistan Pakistan Korea Syria Lebanon Jordan Arabia Kansas Nebraska Iowa
 Colorado Arizona Nevada Utah Montana Wisconsin Minnesota Indiana Maryland Connecticut Jersey Orleans Panama""".split())
 
-CATEGORIES = ("python code", "arabic script", "hebrew script", "base64", "numbers and dates", "places")
+CATEGORIES = ("python code", "arabic script", "hebrew script", "base64", "certificate headers", "numbers and dates",
+              "places")
+BASE64_LINE = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}")     # a line of a PEM body: 64 base64 characters (the last shorter)
+
+def _token_lines_and_places(store, token_strs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """For each row: is its token on a base64 line (the whole line is base64 characters), and is it part of a
+    gazetteer word? Both read the row's context as text, so a place split into several tokens counts whole."""
+    place_re = re.compile(r"\b(" + "|".join(sorted(map(re.escape, PLACES), key=len, reverse=True)) + r")\b")
+    rows = store.rows.numpy()
+    b64, place = np.zeros(len(rows), dtype=bool), np.zeros(len(rows), dtype=bool)
+    for c in np.unique(rows[:, 0]):
+        strs = [token_strs[t] for t in store.tokens[c].tolist()]
+        starts, text = np.cumsum([0] + [len(t) for t in strs]), "".join(strs)
+        spans = [m.span() for m in place_re.finditer(text)]
+        for r in np.flatnonzero(rows[:, 0] == c):
+            a, e = starts[rows[r, 1]], starts[rows[r, 1] + 1]            # the token's characters in the text
+            line_end = text.find("\n", a)
+            line = text[text.rfind("\n", 0, a) + 1:len(text) if line_end < 0 else line_end]
+            b64[r] = bool(BASE64_LINE.fullmatch(line.strip()))
+            place[r] = any(s < e and a < t for s, t in spans)
+    return b64, place
 
 def category_labels(store, token_strs: list[str]) -> dict[str, Tensor]:
-    """Bool [n_rows] per category, from each row's corpus source (python, arabic, hebrew, base64 certificates)
-    and simple token rules (a digit: numbers and dates; a gazetteer word: places)."""
+    """Bool [n_rows] per category, from each row's corpus source (python, arabic, hebrew, the certificate file) and
+    simple rules on its text: base64 = a certificate token on a base64 line, certificate headers = the rest of that
+    file (hex fingerprints, serials, names); a digit outside the certificates: numbers and dates; a gazetteer word:
+    places."""
     src = np.array([s or "" for s in store.row_sources(np.arange(store.n_rows))])
     toks = [token_strs[i] for i in store.row_tokens(np.arange(store.n_rows)).tolist()]
     digit = np.array([bool(re.search(r"\d", t)) for t in toks])
-    place = np.array([t.strip() in PLACES for t in toks])
+    b64_line, place = _token_lines_and_places(store, token_strs)
+    cert = src == "base64"
     lab = {"python code": src == "python", "arabic script": src == "arabic", "hebrew script": src == "hebrew",
-           "base64": src == "base64", "numbers and dates": digit & (src != "base64"), "places": place}
+           "base64": cert & b64_line, "certificate headers": cert & ~b64_line,
+           "numbers and dates": digit & ~cert, "places": place}
     return {k: torch.from_numpy(v) for k, v in lab.items()}
 
 def category_features(f: Tensor, labels: dict[str, Tensor], top: int = 3, min_fires: int = 3) -> dict:
@@ -112,7 +151,7 @@ def category_features(f: Tensor, labels: dict[str, Tensor], top: int = 3, min_fi
     out = {}
     for c, lab in labels.items():
         n_c = int(lab.sum())
-        if n_c == 0: out[c] = {"n_tokens": 0, "features": []}; continue
+        if n_c == 0: out[c] = {"n_tokens": 0, "base_rate": 0.0, "features": []}; continue
         prec = f[lab].double().sum(0) / mass.clamp_min(1e-12)
         nf = fires[lab].sum(0)
         rec = nf.double() / n_c
@@ -122,6 +161,19 @@ def category_features(f: Tensor, labels: dict[str, Tensor], top: int = 3, min_fi
                   "features": [{"feature": int(i), "precision": float(prec[i]), "recall": float(rec[i]),
                                 "score": float(score[i])} for i in idx if score[i] > 0]}
     return out
+
+FOUND = dict(min_tokens=20, min_precision=0.5, min_recall=0.25)
+
+def category_verdict(d: dict) -> str:
+    """'found' when the category's best feature puts most of its mass on it (precision >= 0.5) and fires on a
+    real part of it (recall >= 0.25), on at least 20 held-out tokens; else 'not found: <why>'."""
+    n = d.get("n_tokens", 0)
+    if n < FOUND["min_tokens"]: return f"not found: {n} held-out tokens, too few to judge"
+    if not d["features"]: return "not found: no feature fires on it"
+    b = d["features"][0]
+    if b["precision"] < FOUND["min_precision"]: return f"not found: best precision {b['precision']:.2f}"
+    if b["recall"] < FOUND["min_recall"]: return f"not found: best recall {b['recall']:.2f}"
+    return "found"
 
 def top_examples(f_col: Tensor, store, tokenizer, n: int = 4, before: int = 10, after: int = 2) -> list[dict]:
     "The `n` held-out tokens where one feature (activations `f_col` [n_rows]) is largest, each with its context."
@@ -155,40 +207,59 @@ def plot_universality(metrics, trained, analysis):
     return fig
 
 def plot_splitting(metrics, trained, analysis):
-    "How many large-dictionary features each small-dictionary feature splits into, beside random dictionaries."
+    """How many large-dictionary features each live small-dictionary feature splits into (0, 1, 2, ...), beside
+    random dictionaries of the same sizes: integer bars, each labelled with its count."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
     s = (analysis or {}).get("splitting")
     if not s: return None
+    def hist(d):                                                        # analyses written before children_hist: k >= 2 only
+        return d.get("children_hist") or np.bincount(d["children_per_parent"], minlength=3).tolist()
+    learned, null = hist(s), hist(s["null"])
+    ks = np.arange(max(len(learned), len(null), 3))
+    learned, null = [np.pad(h, (0, len(ks) - len(h))) for h in (learned, null)]
     fig, ax = plt.subplots(figsize=(6.5, 3.4))
-    cp = s["children_per_parent"] or [0]
-    ax.hist(cp, bins=np.arange(1.5, max(max(cp), 2) + 1.5), label=f"{s['small']} -> {s['large']}")
-    ax.set_xticks(range(2, max(max(cp), 2) + 1))
-    ax.set_xlabel(f"features of {s['large']} (d_sae {s['d_sae'][s['large']]}) with cosine >= 0.5 to one feature")
-    ax.set_ylabel(f"features of {s['small']}")
+    for dx, h, lab, col in ((-0.2, learned, f"{s['small']} -> {s['large']} (trained)", "C0"),
+                            (0.2, null, "random dictionaries, same sizes", "0.6")):
+        bars = ax.bar(ks + dx, h, width=0.4, color=col, label=lab)
+        ax.bar_label(bars, fontsize=7)
+    ax.set_xticks(ks); ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylim(0, max(max(learned), max(null), 1) * 1.15)
+    ax.set_xlabel(f"children: live features of {s['large']} (d_sae {s['d_sae'][s['large']]}) whose closest "
+                  f"{s['small']} feature it is, at cosine >= 0.5", fontsize=8)
+    ax.set_ylabel(f"live features of {s['small']}"); ax.legend(fontsize=8)
     ax.set_title(f"{s['n_families']} of {s['n_small_alive']} live features of {s['small']} (d_sae "
-                 f"{s['d_sae'][s['small']]}) split in two or more\n(random dictionaries of the same sizes: "
+                 f"{s['d_sae'][s['small']]}) have two or more children\n(random dictionaries of the same sizes: "
                  f"{s['null']['n_families']})", fontsize=9)
+    fig.tight_layout()
     return fig
 
 def plot_categories(metrics, trained, analysis):
-    "Where the activation mass of each category's best feature goes, across categories."
+    """For each category, its best feature's precision (share of its activation mass on the category) beside the
+    category's base rate (the precision of a feature firing at random), with the verdict of `category_verdict`."""
     import matplotlib.pyplot as plt
     c = (analysis or {}).get("categories")
     if not c: return None
-    cats = [k for k in CATEGORIES if k in c and c[k]["features"]]
+    cats = [k for k in CATEGORIES if k in c]
     if not cats: return None
-    M = np.array([[c[k]["features"][0]["mass_share"][k2] for k2 in cats] for k in cats])
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    im = ax.imshow(M, vmin=0, vmax=1, cmap="viridis")
-    ax.set_yticks(range(len(cats)), [f"{k}: #{c[k]['features'][0]['feature']}" for k in cats])
-    ax.set_xticks(range(len(cats)), cats, rotation=35, ha="right")
-    for i in range(len(cats)):
-        for j in range(len(cats)): ax.text(j, i, f"{M[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                                           color="k" if M[i, j] > 0.5 else "w")
-    ax.set_xlabel("share of the feature's activation mass on tokens of this category")
-    diag = float(np.diag(M).mean())
-    ax.set_title("The most selective feature for each category fires mostly on it" if diag > 0.5 else
-                 f"Each category's most selective feature: {diag:.0%} of its mass on the category, on average")
-    fig.colorbar(im, ax=ax, fraction=0.04)
+    y = np.arange(len(cats))[::-1]
+    best = [c[k]["features"][0] if c[k]["features"] else None for k in cats]
+    prec = [b["precision"] if b else 0.0 for b in best]
+    base = [c[k].get("base_rate", 0.0) for k in cats]
+    verdicts = [category_verdict(c[k]) for k in cats]
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(cats) + 1.6))
+    fig.subplots_adjust(left=0.2, right=0.55, bottom=0.28, top=0.9)          # the right half holds the numbers
+    ax.barh(y + 0.18, prec, height=0.36, color=["C2" if v == "found" else "C3" for v in verdicts],
+            label="best feature's precision (green: found, red: not found)")
+    ax.barh(y - 0.18, base, height=0.36, color="0.6", label="base rate: precision of a feature firing at random")
+    for yi, b, p, br, v in zip(y, best, prec, base, verdicts):
+        what = [f"#{b['feature']}: precision {p:.2f}, recall {b['recall']:.2f} (base rate {br:.1%})"] if b else []
+        ax.text(1.02, yi, "; ".join(what + ([] if v == "found" else [v])), va="center", fontsize=7)
+    ax.set_yticks(y, [f"{k} ({c[k]['n_tokens']:,} tokens)" for k in cats], fontsize=8)
+    ax.set_xlim(0, 1); ax.set_xlabel("share of the feature's activation mass on tokens of the category")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.2), ncol=1, frameon=False)
+    n_found = sum(v == "found" for v in verdicts)
+    ax.set_title(f"{n_found} of {len(cats)} categories have a feature that fires mostly on them "
+                 f"({c.get('sae', 'SAE')}, held-out tokens)", fontsize=9, loc="left")
     return fig
 

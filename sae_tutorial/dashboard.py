@@ -485,7 +485,7 @@ def dashboards_html(data: FeatureData, tokenizer, features: Sequence[int] | None
     body = "".join(f"<hr>{feature_html(data, f, tt=tt, with_css=False)}" for f in feats)
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f'<style>{DASHBOARD_CSS} body{{margin:16px}}</style></head><body><div class="sd"><h2>{html.escape(title)}</h2>'
-            f'<p class="stats">{len(feats)} features · {data.n_rows:,} tokens scanned · shading: activation / the '
+            f'<p class="stats">{len(feats)} feature{"" if len(feats) == 1 else "s"} · {data.n_rows:,} tokens scanned · shading: activation / the '
             f'feature\'s max; outlined: the token the example is centred on; grey: positions not in the store '
             f'(attention sinks)</p>{index}</div>{body}</body></html>\n')
 

@@ -23,7 +23,7 @@ from .train import TrainConfig, train
 from .checkpoint import latest_checkpoint
 from .metrics import evaluate
 from .saelens import save_saelens
-from .analysis import (agreement, category_features, category_labels, plot_categories,
+from .analysis import (agreement, category_features, category_labels, children_histogram, plot_categories,
                                    plot_splitting, plot_universality, splitting_families,
                                    splitting_null, top_examples, unit_rows, universality)
 
@@ -38,7 +38,7 @@ __all__ = ['Preset', 'Stop', 'PRESETS', 'METRIC_FIELDS', 'STAGES', 'TARGET_EV', 
            'require_sae_fits_store', 'SAEEvaluation', 'evaluate_sae', 'encode_rows', 'ReproResult', 'results_table',
            'write_dashboard', 'refuse_links', 'RunState', 'data_stage', 'train_stage', 'evaluate_stage',
            'build_analysis', 'analyse_stage', 'dashboard_stage', 'Stage', 'stages_table', 'StageError', 'reproduce',
-           'reproduce_cli', 'plot_density', 'plot_curve']
+           'reproduce_cli', 'plot_density', 'curve_title', 'plot_curve']
 
 # %% ../nbs/07_reproduction.ipynb #7b71884d
 def _opt(default, help: str, **meta):
@@ -755,6 +755,7 @@ def build_analysis(s: RunState, tmp: Path) -> None:
                               "n_small_alive": int((densities[small] > 0).sum()),
                               "n_families": len(fams), "families": fams[:20],
                               "children_per_parent": [len(x["children"]) for x in fams],
+                              "children_hist": children_histogram(W_s, W_l, densities[small], densities[large]),
                               "null": splitting_null(len(W_s), len(W_l), W_s.shape[1], seed=cfg.seed)}
         ids = sorted(set(raw["eval"].tokens.flatten().tolist()))
         token_strs = [""] * (max(ids) + 1)
@@ -774,7 +775,7 @@ def analyse_stage(s: RunState) -> None:
     "Run the analyses (one stage keyed by every SAE) and draw the run's figures into plots/."
     s.log("[4/5] analyses: universality, feature splitting, feature categories")
     run = s.run
-    _, ran = run_stage(run/"analysis", stage_key(stage="analysis", v=2, saes=s.keys), lambda tmp: build_analysis(s, tmp), s.log)
+    _, ran = run_stage(run/"analysis", stage_key(stage="analysis", v=3, saes=s.keys), lambda tmp: build_analysis(s, tmp), s.log)
     s.done("analysis", ran)
     s.analysis = json.loads((run/"analysis"/"analysis.json").read_text())
     plots = run/"plots"; plots.mkdir(exist_ok=True)                      # refuse_links: a real folder inside the run
@@ -880,16 +881,42 @@ def plot_density(metrics, trained=None, analysis=None):
     ax.set_title("How often each latent fires: TopK vs ReLU+L1"); ax.legend(fontsize=8)
     return fig
 
+def _span(vals, pad=0.08):
+    "(low, high) around the finite values, padded by `pad` of their range (a flat series gets a small band)."
+    v = np.asarray([x for x in vals if x is not None and np.isfinite(x)], dtype=float)
+    lo, hi = float(v.min()), float(v.max())
+    w = max(hi - lo, 0.02)
+    return lo - pad * w, hi + pad * w
+
+def curve_title(metrics, trained, analysis=None) -> str:
+    """What the curves show, read from them: how much EV and delta CE change after the first evaluation along
+    training, and how much the two seeds' shared latents grow."""
+    mains = [n for n in _main_names(metrics) if len(trained.get(n, {}).get("curve") or []) >= 3]
+    if not mains: return "How features form against tokens trained"
+    first = [next(p for p in trained[n]["curve"] if p["tokens"] > 0) for n in mains]
+    last = [trained[n]["curve"][-1] for n in mains]
+    t1, t2 = first[0]["tokens"] / 1e3, last[0]["tokens"] / 1e3
+    ev = ", ".join(f"{n} {p['explained_variance']:.2f} -> {q['explained_variance']:.2f}" for n, p, q in zip(mains, first, last))
+    parts = [f"From {t1:,.0f}k to {t2:,.0f}k tokens trained: EV {ev}"]
+    if all(p.get("delta_ce") and q.get("delta_ce") for p, q in zip(first, last)):
+        parts.append("delta CE " + ", ".join(f"{p['delta_ce']:.3f} -> {q['delta_ce']:.3f}" for p, q in zip(first, last)) + " nats")
+    u = (analysis or {}).get("universality") or {}
+    shares = [(v["curve"][1]["share_0.7"], v["curve"][-1]["share_0.7"]) for v in u.values() if len(v.get("curve", [])) >= 3]
+    if shares: parts.append("latents two seeds share " + ", ".join(f"{a:.0%} -> {b:.0%}" for a, b in shares))
+    return "; ".join(parts)
+
 def plot_curve(metrics, trained, analysis=None):
     """How the features form, against tokens trained: held-out EV and delta CE of the main SAEs, every SAE's
     decoder cosine with its own initialisation, and the agreement of two independently seeded SAEs (share of
-    latents matched one-to-one at cos > 0.7) beside two random dictionaries."""
+    latents matched one-to-one at cos > 0.7) beside two random dictionaries. Axis limits come from the trained
+    points; an untrained value outside them is written in the panel."""
     import matplotlib.pyplot as plt
     names = [n for n in trained if trained[n].get("curve")]
     if not names: return None
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.5))
+    fig, axes = plt.subplots(1, 4, figsize=(15, 4.4))
     first = trained[names[0]]
     epoch = first.get("distinct_tokens")
+    ev_seen, ce_seen, off = [TARGET_EV, TARGET_SOURCE_EV], [TARGET_DELTA_CE, TARGET_SOURCE_DELTA_CE], []
     for n in names:
         c = trained[n]["curve"]; t = [p["tokens"] / 1e3 for p in c]
         main = n in metrics and metrics[n].get("ce_clean") is not None
@@ -898,33 +925,46 @@ def plot_curve(metrics, trained, analysis=None):
             line, = axes[0].plot(t, [p["explained_variance"] for p in c], "o-", label=f"{n}: held-out docs", **kw)
             axes[1].plot(t, [p["delta_ce"] if p["delta_ce"] is not None else np.nan for p in c], "o-",
                          label=f"{n}: held-out docs", **kw)
+            ev_seen += [p["explained_variance"] for p in c if p["tokens"] > 0]
+            ce_seen += [p["delta_ce"] for p in c if p["delta_ce"] is not None]
+            off += [f"{n}: {c[0]['explained_variance']:.2f}"]
             if c[-1].get("source_explained_variance") is not None:
                 axes[0].plot(t, [p["source_explained_variance"] for p in c], "s--", c=line.get_color(), ms=4,
                              label=f"{n}: held-out source", lw=1.2)
                 axes[1].plot(t, [p["source_delta_ce"] for p in c], "s--", c=line.get_color(), ms=4,
                              label=f"{n}: held-out source", lw=1.2)
+                ev_seen += [p["source_explained_variance"] for p in c if p["tokens"] > 0]
+                ce_seen += [p["source_delta_ce"] for p in c if p["source_delta_ce"] is not None]
         axes[2].plot(t, [p["cos_to_init"] for p in c], ".-", label=n, **kw)
+    share_seen = [TARGET_SHARE]
     for arch, u in ((analysis or {}).get("universality") or {}).items():
         t = [p["tokens"] / 1e3 for p in u["curve"]]
         line, = axes[3].plot(t, [p["share_0.7"] for p in u["curve"]], "o-", label=f"{u['a']} vs {u['b']}: share")
         axes[3].plot(t, [p["mmcs"] for p in u["curve"]], "s--", c=line.get_color(), lw=1, ms=3, label=f"{u['a']}: MMCS")
         axes[3].axhline(u["random"]["share_0.7"], ls=":", c=line.get_color(), lw=1)
         axes[3].axhline(u["random"]["mmcs"], ls=":", c=line.get_color(), lw=1)
+        share_seen += [p["mmcs"] for p in u["curve"]] + [p["share_0.7"] for p in u["curve"]]
     axes[3].axhline(TARGET_SHARE, ls="--", c="gray", lw=1)
     axes[0].axhline(TARGET_EV, ls="--", c="gray", lw=1); axes[1].axhline(TARGET_DELTA_CE, ls="--", c="gray", lw=1)
     axes[0].axhline(TARGET_SOURCE_EV, ls=(0, (1, 3)), c="gray", lw=1)            # the held-out source's targets
     axes[1].axhline(TARGET_SOURCE_DELTA_CE, ls=(0, (1, 3)), c="gray", lw=1)
-    axes[1].set_yscale("symlog", linthresh=0.01); axes[1].set_ylim(-0.01, None)
-    labels = ["explained variance", "delta CE, nats (linear below 0.01)", "decoder cosine with its own init",
+    lo, hi = _span(ev_seen); axes[0].set_ylim(lo, min(hi, 1.0))
+    if off: axes[0].text(0.03, 0.97, "EV at 0 tokens\n(untrained):\n" + "\n".join(off), transform=axes[0].transAxes,
+                         ha="left", va="top", fontsize=7)
+    ce = [x for x in ce_seen if x is not None and np.isfinite(x)]
+    if ce and min(ce) > 0:                                        # delta CE spans decades: log axis around the data
+        axes[1].set_yscale("log"); axes[1].set_ylim(min(ce) / 1.5, max(ce) * 1.5)
+    else:
+        axes[1].set_yscale("symlog", linthresh=0.01)
+    axes[2].set_ylim(0, 1.02); axes[3].set_ylim(0, min(1.0, _span(share_seen)[1]))
+    labels = ["explained variance", "delta CE, nats", "decoder cosine with its own init",
               "two seeds: share at cos > 0.7, MMCS"]
     for ax, what in zip(axes, labels):
-        ax.set_xlabel("thousand tokens trained"); ax.set_ylabel(what); ax.legend(fontsize=7)
+        ax.set_xlabel("thousand tokens trained"); ax.set_ylabel(what); ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, frameon=False)
         if epoch: ax.axvline(epoch / 1e3, c="k", lw=0.6, alpha=0.4)
-    axes[0].set_ylim(0, 1); axes[2].set_ylim(0, 1.02); axes[3].set_ylim(0, 1)
-    fig.suptitle("How features form: quality, distance from the initialisation and seed agreement against tokens trained\n"
-                 "(grey: targets, dashed for held-out documents, dotted for the held-out source; coloured dotted: two random "
-                 "dictionaries; thin vertical line: every distinct token seen once)",
-                 fontsize=10)
+    fig.suptitle(curve_title(metrics, trained, analysis) + "\n(grey: targets, dashed for held-out documents, dotted for the "
+                 "held-out source; coloured dotted: two random dictionaries; thin vertical line: every distinct token "
+                 "seen once)", fontsize=10)
     fig.tight_layout()
     return fig
 

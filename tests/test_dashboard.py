@@ -157,6 +157,15 @@ def test_export_is_one_self_contained_file(world, tmp_path):
     assert len(re.findall(r'<span class="c" style="background:rgba\(255,140,0,[0-9.]+\)" title="[0-9.e+-]+">cat</span>', sec0)) >= 3
     assert "never fired" in page[page.index('id="f2"'):]
 
+def test_export_counts_its_features_in_words(world, tmp_path):
+    "The page's summary line says '1 feature' for one dashboard and '3 features' for three."
+    store, sae, _, _ = world
+    model, _ = tiny_model()
+    one = export_dashboards(sae, store, model, tmp_path/"one.html", features=[0]).read_text(encoding="utf-8")
+    three = export_dashboards(sae, store, model, tmp_path/"three.html", features=[0, 1, 2]).read_text(encoding="utf-8")
+    assert ">1 feature · " in one and "1 features" not in one
+    assert ">3 features · " in three
+
 def test_feature_html_shading_is_proportional(data):
     tt = TokenText(tiny_tokenizer())
     h = feature_html(data, 0, tt=tt, with_css=False)

@@ -7,7 +7,8 @@ import torch
 from sae_tutorial.reproduce import (ReproConfig, reproduce, METRIC_FIELDS, PRESETS, run_stage, stage_done, stage_key,
                                     split_documents_by_index, load_store, sae_specs)
 from sae_tutorial.analysis import (category_features, splitting_families, one_to_one_cosines, agreement,
-                                   random_dictionary, splitting_null)
+                                   random_dictionary, splitting_null, children_histogram, category_labels,
+                                   category_verdict, plot_splitting, plot_categories)
 
 SAES = ("relu", "relu_seed1", "topk", "topk_seed1", "topk_x1")
 
@@ -205,6 +206,70 @@ def test_splitting_families_by_hand():
     fams = splitting_families(W_small, W_large, torch.ones(2), torch.ones(4))
     assert len(fams) == 1 and fams[0]["parent"] == 0 and sorted(fams[0]["children"]) == [0, 1]
     assert fams[0]["cos"][0] == pytest.approx(1 / np.sqrt(1.25), abs=1e-3)
+
+
+def test_children_histogram_agrees_with_the_families():
+    "The histogram's k >= 2 part is the families' sizes, and it counts every live small feature once."
+    g = torch.Generator().manual_seed(0)
+    W_small = torch.nn.functional.normalize(torch.randn(40, 16, generator=g), dim=1)
+    W_large = torch.nn.functional.normalize(W_small.repeat(3, 1) + 0.6 * torch.randn(120, 16, generator=g), dim=1)
+    dens_s, dens_l = torch.ones(40), (torch.arange(120) % 7 != 0).float()     # some dead large features
+    dens_s[3] = 0
+    hist = children_histogram(W_small, W_large, dens_s, dens_l)
+    fams = splitting_families(W_small, W_large, dens_s, dens_l)
+    assert sum(hist) == 39 and sum(hist[2:]) == len(fams) > 0
+    assert [k for k, n in enumerate(hist) for _ in range(n) if k >= 2] == sorted(len(f["children"]) for f in fams)
+    null = splitting_null(40, 160, 576)["children_hist"]          # random directions in 576 dims: no child at all
+    assert null == [40, 0]
+
+
+class _TextStore:
+    "The few ActivationStore attributes category_labels reads: rows (context, position), tokens, sources."
+    def __init__(self, contexts, sources):
+        self.tokens = torch.tensor(contexts)
+        self.rows = torch.tensor([(c, p) for c in range(len(contexts)) for p in range(1, len(contexts[c]))])
+        self.n_rows, self._src = len(self.rows), sources
+    def row_tokens(self, idx): r = self.rows[torch.as_tensor(idx)]; return self.tokens[r[:, 0], r[:, 1]]
+    def row_sources(self, idx): return [self._src[int(c)] for c in self.rows[torch.as_tensor(idx)][:, 0]]
+
+
+def test_category_labels_read_lines_and_whole_words():
+    "A certificate's hex header is not base64, its base64 line is; a place split into three tokens counts whole."
+    vocab = ["<eot>", "# SHA1", ":", "8d", "\n", "MIIB", "IjAN", "Bgkq", "hkiG", " Ing", "later", "ra", " is", " 42",
+             " Paris", " pad"]
+    ctx = [[0, 1, 2, 3, 4, 5, 6, 7, 8], [0, 9, 10, 11, 12, 13, 14, 15, 15]]
+    lab = category_labels(_TextStore(ctx, ["base64", "wiki_en"]), vocab)
+    rows = [(c, p) for c in range(2) for p in range(1, 9)]
+    got = {k: [rows[i] for i in torch.nonzero(v).flatten().tolist()] for k, v in lab.items()}
+    assert got["base64"] == [(0, 5), (0, 6), (0, 7), (0, 8)]
+    assert got["certificate headers"] == [(0, 1), (0, 2), (0, 3), (0, 4)]
+    assert got["places"] == [(1, 1), (1, 2), (1, 3), (1, 6)]
+    assert got["numbers and dates"] == [(1, 5)]          # '8d' is in the certificate, so not a number
+
+
+def test_category_verdict_says_why():
+    found = {"n_tokens": 500, "base_rate": 0.06, "features": [{"feature": 1, "precision": 0.9, "recall": 0.8}]}
+    assert category_verdict(found) == "found"
+    assert "too few" in category_verdict({**found, "n_tokens": 17})
+    assert "precision" in category_verdict({**found, "features": [{"feature": 1, "precision": 0.3, "recall": 0.8}]})
+    assert "recall" in category_verdict({**found, "features": [{"feature": 1, "precision": 0.9, "recall": 0.1}]})
+    assert category_verdict({"n_tokens": 0, "base_rate": 0.0, "features": []}).startswith("not found")
+
+
+def test_analysis_figures_show_the_counts():
+    "The splitting bars are the histograms (integers, null beside); the categories figure has one row each."
+    import matplotlib; matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    s = {"small": "a", "large": "b", "d_sae": {"a": 4, "b": 8}, "n_small_alive": 4, "n_families": 1,
+         "children_per_parent": [2], "children_hist": [1, 2, 1], "null": {"n_families": 0, "children_hist": [4]}}
+    fig = plot_splitting({}, {}, {"splitting": s})
+    heights = sorted(p.get_height() for p in fig.axes[0].patches)
+    assert heights == sorted([1, 2, 1, 4, 0, 0]) and all(float(t).is_integer() for t in fig.axes[0].get_yticks())
+    cats = {"sae": "topk", "places": {"n_tokens": 5, "base_rate": 0.001, "features": [{"feature": 3, "precision": 1.0, "recall": 0.2}]},
+            "python code": {"n_tokens": 50, "base_rate": 0.1, "features": [{"feature": 7, "precision": 0.9, "recall": 0.8}]}}
+    fig2 = plot_categories({}, {}, {"categories": cats})
+    assert "1 of 2 categories" in fig2.axes[0].get_title(loc="left")
+    plt.close("all")
 
 
 def test_bad_hook_fails_before_any_data_is_built(tmp_path):
