@@ -594,11 +594,13 @@ def features_on_text(model, sae, text: str, hook: str, scale: float = 1.0, token
 
 # %% ../nbs/08_feature_inspection.ipynb #c84c5fd9
 def feature_direction(sae, feature: int, scale: float = 1.0) -> Tensor:
-    "W_dec[feature] / scale [d_in]: one unit of the feature's activation, in the model's own units."
+    """One unit of `feature`'s activation as a residual-stream direction [d_in], in the model's own units (the SAE
+    was trained on activations multiplied by `scale`)."""
     return sae.W_dec.detach()[int(feature)] / scale
 
 def steering_hook(direction: Tensor, coeff: float, skip_first: bool = True):
-    "A TransformerLens forward hook that adds coeff * direction [d_model] at every position (but position 0 if skip_first)."
+    """A TransformerLens forward hook that steers: `coeff` units of `direction` [d_model] added to the activation at
+    every position, leaving the attention sink (position 0) alone when `skip_first`."""
     def hook(act: Tensor, hook=None) -> Tensor:
         d = (coeff * direction).to(act)
         if not skip_first: return act + d
