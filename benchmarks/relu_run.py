@@ -65,7 +65,7 @@ def main():
           f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
           f"{a.threads} thread(s); load average at the end {os.getloadavg()[0]:.1f}. Store: {run}/data_train/store "
           f"({store.n_rows:,} rows of SmolLM2-135M {cfg.hook}), d_in {store.d_in}, d_sae {fast_r['d_sae']}, "
-          f"{fast_r['steps']} steps of {cfg.batch_size} tokens, L1 coefficient {cfg.l1_coeff}, the reproduction's cpu "
+          f"{fast_r['steps']} steps of {cfg.batch_size} tokens, L1 coefficient {cfg.relu.l1_coeff}, the reproduction's cpu "
           "preset schedule (warm-up, cosine decay, L1 warm-up over the first 10 %, Anthropic resampling).", "",
           "| path | train wall (s), two runs | tokens/s (median) | first step with ≤ 1/8 of f non-zero | final L0 | held-out EV |",
           "|---|---|---:|---:|---:|---:|"]

@@ -283,10 +283,10 @@ def main():
     d = json.loads((run / "config.json").read_text())
     cfg = ReproConfig.from_dict(d)
     a.steps = a.steps or cfg.steps
-    a.lr = a.lr if a.lr is not None else cfg.lr
-    a.l1 = a.l1 if a.l1 is not None else cfg.l1_coeff
+    a.lr = a.lr if a.lr is not None else cfg.relu.lr
+    a.l1 = a.l1 if a.l1 is not None else cfg.relu.l1_coeff
     a.l1_warmup = a.l1_warmup if a.l1_warmup is not None else max(1, cfg.steps // 10)
-    a.k = a.k or cfg.k
+    a.k = a.k or cfg.topk.k
     archs, tools = a.archs.split(","), a.tools.split(",")
     store_dir = run / "data_train" / "store"
     store, eval_store = load_store(store_dir), load_store(run / "data_eval" / "store")
@@ -307,7 +307,7 @@ def main():
                    d_in=torch.tensor(store.d_in), n_rows=torch.tensor(store.n_rows)), str(paths["plan"]))
     d_sae = {}
     for arch in archs:
-        sae, _, _ = start_sae(SAESpec(arch, arch, cfg.expansion, cfg.seed, True), replace(cfg, k=a.k), store, fast=True)
+        sae, _, _ = start_sae(SAESpec(arch, arch, cfg.expansion, cfg.seed, True), replace(cfg, topk=replace(cfg.topk, k=a.k)), store, fast=True)
         d_sae[arch] = sae.cfg.d_sae
         paths[arch] = tmp / f"init_{arch}.safetensors"
         save_file(tt._ours_layout(sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec), str(paths[arch]))
