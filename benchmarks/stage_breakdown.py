@@ -117,6 +117,10 @@ def page(rec: dict, m: dict, cmd: str, load: list) -> str:
     top = [k for k in st if not k.startswith(("saes/", "eval/"))]
     total = sum(st[k] for k in top) + sum(v for k, v in st.items() if k.startswith(("saes/", "eval/")))
     fmt = lambda v: "—" if v is None else f"{v:,.1f}"
+    groups = {"data (3 splits)": sum(v for k, v in st.items() if k.startswith("data_")),
+              "SAE training (5 SAEs)": sum(v for k, v in st.items() if k.startswith("saes/")),
+              "evaluation": sum(v for k, v in st.items() if k.startswith("eval/")),
+              "analyses": st.get("analysis", 0.0), "dashboard": st.get("dashboard", 0.0)}
     lines = ["# Where `make reproduce` spends its time (cpu preset)", "",
              "Machine: the development box (2 x86-64 cores, no GPU, torch CPU build), **shared with other jobs while this "
              f"ran (load average {load[0]:.1f} at the start, {load[1]:.1f} at the end)**: the measured-here seconds are "
@@ -134,11 +138,18 @@ def page(rec: dict, m: dict, cmd: str, load: list) -> str:
               f"{', '.join(f'{x:.1f}' for x in h['fast=False'])} s, fast=True {', '.join(f'{x:.1f}' for x in h['fast=True'])} s "
               f"({wall_min:.2f}× min, {wall_med:.2f}× median). CPU time (both threads): fast=False "
               f"{', '.join(f'{x:.1f}' for x in hc['fast=False'])} s, fast=True {', '.join(f'{x:.1f}' for x in hc['fast=True'])} s: "
-              f"**{ratio:.2f}×** (median), the ratio used below, since CPU time swings far less than wall time under load.",
+              f"**{ratio:.2f}×** (median), the ratio used below (CPU time swings less than wall time under load, "
+              "though not little: see the rounds).",
               "",
               f"data_train before: **{st['data_train']:,.1f} s** (run record). After the speed-up: {rest:,.1f} + "
               f"{harvest_rec:,.1f} / {ratio:.2f} ≈ **{after:,.0f} s** (estimate: the record's harvest time divided by the "
-              "ratio measured here)."]
+              "ratio measured here). In the run the harvest ran at "
+              f"{hv['data_train']['tokens_per_s']:,.0f} tokens/s (run record); the fast path removes the TransformerLens "
+              "wrappers' share of that time, not the 16 blocks' arithmetic, which is most of it (benchmarks/harvest.md).", "",
+              "Grouped (run records): " + ", ".join(f"{g} {v:,.0f} s ({100 * v / total:.0f} %)" for g, v in groups.items())
+              + f". Largest single stages after the speed-up: the train harvest (~{harvest_rec / ratio:,.0f} s, estimated), "
+              + ", ".join(f"{k} {v:,.0f} s" for k, v in sorted(((k, v) for k, v in st.items() if k != "data_train"),
+                                                                key=lambda kv: -kv[1])[:3]) + " (run records)."]
     return "\n".join(lines), {"harvest_ratio_cpu_median": ratio, "harvest_ratio_wall_min": wall_min, "harvest_ratio_wall_median": wall_med, "data_train_before": st["data_train"],
                               "data_train_after_estimate": after, "sum_of_records": total}
 
@@ -149,17 +160,23 @@ def main():
     ap.add_argument("--harvest-contexts", type=int, default=64, help="contexts of the train split harvested both ways")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/stage_breakdown")
+    ap.add_argument("--render", default=None, help="re-write the page from this .json's measurements (no timing)")
     a = ap.parse_args()
     rec = run_records(Path(a.run))
-    load0 = os.getloadavg()[0]
-    m = measure(rec["config"], a)
-    load = [load0, os.getloadavg()[0]]
-    md, summary = page(rec, m, "python benchmarks/stage_breakdown.py " + " ".join(
-        f"--{k.replace('_', '-')} {v}" if not isinstance(v, bool) else f"--{k}" for k, v in vars(a).items() if v is not False), load)
+    if a.render:
+        old = json.loads(Path(a.render).read_text()); m, load, cmd = old["measured"], old["load_average"], old["command"]
+    else:
+        load0 = os.getloadavg()[0]
+        m = measure(rec["config"], a)
+        load = [load0, os.getloadavg()[0]]
+        cmd = "python benchmarks/stage_breakdown.py " + " ".join(
+            f"--{k.replace('_', '-')} {v}" if not isinstance(v, bool) else f"--{k}" for k, v in vars(a).items()
+            if v not in (False, None))
+    md, summary = page(rec, m, cmd, load)
     print(md)
     Path(a.out + ".json").write_text(json.dumps({"machine": f"{platform.machine()}, {os.cpu_count()} cpus",
                                                  "torch": torch.__version__, "threads": torch.get_num_threads(),
-                                                 "load_average": load, "records": {k: rec[k] for k in ("stages", "train_loop")},
+                                                 "load_average": load, "command": cmd, "records": {k: rec[k] for k in ("stages", "train_loop")},
                                                  "harvest_records": {k: {x: v[x] for x in ("tokens", "seconds", "tokens_per_s")}
                                                                      for k, v in rec["harvest"].items()},
                                                  "measured": m, "summary": summary}, indent=1))
