@@ -3,7 +3,7 @@ import functools
 import numpy as np, pytest, torch
 from lm_fixtures import lm, small_corpus, one_thread  # noqa: F401 (autouse fixture)
 from sae_tutorial.lm import EOT_ID, cache_dir
-from sae_tutorial.activations import (ActivationStore, HarvestConfig, KEPT, MASK_POS0, MASK_SPECIAL, harvest_activations, hook_layer, norm_scale, sink_mask, tokenize_contexts)
+from sae_tutorial.activations import (ActivationStore, Contexts, HarvestConfig, KEPT, MASK_POS0, MASK_SPECIAL, harvest_activations, hook_layer, norm_scale, plain_block_reader, sink_mask, tokenize_contexts)
 
 @functools.lru_cache(maxsize=None)
 def ref_model():
@@ -193,3 +193,58 @@ def test_configs_give_every_option_help_and_choices():
     cfg = dataclass_from_args(HarvestConfig, p.parse_args(["--store", "disk", "--dtype", "bfloat16"]))
     assert (cfg.store, cfg.dtype, cfg.hook) == ("disk", "bfloat16", HarvestConfig().hook)
     with pytest.raises(SystemExit): p.parse_args(["--dtype", "int8"])
+
+
+# ---------------------------------------------------------------- the fast path (plain HF blocks) against run_with_cache
+@functools.lru_cache(maxsize=None)
+def tiny_bridge(dtype=torch.float32):
+    "A random 3-layer Llama (d_model 32, grouped-query attention) in a TransformerLens bridge, and tiny contexts."
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformer_lens.model_bridge import TransformerBridge
+    from dash_tiny import tiny_tokenizer
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=12, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
+    hf = LlamaForCausalLM(cfg).to(dtype).eval()
+    model = TransformerBridge.boot_transformers("tiny", hf_model=hf, tokenizer=tiny_tokenizer())
+    tokens = torch.randint(1, 12, (7, 16), generator=torch.Generator().manual_seed(1)); tokens[:, 0] = 0
+    return model, Contexts(tokens, torch.zeros_like(tokens, dtype=torch.int32), ["tiny"])
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("hook", [f"blocks.{l}.{h}" for l in (0, 2) for h in ("hook_resid_post", "hook_mlp_out", "hook_attn_out")])
+def test_fast_harvest_equals_run_with_cache_on_a_tiny_model(hook, dtype):
+    "fast=True (plain HF blocks) and fast=False (run_with_cache) store the same rows, masks, norms and scale."
+    model, c = tiny_bridge(dtype)
+    assert plain_block_reader(model, hook) is not None                    # the fast path is the one taken
+    cfg = dict(hook=hook, batch_size=3, progress=False, outlier_factor=None)
+    fast = harvest_activations(model, c, HarvestConfig(**cfg, fast=True))
+    plain = harvest_activations(model, c, HarvestConfig(**cfg, fast=False))
+    assert torch.equal(fast.get(np.arange(len(fast))), plain.get(np.arange(len(plain))))
+    assert torch.equal(fast.mask, plain.mask) and torch.equal(fast.norms, plain.norms) and torch.equal(fast.rows, plain.rows)
+    assert fast.scale == plain.scale and fast.meta == plain.meta
+
+def test_fast_path_with_fused_attention_is_close_and_leaves_the_bridge_alone():
+    "attn='sdpa' adds the attention terms in another order: close, not equal. The bridge's own forward is unchanged."
+    model, c = tiny_bridge()
+    hook = "blocks.2.hook_resid_post"
+    with torch.inference_mode():
+        want = model.run_with_cache(c.tokens, names_filter=hook, stop_at_layer=3)[1][hook]
+        got = plain_block_reader(model, hook, attn="sdpa")(c.tokens)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        logits = model(c.tokens)
+        torch.testing.assert_close(logits, model.original_model(c.tokens).logits, rtol=0, atol=0)
+
+def test_fast_path_falls_back_where_it_cannot_read_the_hook():
+    "Hooks inside a block's parts and models without a Hugging Face decoder take run_with_cache (fast=True or not)."
+    model, c = tiny_bridge()
+    assert plain_block_reader(model, "blocks.1.ln2.hook_normalized") is None
+    assert plain_block_reader(model, "hook_embed") is None and plain_block_reader(object(), "blocks.0.hook_resid_post") is None
+    s = harvest_activations(model, c, HarvestConfig(hook="blocks.1.ln2.hook_normalized", progress=False, outlier_factor=None))
+    assert len(s) == 7 * 15
+
+def test_fast_harvest_equals_run_with_cache_on_smollm2():
+    "The real model: the default (fast) harvest is the run_with_cache harvest, bit for bit."
+    plain = harvest_activations(lm().model, contexts(), HarvestConfig(batch_size=4, progress=False, fast=False))
+    fast = ram_store()
+    assert torch.equal(fast.get(np.arange(len(fast))), plain.get(np.arange(len(plain))))
+    assert torch.equal(fast.mask, plain.mask) and fast.scale == plain.scale
