@@ -860,6 +860,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                'sae_tutorial/toy.py'),
                                   'sae_tutorial.toy.feature_norms': ('toy_models.html#feature_norms', 'sae_tutorial/toy.py'),
                                   'sae_tutorial.toy.feature_overlaps': ('toy_models.html#feature_overlaps', 'sae_tutorial/toy.py'),
+                                  'sae_tutorial.toy.feature_stream_seed': ('toy_models.html#feature_stream_seed', 'sae_tutorial/toy.py'),
                                   'sae_tutorial.toy.feature_superposition': ( 'toy_models.html#feature_superposition',
                                                                               'sae_tutorial/toy.py'),
                                   'sae_tutorial.toy.generate_batch': ('toy_models.html#generate_batch', 'sae_tutorial/toy.py'),
