@@ -16,8 +16,9 @@ __all__ = ['SINK_CODES', 'CHECKS', 'CheckFailed', 'check_reconstruction_loss', '
            'check_dead_penalty', 'check_auxk_loss', 'check_relu_sae', 'check_topk_sae', 'check_normalize_decoder',
            'check_remove_parallel_grad', 'check_explained_variance', 'check_l0', 'check_feature_density',
            'check_ce_loss_recovered', 'check_mmcs', 'check_toy_forward', 'check_toy_loss',
-           'check_feature_dimensionality', 'check_resample_dead_features', 'check_sparsity_coeff_at', 'check_sink_mask',
-           'check_logit_effects', 'check_feature_direction', 'check_steering_hook', 'check_merge_topk']
+           'check_feature_dimensionality', 'check_resample_dead_features', 'check_sparsity_coeff_at',
+           'check_coeff_for_target_l0', 'check_sink_mask', 'check_logit_effects', 'check_feature_direction',
+           'check_steering_hook', 'check_merge_topk']
 
 # %% ../nbs/95_checks.ipynb #462868a7
 class CheckFailed(AssertionError):
@@ -731,6 +732,33 @@ def check_sparsity_coeff_at(sparsity_coeff_at: Callable) -> bool:
             raise CheckFailed(f"{name}: with warmup_steps={w} (no warm-up) the coefficient must be coeff={coeff}, got {_fmt(v)}.")
     return _passed(name, len(steps) + 2, sparsity_coeff_at)
 
+# %% ../nbs/95_checks.ipynb #6afaa1e4
+def check_coeff_for_target_l0(coeff_for_target_l0: Callable) -> bool:
+    "coeff_for_target_l0(coeffs, l0s, target): log λ linear in log L0 between the neighbours (by λ) whose L0 bracket the target."
+    import math
+    name, coeffs, l0s, target = "coeff_for_target_l0", [1.0, 0.01, 0.1, 10.0], [4.0, 40.0, 12.0, 0.5], 6.0
+    got = _call(name, coeff_for_target_l0, list(coeffs), list(l0s), target)
+    t = math.log(target / 12.0) / math.log(4.0 / 12.0)                        # bracket: (0.1, 12) and (1.0, 4)
+    ref = math.exp(math.log(0.1) + t * math.log(10.0))
+    t_unsorted = math.log(target / 12.0) / math.log(0.5 / 12.0)               # neighbours in the given order: (0.1, 12), (10, 0.5)
+    _diagnose(name, got, ref, {
+        "the pairs were not sorted by λ first; interpolate between neighbouring λ values, not neighbouring list entries.":
+            math.exp(math.log(0.1) + t_unsorted * math.log(100.0)),
+        "you interpolated λ linearly in L0; L0 falls roughly as a power of λ, so interpolate log λ in log L0.":
+            0.1 + (target - 12.0) / (4.0 - 12.0) * 0.9,
+        "you interpolated log λ linearly in L0 itself; use log L0.": math.exp(math.log(0.1) + (target - 12.0) / (4.0 - 12.0) * math.log(10.0)),
+        "you interpolated λ itself linearly in log L0; interpolate log λ.": 0.1 + t * 0.9,
+        "you returned the measured λ whose L0 is nearest the target; interpolate between the two that bracket it.": 1.0,
+    }, f"coeffs {coeffs}, l0s {l0s}, target {target}")
+    for far in (100.0, 0.1):
+        try: v = coeff_for_target_l0(list(coeffs), list(l0s), far)
+        except ValueError: continue
+        except NotImplementedError: raise
+        except Exception as e: raise CheckFailed(f"{name}: a target outside the sweep should raise ValueError, got {type(e).__name__}: {e}") from e
+        raise CheckFailed(f"{name}: target L0 = {far} lies outside the measured L0s {sorted(l0s)}, but you returned {_fmt(v)}; "
+                          "raise ValueError instead of extrapolating (the sweep should be widened).")
+    return _passed(name, 3, coeff_for_target_l0)
+
 # %% ../nbs/95_checks.ipynb #c7d2b3e5
 SINK_CODES = {0: "kept", 1: "position 0", 2: "special token", 3: "norm outlier"}
 
@@ -962,6 +990,7 @@ CHECKS: dict[str, str] = {
     "ToyModel.loss_per_instance": "check_toy_loss(ToyModel)",
     "feature_dimensionality": "check_feature_dimensionality(feature_dimensionality)",
     "sparsity_coeff_at": "check_sparsity_coeff_at(sparsity_coeff_at)",
+    "coeff_for_target_l0": "check_coeff_for_target_l0(coeff_for_target_l0)",
     "reset_adam_rows_": "check_resample_dead_features(resample_dead_features)",
     "SAE.pre_acts": "check_relu_sae(ReLUSAE)",
     "SAE.decode": "check_relu_sae(ReLUSAE)",

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_toy_models.ipynb #32c0aeab
 from __future__ import annotations
-import itertools, math
+import hashlib, itertools, math
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Callable, Iterator, Literal, NamedTuple, Sequence
@@ -16,16 +16,17 @@ from .core import budget, per_budget, get_device, require_finite, save_figure
 
 # %% auto #0
 __all__ = ['CORRELATIONS', 'NOT_REPRESENTED', 'DEDICATED', 'SUPERPOSITION', 'FEATURE_CLASSES', 'DIMENSIONALITY_FRACTIONS',
-           'TOY_EXPERIMENTS', 'TOY_FIGURES', 'ToyConfig', 'generate_batch', 'ToyOutput', 'ToyModel', 'ToyTrainLog',
-           'train_toy', 'evaluate_loss', 'feature_norms', 'feature_overlaps', 'feature_superposition',
-           'feature_dimensionality', 'dimensions_per_feature', 'regular_polygon', 'feature_angles', 'angular_gaps',
-           'classify_features', 'SweepResult', 'train_sweep', 'Experiment', 'ToyFactError', 'toy_train_sizes',
-           'run_importance_sparsity', 'plot_importance_sparsity', 'importance_sparsity_facts', 'run_pentagon',
-           'plot_feature_arrows', 'plot_pentagon', 'pentagon_facts', 'dimensionality_sweep_sizes', 'run_dimensionality',
-           'plot_dimensionality', 'dimensionality_facts', 'run_phase_diagram', 'phase_classes', 'plot_phase_diagram',
-           'phase_diagram_facts', 'run_correlated', 'pair_angles', 'plot_correlated', 'correlated_facts',
-           'neuron_monosemanticity', 'run_computation', 'plot_computation', 'computation_facts', 'ToyExperiment',
-           'reproduce_toy', 'SparseFeatureData']
+           'TOY_EXPERIMENTS', 'TOY_FIGURES', 'FEATURE_STREAM_SALT', 'ToyConfig', 'generate_batch', 'ToyOutput',
+           'ToyModel', 'ToyTrainLog', 'train_toy', 'evaluate_loss', 'feature_norms', 'feature_overlaps',
+           'feature_superposition', 'feature_dimensionality', 'dimensions_per_feature', 'regular_polygon',
+           'feature_angles', 'angular_gaps', 'classify_features', 'SweepResult', 'train_sweep', 'Experiment',
+           'ToyFactError', 'toy_train_sizes', 'run_importance_sparsity', 'plot_importance_sparsity',
+           'importance_sparsity_facts', 'run_pentagon', 'plot_feature_arrows', 'plot_pentagon', 'pentagon_facts',
+           'dimensionality_sweep_sizes', 'run_dimensionality', 'plot_dimensionality', 'dimensionality_facts',
+           'run_phase_diagram', 'phase_classes', 'plot_phase_diagram', 'phase_diagram_facts', 'run_correlated',
+           'pair_angles', 'plot_correlated', 'correlated_facts', 'neuron_monosemanticity', 'run_computation',
+           'plot_computation', 'computation_facts', 'ToyExperiment', 'reproduce_toy', 'feature_stream_seed',
+           'SparseFeatureData']
 
 # %% ../nbs/01_toy_models.ipynb #f5fe5273
 def _per_instance(value, n_inst: int, n: int, name: str, lo: float | None = None, hi: float | None = None) -> Tensor:
@@ -672,16 +673,26 @@ def reproduce_toy(which: Sequence[str] | None = None, device=None, verbose: bool
     return out
 
 # %% ../nbs/01_toy_models.ipynb #f361cc23
+FEATURE_STREAM_SALT = 0x5AE_F0_01   # mixed into the seed of the planted features' generator
+
+def feature_stream_seed(seed: int) -> int:
+    """Seed of the generator that draws `SparseFeatureData`'s planted features and correlations: `seed` mixed with
+    `FEATURE_STREAM_SALT` by SHA-256, kept to 32 bits (the bits torch's CPU generator uses). The global stream that
+    `seed_everything(seed)` starts, and so an SAE's initial weights, never equals it."""
+    digest = hashlib.sha256(f"{FEATURE_STREAM_SALT}:{int(seed)}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
 class SparseFeatureData:
     """Synthetic activations built from known sparse features (Sharkey et al. 2022).
 
     `features` [n_features, d_in]: unit-norm ground-truth directions. Feature i is present with probability
     p_i proportional to decay**i, scaled so that on average `mean_active` are present; a present feature
     has magnitude U[0, 1]; x = sum_i m_i * features[i]. `correlated=True` draws presence from a Gaussian
-    copula with a random correlation matrix, which keeps every p_i but makes features co-occur."""
+    copula with a random correlation matrix, which keeps every p_i but makes features co-occur. Features and
+    correlations come from a generator seeded with `feature_stream_seed(seed)`, independent of `torch.manual_seed(seed)`."""
     def __init__(self, d_in: int = 256, n_features: int = 512, mean_active: float = 5.0, decay: float = 0.99,
                  correlated: bool = False, seed: int = 0, device=None):
-        g = torch.Generator().manual_seed(seed)
+        g = torch.Generator().manual_seed(feature_stream_seed(seed))   # not the stream of seed_everything(seed)
         self.d_in, self.n_features, self.correlated, self.device = d_in, n_features, correlated, device
         F = torch.randn(n_features, d_in, generator=g)
         self.features = (F / F.norm(dim=1, keepdim=True)).to(device)                    # [n_features, d_in]

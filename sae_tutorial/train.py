@@ -2,23 +2,23 @@
 
 # %% ../nbs/04_training.ipynb #33a60d5a
 from __future__ import annotations
-import contextlib, itertools, time
+import contextlib, itertools, math, time
 from collections import deque
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
-from typing import Callable, Iterable, Literal, NamedTuple, get_args
+from typing import Callable, Iterable, Literal, NamedTuple, Sequence, get_args
 import torch
 from torch import Tensor
 from torch.optim.lr_scheduler import LinearLR, CosineAnnealingLR, ConstantLR, SequentialLR, LRScheduler
 from tqdm.auto import tqdm
-from .core import require_finite
 from .sae import SAE, input_check_deferred
 from .losses import LossConfig, sae_loss
+from .train_machinery import make_optimizer, StepGuard, _defer_checks   # appendix 04b; re-exported here
 
 # %% auto #0
-__all__ = ['Decay', 'Resampler', 'DECAYS', 'RESAMPLERS', 'EXTRA_ENCODER_PARAMS', 'HISTORY_KEYS', 'TrainConfig', 'make_optimizer',
-           'make_scheduler', 'sparsity_coeff_at', 'FeatureUsage', 'ResampleEvent', 'reset_adam_rows_',
-           'resample_dead_features', 'StepRecord', 'TrainHistory', 'TrainResult', 'StepGuard', 'RankSync', 'train']
+__all__ = ['Decay', 'Resampler', 'DECAYS', 'RESAMPLERS', 'EXTRA_ENCODER_PARAMS', 'HISTORY_KEYS', 'TrainConfig', 'make_scheduler',
+           'sparsity_coeff_at', 'FeatureUsage', 'ResampleEvent', 'reset_adam_rows_', 'resample_dead_features',
+           'StepRecord', 'TrainHistory', 'TrainResult', 'RankSync', 'train', 'coeff_for_target_l0']
 
 # %% ../nbs/04_training.ipynb #2e814e72
 Decay = Literal["cosine", "linear", "constant"]          # the learning rate after warm-up
@@ -84,17 +84,6 @@ class TrainConfig:
         raise ValueError("TrainConfig needs `steps` or `total_tokens` when the batches have no len().")
 
 # %% ../nbs/04_training.ipynb #85eb020f
-def make_optimizer(sae: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Adam:
-    """Adam over the SAE's parameters with the config's lr and betas: PyTorch's fused Adam where this torch has it
-    for the parameters' device, the same update in one pass instead of a dozen over the weights (an H200 TopK
-    step: 0.8 → 0.4 ms; 576 × 8 on one CPU thread: about 17 → 4 ms); else the default implementation."""
-    params = list(sae.parameters())
-    kw = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
-    if params and len({p.device for p in params}) == 1:
-        try: return torch.optim.Adam(params, fused=True, **kw)
-        except (RuntimeError, ValueError): pass                  # an older torch, or a device without it
-    return torch.optim.Adam(params, **kw)
-
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, n_steps: int) -> LRScheduler:
     "Linear warm-up (LinearLR) then cosine / linear / constant decay, chained with SequentialLR."
     w, rest = cfg.warmup_steps, max(n_steps - cfg.warmup_steps, 1)
@@ -279,80 +268,6 @@ class TrainResult(NamedTuple):
     resamples: list[ResampleEvent] # resampling events, in order
     steps: int                     # optimiser steps done in total (including those before a resume)
 
-# %% ../nbs/04_training.ipynb #314823b4
-class _StepCheck(NamedTuple):
-    step: int; batch_idx: int; x: Tensor     # the step, its batch's index and the batch (to count its NaN/Inf entries)
-    halted: Tensor; ready: object            # host copy of the halt flag after this step; CUDA event once it is there
-
-class StepGuard:
-    """Clips the global gradient norm and stops training at the first step whose loss or gradient norm is NaN/Inf,
-    with the weights as they were before that step.
-
-    `deferred=False`: `clip_grad_norm_`, then the host reads the verdict before the optimiser step (one host
-    sync per step, free on a CPU). `deferred=True` (fused Adam only): the verdict and the clip factor stay on the
-    device and go to fused Adam as `found_inf` (skip this update) and `grad_scale` (divide the gradients by
-    max(1, (‖g‖ + 1e-6)/max_norm) in Adam's own pass: `clip_grad_norm_`'s factor, as a divisor). The halt flag
-    is sticky, so once a step is bad no later update happens either; the host reads each step's flag one step
-    later, from a copy made while the GPU is already working on the next step, and raises then. Only the
-    decoder renormalisation still runs on the skipped step, on rows that are already unit norm."""
-    def __init__(self, optimizer, params, max_norm: float | None, deferred: bool = False,
-                 reduce: Callable[[Tensor], Tensor] | None = None, on_rank: str = "", input_errors: bool = False):
-        self.optimizer, self.params, self.max_norm, self.deferred = optimizer, list(params), max_norm, deferred
-        self.reduce, self.on_rank = reduce or (lambda t: t), on_rank    # reduce: sum over data-parallel ranks
-        self.input_errors = input_errors    # a bad step whose batch has NaN/Inf raises the ValueError of the SAE's input check
-        self.bad_step, self.queue = None, deque()      # bad_step: the first bad step once found
-        if deferred:
-            if not optimizer.defaults.get("fused"): raise ValueError("deferred=True needs Adam(fused=True): it skips the step on the device.")
-            self.halted = torch.zeros((), device=self.params[0].device)       # float32 0/1, read by fused Adam
-            optimizer.found_inf = self.halted
-
-    def __call__(self, loss: Tensor, step: int, batch_idx: int, x: Tensor) -> Tensor:
-        "Clip after backward, before `optimizer.step()`; return the gradient norm before clipping (a 0-dim tensor)."
-        if not self.deferred:
-            norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_norm or float("inf"))
-            not_ok = ~(torch.isfinite(loss) & torch.isfinite(norm))
-            if bool(self.reduce(not_ok.to(torch.float32).reshape(1))): self._raise(step, batch_idx, x)   # the host sync
-            return norm
-        norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
-        bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(norm))
-        torch.maximum(self.halted, bad.float(), out=self.halted)            # in place: Adam holds this tensor
-        if self.max_norm: self.optimizer.grad_scale = ((norm.float() + 1e-6) / self.max_norm).clamp_min(1.0)
-        cuda = self.halted.is_cuda
-        host = torch.empty((), pin_memory=cuda); host.copy_(self.halted, non_blocking=cuda)
-        ready = torch.cuda.Event() if cuda else None
-        if cuda: ready.record(torch.cuda.current_stream(self.halted.device))   # the copy's stream, whatever the current device
-        self.queue.append(_StepCheck(step, batch_idx, x, host, ready))
-        self.resolve(keep=1)
-        return norm
-
-    def resolve(self, keep: int = 0, quiet: bool = False) -> None:
-        "Read the verdicts of all but the newest `keep` steps (waiting only for those); raise at a bad one unless `quiet`."
-        while len(self.queue) > keep:
-            c = self.queue.popleft()
-            if c.ready is not None: c.ready.synchronize()
-            if bool(c.halted) and self.bad_step is None:
-                self.bad_step = c.step
-                if not quiet: self._raise(c.step, c.batch_idx, c.x)
-
-    def _raise(self, step: int, batch_idx: int, x: Tensor):
-        self.bad_step, self.queue = step, deque()
-        n_bad = int((~torch.isfinite(x)).sum())
-        where = f"step {step} (batch index {batch_idx}{self.on_rank})"
-        if n_bad and self.input_errors:           # what the SAE's own input check would have said, had it run
-            try: require_finite(x, "SAE x")
-            except ValueError as e:
-                raise ValueError(f"Step {step}, batch index {batch_idx}{self.on_rank}: {e} Training stopped before "
-                                 "that step's update, so the SAE holds the weights of the previous step.") from None
-        raise FloatingPointError(
-            f"Non-finite loss or gradient at {where}; the batch has {n_bad} NaN/Inf entries. "
-            "Training stopped before the optimiser step, so the SAE holds the weights of the previous step. "
-            + ("Clean or mask the activations (sae_tutorial.core.require_finite)." if n_bad else "Lower the learning rate or clip gradients."))
-
-def _defer_checks(optimizer, device: torch.device, world: int) -> bool:
-    "Whether `train` defers its NaN/Inf checks (StepGuard(deferred=True)): one CUDA process with fused Adam."
-    return (device.type == "cuda" and world == 1 and bool(optimizer.defaults.get("fused"))
-            and hasattr(torch.nn.utils, "get_total_norm"))
-
 # %% ../nbs/04_training.ipynb #19c37ce7
 def _check_batch(x, d_in: int, batch_idx: int) -> Tensor:
     if not isinstance(x, Tensor): raise TypeError(f"Batch {batch_idx} is a {type(x).__name__}; expected a Tensor [batch, d_in={d_in}].")
@@ -520,3 +435,16 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
         flush(final=True); bar.close()
     sae.eval()
     return TrainResult(sae, history, resamples, state["step"])
+
+# %% ../nbs/04_training.ipynb #0a0cc938
+def coeff_for_target_l0(coeffs: Sequence[float], l0s: Sequence[float], target_l0: float) -> float:
+    """The sparsity coefficient λ expected to give `target_l0` active latents per input, from measured (λ, L0) pairs:
+    log λ interpolated linearly in log L0 between the two neighbouring measured λ whose L0 bracket the target.
+    Raises ValueError when no two neighbours bracket it (widen the sweep rather than extrapolate)."""
+    pairs = sorted(zip(map(float, coeffs), map(float, l0s)))
+    for (c_a, l0_a), (c_b, l0_b) in zip(pairs, pairs[1:]):
+        if l0_a >= target_l0 >= l0_b and l0_b > 0:
+            if l0_a == l0_b: return c_a
+            t = (math.log(target_l0) - math.log(l0_a)) / (math.log(l0_b) - math.log(l0_a))
+            return math.exp(math.log(c_a) + t * (math.log(c_b) - math.log(c_a)))
+    raise ValueError(f"No two neighbouring coefficients bracket L0 = {target_l0}: measured (λ, L0) {pairs}. Widen the sweep.")

@@ -1,6 +1,7 @@
 "Every check passes a correct implementation and names each mistake it claims to diagnose."
 from types import SimpleNamespace
 from typing import NamedTuple
+import math
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,7 +11,7 @@ from sae_tutorial.checks import (CHECKS, CheckFailed, check_auxk_loss, check_ce_
                                  check_hoyer_penalty, check_l0, check_l1_penalty, check_l1_wdec_penalty, check_mmcs,
                                  check_normalize_decoder, check_normalized_mse, check_reconstruction_loss,
                                  check_relu_sae, check_remove_parallel_grad, check_resample_dead_features,
-                                 check_smooth_l0_penalty, check_sparsity_coeff_at, check_tanh_penalty, check_topk_sae,
+                                 check_smooth_l0_penalty, check_sparsity_coeff_at, check_coeff_for_target_l0, check_tanh_penalty, check_topk_sae,
                                  check_toy_forward, check_toy_loss)
 from sae_tutorial.checks import _is_solution
 from sae_tutorial.sae import ReLUSAE, TopKSAE, SAEConfig
@@ -292,6 +293,29 @@ def test_sparsity_coeff_at(impl, needle):
     assert check_sparsity_coeff_at(lambda s, c, w: c if w <= 0 else c * min(1.0, (s + 1) / w))
     fails(check_sparsity_coeff_at, impl, needle)
 
+def _lam(coeffs, l0s, target, sort=True, log_l0=True, log_c=True, extrapolate=False):
+    "An independent coeff_for_target_l0 (a scan over neighbours), with switches that introduce one mistake each."
+    pairs = sorted(zip(coeffs, l0s)) if sort else list(zip(coeffs, l0s))
+    fl, fc = (math.log if log_l0 else (lambda v: v)), (math.log if log_c else (lambda v: v))
+    ic = math.exp if log_c else (lambda v: v)
+    for (ca, la), (cb, lb) in zip(pairs, pairs[1:]):
+        if la >= target >= lb and lb > 0:
+            return ic(fc(ca) + (fl(target) - fl(la)) / (fl(lb) - fl(la)) * (fc(cb) - fc(ca)))
+    if extrapolate: return pairs[-1][0]
+    raise ValueError("no bracket")
+
+@pytest.mark.parametrize("impl,needle", [
+    (lambda c, l, t: _lam(c, l, t, sort=False), "not sorted"),
+    (lambda c, l, t: _lam(c, l, t, log_l0=False, log_c=False), "linearly in L0"),
+    (lambda c, l, t: _lam(c, l, t, log_l0=False), "log λ linearly in L0 itself"),
+    (lambda c, l, t: _lam(c, l, t, log_c=False), "λ itself linearly in log L0"),
+    (lambda c, l, t: min(zip(l, c), key=lambda p: abs(p[0] - t))[1], "nearest"),
+    (lambda c, l, t: _lam(c, l, t, extrapolate=True), "raise ValueError instead of extrapolating"),
+])
+def test_coeff_for_target_l0(impl, needle):
+    assert check_coeff_for_target_l0(_lam)
+    fails(check_coeff_for_target_l0, impl, needle)
+
 # --- resampling -------------------------------------------------------------------------------------------
 @torch.no_grad()
 def resample_ok(sae, dead, x, optimizer=None, reset="dead", point="x-bdec", unit=True, benc=True, touch_alive=False,
@@ -384,6 +408,7 @@ def test_toy_solutions_pass():
 def test_train_solutions_pass():
     train = pytest.importorskip("sae_tutorial.train")
     assert check_sparsity_coeff_at(train.sparsity_coeff_at) and check_resample_dead_features(train.resample_dead_features)
+    assert check_coeff_for_target_l0(train.coeff_for_target_l0)
 
 # --- the other losses ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("impl,needle", [

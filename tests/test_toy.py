@@ -158,3 +158,21 @@ def test_reproduce_toy_runs_and_checks_one_experiment(monkeypatch, tmp_path):
     assert set(facts) == {"correlated"}
     assert all(abs(a - 90) < 10 for a in facts["correlated"]["correlated_pair_angles"])
     assert all(a > 170 for a in facts["correlated"]["anticorrelated_pair_angles"])
+
+# ---------- planted features are independent of the SAE's initial weights ----------
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("d_in,n_features,d_sae", [(256, 512, 512), (256, 512, 1024), (32, 64, 128)])
+def test_untrained_sae_mmcs_is_the_random_baseline(seed, d_in, n_features, d_sae):
+    # seed_everything(seed) starts the global stream that make_sae's W_dec is drawn from; SparseFeatureData(seed=seed)
+    # must not draw its planted features from that same stream, or an untrained SAE would already hold them
+    from sae_tutorial.core import seed_everything
+    from sae_tutorial.metrics import mmcs
+    from sae_tutorial.sae import SAEConfig, make_sae
+    from sae_tutorial.toy import SparseFeatureData, feature_stream_seed
+    data = SparseFeatureData(d_in=d_in, n_features=n_features, seed=seed)
+    seed_everything(seed)
+    untrained = mmcs(data.features, make_sae(SAEConfig(d_in=d_in, expansion_factor=d_sae / d_in)).W_dec.detach())
+    nulls = [mmcs(data.features, torch.randn(d_sae, d_in, generator=torch.Generator().manual_seed(100 + i))) for i in range(3)]
+    assert abs(untrained - np.mean(nulls)) < 0.03, (untrained, nulls)       # a random dictionary's score, not 1.0
+    assert feature_stream_seed(seed) != seed and 0 <= feature_stream_seed(seed) < 2**32
+    assert not torch.equal(data.features, SparseFeatureData(d_in=d_in, n_features=n_features, seed=seed + 1).features)
