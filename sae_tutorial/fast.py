@@ -13,7 +13,7 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['EncodeCentered', 'encode_centered', 'ActiveLatents', 'row_topk', 'TopKSparse', 'batch_topk_flat', 'BatchTopKSparse',
-           'ReLUSparse']
+           'ReLUSparse', 'nested_decode']
 
 # %% ../nbs/02b_fast_paths.ipynb #177219d3
 class EncodeCentered(torch.autograd.Function):
@@ -261,3 +261,16 @@ class ReLUSparse(torch.autograd.Function):
         gb_dec -= W_enc @ gb_enc
         return (gp @ W_enc.T if need_x else None, xc.T @ gp if need_We else None, gb_enc if need_be else None,
                 gW_dec, gb_dec if need_bd else None, None)
+
+# %% ../nbs/02b_fast_paths.ipynb #bf689c55
+def nested_decode(active: ActiveLatents, W_dec: Tensor, b_dec: Tensor, prefixes: list[int]) -> Tensor:
+    """x̂_m = Σ_{pairs with cols < m} vals · W_dec[cols] + b_dec for every m in `prefixes` (increasing, the last
+    d_sae)   -> [n_prefixes, B, d_in]. Each pair is added once, into the piece of the first prefix holding its
+    latent; the pieces are then summed cumulatively (no [B, d_sae] product)."""
+    B, n = len(active.crow) - 1, len(prefixes)
+    ends = torch.as_tensor(prefixes, device=active.cols.device)
+    piece = torch.searchsorted(ends, active.cols, right=True)            # first prefix holding each latent   [n_pairs]
+    bag, order = (active.rows * n + piece).sort(stable=True)             # bags (row, piece), in order
+    offsets = torch.searchsorted(bag, torch.arange(B * n, device=bag.device))   # empty bags sum to zero
+    P = F.embedding_bag(active.cols[order], W_dec, offsets, mode="sum", per_sample_weights=active.vals[order])
+    return P.view(B, n, -1).cumsum(1).transpose(0, 1) + b_dec          # [n, B, d_in]

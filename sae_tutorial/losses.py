@@ -11,13 +11,13 @@ from typing import Literal, NamedTuple, get_args
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from .sae import SAE, SAEOutput, GatedSAE, JumpReLUSAE, step
+from .sae import SAE, SAEOutput, GatedSAE, JumpReLUSAE, MatryoshkaSAE, step
 
 # %% auto #0
 __all__ = ['SparsityPenalty', 'AuxLoss', 'SPARSITY_PENALTIES', 'AUX_LOSSES', 'reconstruction_loss', 'normalized_mse',
            'l1_penalty', 'l1_wdec_penalty', 'smooth_l0_penalty', 'hoyer_penalty', 'tanh_penalty', 'jumprelu_l0_penalty',
-           'dead_penalty', 'DecoderDiversityFunction', 'diversity_penalty', 'auxk_loss', 'gated_aux_loss', 'LossConfig',
-           'LossOutput', 'sparsity_penalty', 'aux_loss', 'sae_loss']
+           'dead_penalty', 'DecoderDiversityFunction', 'diversity_penalty', 'auxk_loss', 'gated_aux_loss',
+           'matryoshka_loss', 'LossConfig', 'LossOutput', 'sparsity_penalty', 'aux_loss', 'sae_loss']
 
 # %% ../nbs/03_losses.ipynb #9a00f326
 def _rows(t: Tensor) -> Tensor:
@@ -128,6 +128,14 @@ def gated_aux_loss(x: Tensor, out: SAEOutput, W_dec: Tensor, b_dec: Tensor) -> T
     x_hat_gate = F.relu(out.pre) @ W_dec.detach() + b_dec.detach()
     return (x - x_hat_gate).pow(2).sum(-1).mean()
 
+# %% ../nbs/03_losses.ipynb #75efe528
+def matryoshka_loss(x: Tensor, x_hats: Tensor) -> Tensor:
+    "mean over the prefixes m and the batch of ‖x - x̂_m‖² (x_hats: [n_prefixes, ..., d_in], `prefix_reconstructions`)."
+    if x_hats.shape[1:] != x.shape:
+        raise ValueError(f"x_hats has shape {tuple(x_hats.shape)}: expected [n_prefixes, *x.shape] = [n, "
+                         f"{', '.join(map(str, x.shape))}]; pass sae.prefix_reconstructions(sae(x)).")
+    return (x - x_hats).pow(2).sum(-1).mean()
+
 # %% ../nbs/03_losses.ipynb #d4a8f450
 SparsityPenalty = Literal["l1", "l1_wdec", "smooth_l0", "hoyer", "tanh", "jumprelu_l0", "none"]
 AuxLoss = Literal["none", "auxk", "gated", "dead", "diversity"]
@@ -161,7 +169,7 @@ class LossConfig:
 class LossOutput(NamedTuple):
     "What `sae_loss` returns; all scalars. `total` is what to backpropagate."
     total: Tensor     # recon + λ_sparsity·sparsity + λ_aux·aux
-    recon: Tensor     # mean over the batch of ‖x - x_hat‖²
+    recon: Tensor     # mean over the batch of ‖x - x_hat‖² (Matryoshka: `matryoshka_loss`, its mean over the prefixes)
     sparsity: Tensor  # the chosen penalty, before its coefficient
     aux: Tensor       # the chosen auxiliary loss, before its coefficient
 
@@ -171,7 +179,7 @@ def sparsity_penalty(sae: SAE, out: SAEOutput, cfg: LossConfig) -> Tensor:
     name = cfg.sparsity
     if name == "none": return out.x_hat.new_zeros(())
     # cfg.fast: for ReLU-based f (f >= 0, no gradient where f == 0) |f| = f, so skip the abs and sign passes
-    nonneg = sae.cfg.fast and (isinstance(sae, GatedSAE) or sae.cfg.architecture in ("relu", "topk", "batchtopk"))
+    nonneg = sae.cfg.fast and (isinstance(sae, GatedSAE) or sae.cfg.architecture in ("relu", "topk", "batchtopk", "matryoshka"))
     active = getattr(out, "active", None)            # the fast TopK/ReLU forward: f's non-zeros as pairs
     if nonneg and active is not None and name in ("l1", "l1_wdec"):
         n_rows = len(active.crow) - 1
@@ -219,7 +227,8 @@ def sae_loss(sae: SAE, x: Tensor, out: SAEOutput, cfg: LossConfig, sparsity_coef
              dead_mask: Tensor | None = None) -> LossOutput:
     "total = recon + λ_sparsity·sparsity + λ_aux·aux for `out = sae(x)`; `sparsity_coeff` overrides cfg's (warm-up)."
     lam = cfg.sparsity_coeff if sparsity_coeff is None else sparsity_coeff
-    recon = reconstruction_loss(x, out.x_hat)
+    if isinstance(sae, MatryoshkaSAE): recon = matryoshka_loss(x, sae.prefix_reconstructions(out))   # every prefix
+    else: recon = reconstruction_loss(x, out.x_hat)
     sparsity = sparsity_penalty(sae, out, cfg)
     aux = aux_loss(sae, x, out, cfg, dead_mask)
     return LossOutput(recon + lam * sparsity + cfg.aux_coeff * aux, recon, sparsity, aux)

@@ -278,7 +278,7 @@ def test_save_load_round_trip_identical(tmp_path, kw):
     torch.manual_seed(8)
     sae = randomize_(make_sae(cfg(**kw)))
     x = torch.randn(16, 8)
-    if kw.get("architecture") == "batchtopk": sae.train(); sae(x)          # estimate the inference threshold
+    if kw.get("architecture") in ("batchtopk", "matryoshka"): sae.train(); sae(x)   # estimate the inference threshold
     sae.eval()
     sae.save(tmp_path/"ck")
     back = SAE.load(tmp_path/"ck").eval()
