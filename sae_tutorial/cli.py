@@ -153,6 +153,13 @@ def _train(): return _repro("train")
 @command("evaluate", "evaluate a reproduction's SAEs on held-out text (training first if needed), then stop")
 def _evaluate(): return _repro("evaluate")
 
+# %% ../nbs/90_cli.ipynb #06e26ede
+@command("evaluations", "sparse probing, feature absorption and ReLU / TopK / BatchTopK / Matryoshka side by side over "
+         "a finished reproduction (notebook 07b); trains the missing architectures on the run's store")
+def _evaluations():
+    from sae_tutorial.evaluations import EvalsConfig, evaluations_cli
+    return [EvalsConfig], evaluations_cli
+
 # %% ../nbs/90_cli.ipynb #3d3294cf
 @command("dashboard", "write the feature dashboards of a saved SAE over a disk activation store to one offline HTML file (notebook 08)")
 def _dashboard():

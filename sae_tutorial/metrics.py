@@ -15,7 +15,8 @@ __all__ = ['mse', 'explained_variance', 'fvu', 'cosine_sim', 'relative_reconstru
            'ReconstructionStats', 'l0', 'l1', 'feature_density', 'dead_fraction', 'utilization', 'plot_log_density',
            'SparsityMetrics', 'SparsityStats', 'DictionaryMatch', 'match_dictionaries', 'max_cosines', 'mmcs',
            'fraction_matched', 'EvalResult', 'evaluate', 'make_tiny_hooked_lm', 'splice_hook', 'LMMetrics',
-           'ce_loss_recovered', 'splice_metrics']
+           'ce_loss_recovered', 'splice_metrics', 'Probe', 'fit_probe', 'balanced_accuracy', 'top_mean_diff',
+           'sparse_probe', 'Absorption', 'absorption']
 
 # %% ../nbs/05_metrics.ipynb #a4f4368b
 def _check_pair(x: Tensor, x_hat: Tensor, names=("x", "x_hat"), allow_empty: bool = False) -> tuple[Tensor, Tensor]:
@@ -501,3 +502,85 @@ def _splice_metrics(model, token_batches, hook_name, sae, mean_act, act_scale, k
     return LMMetrics(n, m["ce_clean"], m["ce_sae"], m["ce_zero_abl"], m["ce_mean_abl"],
                      ce_loss_recovered(m["ce_clean"], m["ce_sae"], m["ce_zero_abl"]),
                      ce_loss_recovered(m["ce_clean"], m["ce_sae"], m["ce_mean_abl"]), m["kl_sae"], m["kl_zero_abl"])
+
+# %% ../nbs/05_metrics.ipynb #8e8877dc
+class Probe(NamedTuple):
+    "A logistic probe on standardised inputs: logits = ((x - mu) / sd) @ W.T + b (float64)."
+    W: Tensor      # [n_out, p]; n_out = 1 for two classes (the logit of class 1), else one row per class
+    b: Tensor      # [n_out]
+    mu: Tensor     # [p] training mean of each input
+    sd: Tensor     # [p] training standard deviation of each input
+    def logits(self, x: Tensor) -> Tensor: return ((x.double() - self.mu) / self.sd) @ self.W.T + self.b
+    def predict(self, x: Tensor) -> Tensor:
+        "The predicted class of each row [n] (0/1 for a binary probe)."
+        z = self.logits(x)
+        return (z[:, 0] > 0).long() if z.shape[1] == 1 else z.argmax(1)
+    def direction(self, c: int = 0) -> Tensor:
+        "Unit vector [p] in input units along which the logit of class `c` grows fastest."
+        v = self.W[c] / self.sd
+        return v / v.norm().clamp_min(1e-12)
+
+def fit_probe(x: Tensor, y: Tensor, n_classes: int = 2, l2: float = 1e-4, balanced: bool = True,
+              max_iter: int = 100) -> Probe:
+    """Logistic regression of `y` [n] (ints 0..n_classes-1) on `x` [n, p]: binary for two classes, softmax for
+    more; each class weighted by 1 / its count when `balanced`; an L2 penalty `l2` on the standardised weights."""
+    x, y = require_finite(x.double(), "x"), torch.as_tensor(y).long()
+    if x.ndim != 2 or len(x) != len(y): raise ValueError(f"x must be [n, p] and y [n]; got {tuple(x.shape)} and {tuple(y.shape)}.")
+    mu, sd = x.mean(0), x.std(0).nan_to_num(0.0).clamp_min(1e-6)
+    z = (x - mu) / sd
+    n_out = 1 if n_classes == 2 else n_classes
+    W = torch.zeros(n_out, x.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(n_out, dtype=torch.float64, requires_grad=True)
+    cw = len(y) / (n_classes * torch.bincount(y, minlength=n_classes).double().clamp_min(1)) if balanced else torch.ones(n_classes, dtype=torch.float64)
+    w = cw[y] / cw[y].sum()
+    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, line_search_fn="strong_wolfe")
+    def closure():
+        opt.zero_grad()
+        lg = z @ W.T + b
+        nll = (torch.nn.functional.binary_cross_entropy_with_logits(lg[:, 0], y.double(), reduction="none") if n_out == 1
+               else torch.nn.functional.cross_entropy(lg, y, reduction="none"))
+        loss = (w * nll).sum() + l2 * (W ** 2).sum()
+        loss.backward(); return loss
+    opt.step(closure)
+    return Probe(W.detach(), b.detach(), mu, sd)
+
+def balanced_accuracy(y_true: Tensor, y_pred: Tensor) -> float:
+    "Mean over the classes present in `y_true` of the share of that class predicted correctly; 1 / n_classes by chance."
+    y_true, y_pred = torch.as_tensor(y_true).long(), torch.as_tensor(y_pred).long()
+    if len(y_true) == 0: raise ValueError("balanced_accuracy of no rows is undefined.")
+    return float(torch.stack([(y_pred[y_true == c] == c).double().mean() for c in torch.unique(y_true)]).mean())
+
+# %% ../nbs/05_metrics.ipynb #d48266ce
+def top_mean_diff(f: Tensor, y: Tensor, k: int) -> Tensor:
+    "Indices [k] of the latents whose mean activation on rows with `y` true exceeds that on the rest the most, largest first."
+    y = torch.as_tensor(y).bool()
+    if y.all() or not y.any(): raise ValueError("top_mean_diff needs rows with y true and rows with y false.")
+    return (f[y].double().mean(0) - f[~y].double().mean(0)).topk(k).indices
+
+def sparse_probe(f_train: Tensor, y_train: Tensor, f_test: Tensor, y_test: Tensor, ks=(1, 2, 5)) -> dict[int, float]:
+    "{k: held-out balanced accuracy} of a logistic probe on the k latents `top_mean_diff` picks on the training rows."
+    out = {}
+    for k in ks:
+        idx = top_mean_diff(f_train, y_train, k)
+        out[k] = balanced_accuracy(y_test, fit_probe(f_train[:, idx], torch.as_tensor(y_train).long()).predict(f_test[:, idx]))
+    return out
+
+# %% ../nbs/05_metrics.ipynb #bf8e5d6f
+class Absorption(NamedTuple):
+    "Feature absorption for one concept (one class of a probe), on held-out rows."
+    latent: int             # the concept's main latent: largest mean difference on the training rows
+    n: int                  # held-out rows of the concept (those the dense probe classifies right)
+    false_negative: float   # share of them where the main latent is silent
+    absorbed: float         # share where it is silent and the latent adding most along the probe direction is aligned
+
+def absorption(f_train: Tensor, y_train: Tensor, f_test: Tensor, W_dec: Tensor, direction: Tensor,
+               tau: float = 0.1) -> Absorption:
+    """Absorption of one concept (after Chanin et al. 2024). `f_train` [n, d_sae] with `y_train` [n] pick the main
+    latent; `f_test` [m, d_sae] are held-out rows of the concept; `direction` [d_in] its probe direction."""
+    main = int(top_mean_diff(f_train, y_train, 1)[0])
+    if len(f_test) == 0: return Absorption(main, 0, float("nan"), float("nan"))
+    cos = torch.nn.functional.normalize(W_dec.detach().double(), dim=1) @ direction.double()
+    silent = f_test[:, main] <= 0
+    along = torch.where(f_test > 0, f_test.double() * cos, torch.tensor(-torch.inf, dtype=torch.float64))
+    aligned = (cos[along.argmax(1)] >= tau) & (f_test > 0).any(1)
+    return Absorption(main, len(f_test), float(silent.double().mean()), float((silent & aligned).double().mean()))

@@ -389,3 +389,44 @@ def test_plot_log_density_counts_dead_latents():
     assert "a (3 dead)" in [t.get_text() for t in ax.get_legend().get_texts()]
     bars = [p for p in ax.patches if type(p).__name__ == "Rectangle" and p.get_height() > 0]
     assert any(p.get_height() == 3 and p.get_x() + p.get_width() / 2 == pytest.approx(-5.5) for p in bars)
+
+# ---------------------------------------------------------------- probes, sparse probing, absorption
+from sae_tutorial.metrics import absorption, balanced_accuracy, fit_probe, sparse_probe, top_mean_diff
+
+def test_balanced_accuracy_is_the_mean_recall_counted_by_hand():
+    y = torch.tensor([0, 0, 0, 0, 1, 1, 2]); p = torch.tensor([0, 0, 1, 0, 1, 0, 0])
+    assert balanced_accuracy(y, p) == pytest.approx((3 / 4 + 1 / 2 + 0) / 3)
+    with pytest.raises(ValueError): balanced_accuracy(torch.tensor([]), torch.tensor([]))
+
+def test_probe_does_not_depend_on_the_units_of_its_inputs():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(600, 4, generator=g); y = (x[:, 1] + 0.3 * torch.randn(600, generator=g) > 0.8).long()
+    a, b = fit_probe(x, y), fit_probe(x * torch.tensor([1e3, 1e-2, 5.0, 1.0]), y)   # standardised first
+    torch.testing.assert_close(a.predict(x), b.predict(x * torch.tensor([1e3, 1e-2, 5.0, 1.0])))
+    assert int(a.direction().abs().argmax()) == 1
+
+def test_softmax_probe_separates_three_gaussian_clusters():
+    g = torch.Generator().manual_seed(1)
+    centres = torch.tensor([[4., 0.], [0., 4.], [-4., -4.]])
+    y = torch.arange(3).repeat_interleave(200); x = centres[y] + torch.randn(600, 2, generator=g)
+    assert balanced_accuracy(y, fit_probe(x, y, n_classes=3).predict(x)) > 0.99
+
+def test_top_mean_diff_and_sparse_probe_find_the_planted_latent():
+    g = torch.Generator().manual_seed(2)
+    y = torch.rand(2000, generator=g) < 0.1
+    f = torch.relu(torch.randn(2000, 30, generator=g)); f[:, 17] = y.float() * 3       # latent 17 is the label
+    assert int(top_mean_diff(f, y, 1)[0]) == 17
+    assert sparse_probe(f[:1000], y[:1000], f[1000:], y[1000:], ks=(1,))[1] == 1.0
+    with pytest.raises(ValueError): top_mean_diff(f, torch.zeros(2000, dtype=torch.bool), 1)
+
+def test_absorption_counted_by_hand():
+    W_dec = torch.tensor([[1., 0.], [0.6, 0.8], [0., 1.]])    # latent 1 is aligned with the concept (cos 0.6), 2 is not
+    f_train = torch.tensor([[2., 0., 0.], [2., 0., 0.], [0., 0., 1.]]); y_train = torch.tensor([True, True, False])
+    f_test = torch.tensor([[1., 0., 0.],      # main latent fires
+                           [0., 2., 0.],      # silent; an aligned latent fires: absorbed
+                           [0., 0., 3.],      # silent; only an orthogonal latent fires: a false negative, not absorbed
+                           [0., 0., 0.]])     # nothing fires
+    a = absorption(f_train, y_train, f_test, W_dec, torch.tensor([1., 0.]), tau=0.5)
+    assert (a.latent, a.n) == (0, 4)
+    assert a.false_negative == pytest.approx(3 / 4) and a.absorbed == pytest.approx(1 / 4)
+    assert absorption(f_train, y_train, f_test, W_dec, torch.tensor([1., 0.]), tau=0.7).absorbed == 0.0
