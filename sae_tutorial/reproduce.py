@@ -37,8 +37,9 @@ __all__ = ['Preset', 'Stop', 'PRESETS', 'METRIC_FIELDS', 'STAGES', 'TARGET_EV', 
            'CurvePoint', 'model_sha256', 'saved_config', 'start_sae', 'train_sae', 'density_hist',
            'require_sae_fits_store', 'SAEEvaluation', 'evaluate_sae', 'encode_rows', 'ReproResult', 'results_table',
            'write_dashboard', 'refuse_links', 'RunState', 'data_stage', 'train_stage', 'evaluate_stage',
-           'build_analysis', 'analyse_stage', 'dashboard_stage', 'Stage', 'stages_table', 'StageError', 'reproduce',
-           'reproduce_cli', 'plot_density', 'curve_title', 'plot_curve']
+           'analyse_universality', 'analyse_splitting', 'analyse_categories', 'build_analysis', 'analyse_stage',
+           'dashboard_stage', 'Stage', 'stages_table', 'StageError', 'reproduce', 'reproduce_cli', 'plot_density',
+           'curve_title', 'plot_curve']
 
 # %% ../nbs/07_reproduction.ipynb #7b71884d
 def _opt(default, help: str, **meta):
@@ -737,12 +738,12 @@ def _tokenizer(s: RunState):
     from transformers import AutoTokenizer                   # heavy: loaded only by the stages that decode tokens
     return AutoTokenizer.from_pretrained(s.run/"data_train"/"tokenizer")
 
-def build_analysis(s: RunState, tmp: Path) -> None:
-    "Write analysis.json: universality per architecture, feature splitting and feature categories (notebook 07a)."
-    cfg, run, saes, raw, densities = s.cfg, s.run, s.saes, s.raw, s.densities
-    tok = _tokenizer(s)
+def analyse_universality(s: RunState) -> dict:
+    """Per architecture trained with a second seed: the two seeds' decoders matched (07a `universality`, beside its
+    nulls) and their agreement at every decoder snapshot along training."""
+    cfg, run, saes = s.cfg, s.run, s.saes
     snaps = {sp.name: load_file(str(run/"saes"/sp.name/"decoder_snapshots.safetensors")) for sp in s.specs}
-    a = {"universality": {}}
+    out = {}
     for arch in cfg.arch_list:
         if f"{arch}_seed1" not in saes: continue
         W_a, W_b = saes[arch].W_dec.detach().cpu(), saes[f"{arch}_seed1"].W_dec.detach().cpu()
@@ -751,38 +752,60 @@ def build_analysis(s: RunState, tmp: Path) -> None:
         u["curve"] = [{"step": int(k[5:]), "tokens": int(k[5:]) * cfg.batch_size,
                        **agreement(snaps[arch][k].float(), snaps[f"{arch}_seed1"][k].float())}
                       for k in sorted(steps, key=lambda k: int(k[5:]))]
-        a["universality"][arch] = {"a": arch, "b": f"{arch}_seed1", **u}
-    if "topk" in saes:
-        sizes = sorted([sp for sp in s.specs if sp.name.startswith("topk_x")] + [sp for sp in s.specs if sp.name == "topk"],
-                       key=lambda sp: sp.expansion)
-        if len(sizes) >= 2:
-            small, large = sizes[0].name, sizes[-1].name
-            W_s, W_l = saes[small].W_dec.detach().cpu(), saes[large].W_dec.detach().cpu()
-            fams = splitting_families(W_s, W_l, densities[small], densities[large])
-            f_s, f_l = encode_rows(saes[small], raw["eval"]), encode_rows(saes[large], raw["eval"])
-            for fam in fams[:6]:
-                fam["parent_examples"] = top_examples(f_s[:, fam["parent"]], raw["eval"], tok)
-                fam["children_examples"] = [top_examples(f_l[:, c], raw["eval"], tok, n=3) for c in fam["children"][:4]]
-            a["splitting"] = {"small": small, "large": large, "sizes": [sp.name for sp in sizes],
-                              "d_sae": {sp.name: s.metrics[sp.name]["d_sae"] for sp in sizes},
-                              "seeds": {sp.name: sp.seed for sp in sizes},
-                              "n_small_alive": int((densities[small] > 0).sum()),
-                              "n_families": len(fams), "families": fams[:20],
-                              "children_per_parent": [len(x["children"]) for x in fams],
-                              "children_hist": children_histogram(W_s, W_l, densities[small], densities[large]),
-                              "null": splitting_null(len(W_s), len(W_l), W_s.shape[1], seed=cfg.seed)}
-        ids = sorted(set(raw["eval"].tokens.flatten().tolist()))
-        token_strs = [""] * (max(ids) + 1)
-        for i in ids: token_strs[i] = tok.decode([i])
-        labels = category_labels(raw["eval"], token_strs)
-        f = encode_rows(saes["topk"], raw["eval"])
-        cats = category_features(f, labels)
-        for c, d in cats.items():
-            for feat in d["features"][:2]: feat["examples"] = top_examples(f[:, feat["feature"]], raw["eval"], tok)
-            for feat in d["features"]:
-                feat["mass_share"] = {c2: float(f[l2, feat["feature"]].double().sum() / f[:, feat["feature"]].double().sum().clamp_min(1e-12))
-                                      for c2, l2 in labels.items()}
-        a["categories"] = {"sae": "topk", **cats}
+        out[arch] = {"a": arch, "b": f"{arch}_seed1", **u}
+    return out
+
+# %% ../nbs/07_reproduction.ipynb #7d5b4aea
+def analyse_splitting(s: RunState, tok) -> dict | None:
+    """Feature families between the smallest and the largest TopK dictionary (07a `splitting_families`), the top
+    held-out examples of the first families, and the random-dictionary null; None with fewer than two sizes."""
+    cfg, saes, raw, densities = s.cfg, s.saes, s.raw, s.densities
+    sizes = sorted([sp for sp in s.specs if sp.name.startswith("topk_x")] + [sp for sp in s.specs if sp.name == "topk"],
+                   key=lambda sp: sp.expansion)
+    if len(sizes) < 2: return None
+    small, large = sizes[0].name, sizes[-1].name
+    W_s, W_l = saes[small].W_dec.detach().cpu(), saes[large].W_dec.detach().cpu()
+    fams = splitting_families(W_s, W_l, densities[small], densities[large])
+    f_s, f_l = encode_rows(saes[small], raw["eval"]), encode_rows(saes[large], raw["eval"])
+    for fam in fams[:6]:
+        fam["parent_examples"] = top_examples(f_s[:, fam["parent"]], raw["eval"], tok)
+        fam["children_examples"] = [top_examples(f_l[:, c], raw["eval"], tok, n=3) for c in fam["children"][:4]]
+    return {"small": small, "large": large, "sizes": [sp.name for sp in sizes],
+            "d_sae": {sp.name: s.metrics[sp.name]["d_sae"] for sp in sizes},
+            "seeds": {sp.name: sp.seed for sp in sizes},
+            "n_small_alive": int((densities[small] > 0).sum()),
+            "n_families": len(fams), "families": fams[:20],
+            "children_per_parent": [len(x["children"]) for x in fams],
+            "children_hist": children_histogram(W_s, W_l, densities[small], densities[large]),
+            "null": splitting_null(len(W_s), len(W_l), W_s.shape[1], seed=cfg.seed)}
+
+# %% ../nbs/07_reproduction.ipynb #f0222b4b
+def analyse_categories(s: RunState, tok) -> dict:
+    """The TopK SAE's best features per token category on held-out rows (07a `category_features`), with the top
+    examples of the best two and each listed feature's share of activation mass on every category."""
+    raw = s.raw
+    ids = sorted(set(raw["eval"].tokens.flatten().tolist()))
+    token_strs = [""] * (max(ids) + 1)
+    for i in ids: token_strs[i] = tok.decode([i])
+    labels = category_labels(raw["eval"], token_strs)
+    f = encode_rows(s.saes["topk"], raw["eval"])
+    cats = category_features(f, labels)
+    for c, d in cats.items():
+        for feat in d["features"][:2]: feat["examples"] = top_examples(f[:, feat["feature"]], raw["eval"], tok)
+        for feat in d["features"]:
+            feat["mass_share"] = {c2: float(f[l2, feat["feature"]].double().sum() / f[:, feat["feature"]].double().sum().clamp_min(1e-12))
+                                  for c2, l2 in labels.items()}
+    return {"sae": "topk", **cats}
+
+# %% ../nbs/07_reproduction.ipynb #0c144c1a
+def build_analysis(s: RunState, tmp: Path) -> None:
+    "Write analysis.json: universality per architecture, feature splitting and feature categories (notebook 07a)."
+    tok = _tokenizer(s)
+    a = {"universality": analyse_universality(s)}
+    if "topk" in s.saes:
+        splitting = analyse_splitting(s, tok)
+        if splitting is not None: a["splitting"] = splitting
+        a["categories"] = analyse_categories(s, tok)
     write_json_atomic(tmp/"analysis.json", a)
 
 # %% ../nbs/07_reproduction.ipynb #aba66363
