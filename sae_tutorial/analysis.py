@@ -111,6 +111,7 @@ CATEGORIES = ("python code", "arabic script", "hebrew script", "base64", "certif
               "places")
 BASE64_LINE = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}")     # a line of a PEM body: 64 base64 characters (the last shorter)
 
+# %% ../nbs/07a_analyses.ipynb #95326df3
 def _token_lines_and_places(store, token_strs: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """For each row: is its token on a base64 line (the whole line is base64 characters), and is it part of a
     gazetteer word? Both read the row's context as text, so a place split into several tokens counts whole."""
@@ -144,6 +145,7 @@ def category_labels(store, token_strs: list[str]) -> dict[str, Tensor]:
            "numbers and dates": digit & ~cert, "places": place}
     return {k: torch.from_numpy(v) for k, v in lab.items()}
 
+# %% ../nbs/07a_analyses.ipynb #921f57b0
 def category_features(f: Tensor, labels: dict[str, Tensor], top: int = 3, min_fires: int = 3) -> dict:
     """For each category c, the features firing most selectively on it: score = precision * recall, where
     precision = share of the feature's activation mass on c-tokens, recall = share of c-tokens it fires on."""
@@ -175,6 +177,7 @@ def category_verdict(d: dict) -> str:
     if b["recall"] < FOUND["min_recall"]: return f"not found: best recall {b['recall']:.2f}"
     return "found"
 
+# %% ../nbs/07a_analyses.ipynb #f244a98c
 def top_examples(f_col: Tensor, store, tokenizer, n: int = 4, before: int = 10, after: int = 2) -> list[dict]:
     "The `n` held-out tokens where one feature (activations `f_col` [n_rows]) is largest, each with its context."
     out = []
@@ -187,7 +190,6 @@ def top_examples(f_col: Tensor, store, tokenizer, n: int = 4, before: int = 10, 
         text = dec(toks[max(1, p - before):p].tolist()) + "⟦" + dec([int(toks[p])]) + "⟧" + dec(toks[p + 1:p + 1 + after].tolist())
         out.append({"act": round(v, 3), "text": text, "source": store.row_sources([r])[0]})
     return out
-
 
 # %% ../nbs/07a_analyses.ipynb #5e20a5da
 def plot_universality(metrics, trained, analysis):
@@ -206,6 +208,7 @@ def plot_universality(metrics, trained, analysis):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/07a_analyses.ipynb #3566f626
 def plot_splitting(metrics, trained, analysis):
     """How many large-dictionary features each live small-dictionary feature splits into (0, 1, 2, ...), beside
     random dictionaries of the same sizes: integer bars, each labelled with its count."""
@@ -234,6 +237,7 @@ def plot_splitting(metrics, trained, analysis):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/07a_analyses.ipynb #c7b6c029
 def plot_categories(metrics, trained, analysis):
     """For each category, its best feature's precision (share of its activation mass on the category) beside the
     category's base rate (the precision of a feature firing at random), with the verdict of `category_verdict`."""
@@ -262,4 +266,3 @@ def plot_categories(metrics, trained, analysis):
     ax.set_title(f"{n_found} of {len(cats)} categories have a feature that fires mostly on them "
                  f"({c.get('sae', 'SAE')}, held-out tokens)", fontsize=9, loc="left")
     return fig
-

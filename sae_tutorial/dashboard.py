@@ -156,6 +156,7 @@ def _encode(sae, x: Tensor, feats: Tensor | None) -> Tensor:
     f = sae.encode(x)
     return f if feats is None else f[:, feats]
 
+# %% ../nbs/08_feature_inspection.ipynb #0b6b7e29
 class _Windows:
     "Window geometry of a store: for centre rows, the rows (-1: masked) and token ids (-1: outside) around them."
     def __init__(self, store, left: int, right: int):
@@ -347,6 +348,7 @@ class TokenText:
             else: out.append(dec.decode(b))
         return out
 
+# %% ../nbs/08_feature_inspection.ipynb #5a0203a7
 def _esc(s: str) -> str:
     "HTML-escape a token, making whitespace visible: newlines as ⏎, tabs as →."
     return html.escape(s).replace("\n", "⏎").replace("\t", "→").replace("\r", "")
@@ -393,6 +395,7 @@ def _examples_rows(ex: Examples, i: int, cols, amax: float, tt: TokenText, sourc
                     f'<td class="ex">{example_html(ex.tokens[i, j], ex.acts[i, j], centre, amax, tt)}</td></tr>')
     return "".join(rows) or '<tr><td class="na">no examples: the feature never fired on this store</td></tr>'
 
+# %% ../nbs/08_feature_inspection.ipynb #e5654c8d
 def histogram_svg(counts: Tensor, edges: Tensor, width: int = 320, height: int = 90, max_bars: int = 48) -> str:
     "Inline SVG bar chart of firing counts over log-spaced bins, trimmed to the occupied range (at most max_bars bars)."
     c = counts.tolist(); nz = [j for j, v in enumerate(c) if v > 0]
@@ -469,6 +472,7 @@ def feature_order(data: FeatureData, by: str = "density_desc") -> list[int]:
     alive = order[d[order] > 0]; dead = order[d[order] == 0]
     return fe[torch.cat([alive, dead])].tolist()
 
+# %% ../nbs/08_feature_inspection.ipynb #bb354327
 def dashboards_html(data: FeatureData, tokenizer, features: Sequence[int] | None = None,
                     title: str = "SAE feature dashboards") -> str:
     "A complete, self-contained HTML page: an index table (linked by #anchors) and the dashboard of every feature."
@@ -489,6 +493,7 @@ def dashboards_html(data: FeatureData, tokenizer, features: Sequence[int] | None
             f'feature\'s max; outlined: the token the example is centred on; grey: positions not in the store '
             f'(attention sinks)</p>{index}</div>{body}</body></html>\n')
 
+# %% ../nbs/08_feature_inspection.ipynb #d8184a97
 def export_dashboards(sae, store, model, path, features: Sequence[int] | None = None, tokenizer=None,
                       cfg: DashboardConfig | None = None, title: str = "SAE feature dashboards",
                       progress: bool = False) -> Path:

@@ -37,8 +37,9 @@ __all__ = ['Preset', 'Stop', 'PRESETS', 'METRIC_FIELDS', 'STAGES', 'TARGET_EV', 
            'CurvePoint', 'model_sha256', 'saved_config', 'start_sae', 'train_sae', 'density_hist',
            'require_sae_fits_store', 'SAEEvaluation', 'evaluate_sae', 'encode_rows', 'ReproResult', 'results_table',
            'write_dashboard', 'refuse_links', 'RunState', 'data_stage', 'train_stage', 'evaluate_stage',
-           'build_analysis', 'analyse_stage', 'dashboard_stage', 'Stage', 'stages_table', 'StageError', 'reproduce',
-           'reproduce_cli', 'plot_density', 'curve_title', 'plot_curve']
+           'analyse_universality', 'analyse_splitting', 'analyse_categories', 'build_analysis', 'analyse_stage',
+           'dashboard_stage', 'Stage', 'stages_table', 'StageError', 'reproduce', 'reproduce_cli', 'plot_density',
+           'curve_title', 'plot_curve']
 
 # %% ../nbs/07_reproduction.ipynb #7b71884d
 def _opt(default, help: str, **meta):
@@ -80,6 +81,7 @@ def rule_values(steps: int, batch_size: int) -> dict:
 Preset = Literal["ci", "cpu", "gpu"]
 Stop = Literal["data", "train", "evaluate"]
 
+# %% ../nbs/07_reproduction.ipynb #ee85264e
 @dataclass
 class ReproConfig:
     "The whole reproduction. `None` fields take the value of `PRESETS[preset]` (or the rule in their help)."
@@ -176,6 +178,7 @@ class ReproConfig:
         "The nested settings of one architecture ('relu' or 'topk')."
         return self.topk if architecture == "topk" else self.relu
 
+# %% ../nbs/07_reproduction.ipynb #6b80a595
 PRESETS = {
     "ci":  dict(corpus_chars=400_000, ctx_len=64, train_tokens=64 * 32, eval_tokens=64 * 8, ce_tokens=64 * 2,
                 expansion=2.0, steps=30, batch_size=256, split_expansions="1", curve_points=3,
@@ -239,6 +242,7 @@ def load_store(path, scale: float | None = None, normalize: bool | None = None):
     `scale`, or turn normalising off (`normalize=False`: batches in the model's raw units, for saved SAEs)."""
     return ActivationStore.load(path, in_ram=True, scale=scale, normalize=normalize)
 
+# %% ../nbs/07_reproduction.ipynb #2cb68ebc
 def data_splits(cfg: ReproConfig) -> list[str]:
     "'train' and 'eval' (held-out documents of the training sources), plus 'source' when a source is held out."
     return ["train", "eval"] + (["source"] if cfg.held_out_source else [])
@@ -262,6 +266,7 @@ def split_documents(cfg: ReproConfig, corpus) -> dict[str, list]:
                              "or choose another held_out_source.")
     return out
 
+# %% ../nbs/07_reproduction.ipynb #43c1d471
 def build_data(cfg: ReproConfig, split: str, model, tokenizer, out: Path, log=print) -> None:
     """Write the activation store of one split to `out/store`, plus `out/info.json` (and `out/tokenizer` for train).
     train: the training documents in corpus order; eval / source: held-out documents (see `split_documents`)."""
@@ -303,6 +308,7 @@ def sae_specs(cfg: ReproConfig) -> list[SAESpec]:
         named += [(f"topk_x{e:g}", "topk", e, False) for e in cfg.split_list if e != cfg.expansion]
     return [SAESpec(n, a, e, cfg.seed + i, main) for i, (n, a, e, main) in enumerate(named)]
 
+# %% ../nbs/07_reproduction.ipynb #c6b75d5e
 def train_configs(spec: SAESpec, cfg: ReproConfig, d_in: int):
     """(SAEConfig, LossConfig, TrainConfig) for one SAE of the run, from the run's sizes and the nested settings of
     its architecture (`cfg.relu` or `cfg.topk`; a `None` there takes its rule, see `rule_values`)."""
@@ -327,6 +333,7 @@ def train_configs(spec: SAESpec, cfg: ReproConfig, d_in: int):
         train_cfg = TrainConfig(**common)
     return sae_cfg, loss_cfg, train_cfg
 
+# %% ../nbs/07_reproduction.ipynb #5f67876c
 def sae_key(spec: SAESpec, cfg: ReproConfig, data_keys: dict) -> str:
     """The key of one SAE's training stage: its data, its spec, and every setting it trains with. Settings left at
     their rule or default join the key only when changed, so keys of runs made before they were options still hold."""
@@ -398,6 +405,7 @@ class CurvePoint(NamedTuple):
     source_explained_variance: float | None = None  # the same two on the held-out source (main SAEs)
     source_delta_ce: float | None = None
 
+# %% ../nbs/07_reproduction.ipynb #712e27d3
 def model_sha256(name: str) -> str | None:
     """sha256 of the weights behind a `load_lm` name: the pinned archive holding an offline model's weights file,
     a local folder's model.safetensors; None for a hub name (the hub's revision names those weights)."""
@@ -425,6 +433,7 @@ def start_sae(spec: SAESpec, cfg: ReproConfig, store, device=None, fast: bool = 
         sae.b_dec.copy_(store.get(np.sort(pick)).mean(0).to(sae.b_dec))
     return sae, loss_cfg, train_cfg
 
+# %% ../nbs/07_reproduction.ipynb #f193bd9d
 def train_sae(spec: SAESpec, cfg: ReproConfig, store, eval_store, out: Path, model=None, log=print,
               ckpt_dir=None, source_store=None) -> dict:
     """Train one SAE; write `out`: sae.safetensors + cfg.json (raw units, see `saved_config`), `saelens/` (the same
@@ -528,6 +537,7 @@ def require_sae_fits_store(sae, store) -> None:
         raise ValueError(f"The SAE takes raw activations (input_scale={sae.cfg.input_scale:.4g}) but the store "
                          "normalises its batches: open it with load_store(path, normalize=False).")
 
+# %% ../nbs/07_reproduction.ipynb #d5574d4d
 class SAEEvaluation(NamedTuple):
     "What `evaluate_sae` returns."
     metrics: dict     # the metrics.json entry (METRIC_FIELDS and more)
@@ -600,6 +610,7 @@ def results_table(metrics: dict, on: str = "held_out_docs") -> str:
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
+# %% ../nbs/07_reproduction.ipynb #80da75ea
 def write_dashboard(sae, eval_store, tokenizer, folder: Path, model=None, log=print) -> bool:
     "Write the static feature dashboard (notebook 08) of `sae` on the held-out store into `folder`; False if unavailable."
     try: from sae_tutorial.dashboard import write_static_dashboard   # optional: the run goes on without it
@@ -637,6 +648,7 @@ class RunState:
         return ReproResult(self.run, self.cfg, self.metrics, self.trained, self.analysis, self.stages,
                            time.time() - self.t_start)
 
+# %% ../nbs/07_reproduction.ipynb #bcc74031
 def data_stage(s: RunState) -> None:
     "Build the corpus, split it, harvest each split's activations; open the stores (training units)."
     cfg, run = s.cfg, s.run
@@ -658,6 +670,7 @@ def data_stage(s: RunState) -> None:
     s.eval_store = load_store(run/"data_eval"/"store", scale=s.store.scale)   # held-out data in the training units
     s.source_store = load_store(run/"data_source"/"store", scale=s.store.scale) if "source" in s.splits else None
 
+# %% ../nbs/07_reproduction.ipynb #defee2be
 def train_stage(s: RunState) -> None:
     "Train every SAE of `sae_specs` (each its own stage, checkpointed while it trains)."
     cfg, run = s.cfg, s.run
@@ -682,6 +695,7 @@ def train_stage(s: RunState) -> None:
     try: (run/"checkpoints").rmdir()                                      # empty once every SAE is published
     except OSError: pass
 
+# %% ../nbs/07_reproduction.ipynb #e1aaeb6b
 def evaluate_stage(s: RunState) -> None:
     "Evaluate every SAE (and the untrained main ones) on held-out text; write metrics.json and results.md."
     cfg, run = s.cfg, s.run
@@ -719,16 +733,17 @@ def evaluate_stage(s: RunState) -> None:
         + (f"\nHeld-out source, never trained on ({cfg.held_out_source}): {s.info['source']['tokens']:,} tokens.\n\n{s.src_table}\n"
            if s.src_table else ""))
 
+# %% ../nbs/07_reproduction.ipynb #1cd522e5
 def _tokenizer(s: RunState):
     from transformers import AutoTokenizer                   # heavy: loaded only by the stages that decode tokens
     return AutoTokenizer.from_pretrained(s.run/"data_train"/"tokenizer")
 
-def build_analysis(s: RunState, tmp: Path) -> None:
-    "Write analysis.json: universality per architecture, feature splitting and feature categories (notebook 07a)."
-    cfg, run, saes, raw, densities = s.cfg, s.run, s.saes, s.raw, s.densities
-    tok = _tokenizer(s)
+def analyse_universality(s: RunState) -> dict:
+    """Per architecture trained with a second seed: the two seeds' decoders matched (07a `universality`, beside its
+    nulls) and their agreement at every decoder snapshot along training."""
+    cfg, run, saes = s.cfg, s.run, s.saes
     snaps = {sp.name: load_file(str(run/"saes"/sp.name/"decoder_snapshots.safetensors")) for sp in s.specs}
-    a = {"universality": {}}
+    out = {}
     for arch in cfg.arch_list:
         if f"{arch}_seed1" not in saes: continue
         W_a, W_b = saes[arch].W_dec.detach().cpu(), saes[f"{arch}_seed1"].W_dec.detach().cpu()
@@ -737,40 +752,63 @@ def build_analysis(s: RunState, tmp: Path) -> None:
         u["curve"] = [{"step": int(k[5:]), "tokens": int(k[5:]) * cfg.batch_size,
                        **agreement(snaps[arch][k].float(), snaps[f"{arch}_seed1"][k].float())}
                       for k in sorted(steps, key=lambda k: int(k[5:]))]
-        a["universality"][arch] = {"a": arch, "b": f"{arch}_seed1", **u}
-    if "topk" in saes:
-        sizes = sorted([sp for sp in s.specs if sp.name.startswith("topk_x")] + [sp for sp in s.specs if sp.name == "topk"],
-                       key=lambda sp: sp.expansion)
-        if len(sizes) >= 2:
-            small, large = sizes[0].name, sizes[-1].name
-            W_s, W_l = saes[small].W_dec.detach().cpu(), saes[large].W_dec.detach().cpu()
-            fams = splitting_families(W_s, W_l, densities[small], densities[large])
-            f_s, f_l = encode_rows(saes[small], raw["eval"]), encode_rows(saes[large], raw["eval"])
-            for fam in fams[:6]:
-                fam["parent_examples"] = top_examples(f_s[:, fam["parent"]], raw["eval"], tok)
-                fam["children_examples"] = [top_examples(f_l[:, c], raw["eval"], tok, n=3) for c in fam["children"][:4]]
-            a["splitting"] = {"small": small, "large": large, "sizes": [sp.name for sp in sizes],
-                              "d_sae": {sp.name: s.metrics[sp.name]["d_sae"] for sp in sizes},
-                              "seeds": {sp.name: sp.seed for sp in sizes},
-                              "n_small_alive": int((densities[small] > 0).sum()),
-                              "n_families": len(fams), "families": fams[:20],
-                              "children_per_parent": [len(x["children"]) for x in fams],
-                              "children_hist": children_histogram(W_s, W_l, densities[small], densities[large]),
-                              "null": splitting_null(len(W_s), len(W_l), W_s.shape[1], seed=cfg.seed)}
-        ids = sorted(set(raw["eval"].tokens.flatten().tolist()))
-        token_strs = [""] * (max(ids) + 1)
-        for i in ids: token_strs[i] = tok.decode([i])
-        labels = category_labels(raw["eval"], token_strs)
-        f = encode_rows(saes["topk"], raw["eval"])
-        cats = category_features(f, labels)
-        for c, d in cats.items():
-            for feat in d["features"][:2]: feat["examples"] = top_examples(f[:, feat["feature"]], raw["eval"], tok)
-            for feat in d["features"]:
-                feat["mass_share"] = {c2: float(f[l2, feat["feature"]].double().sum() / f[:, feat["feature"]].double().sum().clamp_min(1e-12))
-                                      for c2, l2 in labels.items()}
-        a["categories"] = {"sae": "topk", **cats}
+        out[arch] = {"a": arch, "b": f"{arch}_seed1", **u}
+    return out
+
+# %% ../nbs/07_reproduction.ipynb #7d5b4aea
+def analyse_splitting(s: RunState, tok) -> dict | None:
+    """Feature families between the smallest and the largest TopK dictionary (07a `splitting_families`), the top
+    held-out examples of the first families, and the random-dictionary null; None with fewer than two sizes."""
+    cfg, saes, raw, densities = s.cfg, s.saes, s.raw, s.densities
+    sizes = sorted([sp for sp in s.specs if sp.name.startswith("topk_x")] + [sp for sp in s.specs if sp.name == "topk"],
+                   key=lambda sp: sp.expansion)
+    if len(sizes) < 2: return None
+    small, large = sizes[0].name, sizes[-1].name
+    W_s, W_l = saes[small].W_dec.detach().cpu(), saes[large].W_dec.detach().cpu()
+    fams = splitting_families(W_s, W_l, densities[small], densities[large])
+    f_s, f_l = encode_rows(saes[small], raw["eval"]), encode_rows(saes[large], raw["eval"])
+    for fam in fams[:6]:
+        fam["parent_examples"] = top_examples(f_s[:, fam["parent"]], raw["eval"], tok)
+        fam["children_examples"] = [top_examples(f_l[:, c], raw["eval"], tok, n=3) for c in fam["children"][:4]]
+    return {"small": small, "large": large, "sizes": [sp.name for sp in sizes],
+            "d_sae": {sp.name: s.metrics[sp.name]["d_sae"] for sp in sizes},
+            "seeds": {sp.name: sp.seed for sp in sizes},
+            "n_small_alive": int((densities[small] > 0).sum()),
+            "n_families": len(fams), "families": fams[:20],
+            "children_per_parent": [len(x["children"]) for x in fams],
+            "children_hist": children_histogram(W_s, W_l, densities[small], densities[large]),
+            "null": splitting_null(len(W_s), len(W_l), W_s.shape[1], seed=cfg.seed)}
+
+# %% ../nbs/07_reproduction.ipynb #f0222b4b
+def analyse_categories(s: RunState, tok) -> dict:
+    """The TopK SAE's best features per token category on held-out rows (07a `category_features`), with the top
+    examples of the best two and each listed feature's share of activation mass on every category."""
+    raw = s.raw
+    ids = sorted(set(raw["eval"].tokens.flatten().tolist()))
+    token_strs = [""] * (max(ids) + 1)
+    for i in ids: token_strs[i] = tok.decode([i])
+    labels = category_labels(raw["eval"], token_strs)
+    f = encode_rows(s.saes["topk"], raw["eval"])
+    cats = category_features(f, labels)
+    for c, d in cats.items():
+        for feat in d["features"][:2]: feat["examples"] = top_examples(f[:, feat["feature"]], raw["eval"], tok)
+        for feat in d["features"]:
+            feat["mass_share"] = {c2: float(f[l2, feat["feature"]].double().sum() / f[:, feat["feature"]].double().sum().clamp_min(1e-12))
+                                  for c2, l2 in labels.items()}
+    return {"sae": "topk", **cats}
+
+# %% ../nbs/07_reproduction.ipynb #0c144c1a
+def build_analysis(s: RunState, tmp: Path) -> None:
+    "Write analysis.json: universality per architecture, feature splitting and feature categories (notebook 07a)."
+    tok = _tokenizer(s)
+    a = {"universality": analyse_universality(s)}
+    if "topk" in s.saes:
+        splitting = analyse_splitting(s, tok)
+        if splitting is not None: a["splitting"] = splitting
+        a["categories"] = analyse_categories(s, tok)
     write_json_atomic(tmp/"analysis.json", a)
 
+# %% ../nbs/07_reproduction.ipynb #aba66363
 def analyse_stage(s: RunState) -> None:
     "Run the analyses (one stage keyed by every SAE) and draw the run's figures into plots/."
     s.log("[4/5] analyses: universality, feature splitting, feature categories")
@@ -786,6 +824,7 @@ def analyse_stage(s: RunState) -> None:
         with atomic_file(plots/f"{name}.png", "wb") as fh: fig.savefig(fh, format="png", dpi=110, bbox_inches="tight")
         plt.close(fig)
 
+# %% ../nbs/07_reproduction.ipynb #15be7b5a
 def dashboard_stage(s: RunState) -> None:
     "Write the static feature dashboard of the TopK SAE (notebook 08); 'unavailable' without the dashboard module."
     if "topk" not in s.saes: return
@@ -881,6 +920,7 @@ def plot_density(metrics, trained=None, analysis=None):
     ax.set_title("How often each latent fires: TopK vs ReLU+L1"); ax.legend(fontsize=8)
     return fig
 
+# %% ../nbs/07_reproduction.ipynb #3419142b
 def _span(vals, pad=0.08):
     "(low, high) around the finite values, padded by `pad` of their range (a flat series gets a small band)."
     v = np.asarray([x for x in vals if x is not None and np.isfinite(x)], dtype=float)
@@ -905,6 +945,7 @@ def curve_title(metrics, trained, analysis=None) -> str:
     if shares: parts.append("latents two seeds share " + ", ".join(f"{a:.0%} -> {b:.0%}" for a, b in shares))
     return "; ".join(parts)
 
+# %% ../nbs/07_reproduction.ipynb #a2e8c9b2
 def plot_curve(metrics, trained, analysis=None):
     """How the features form, against tokens trained: held-out EV and delta CE of the main SAEs, every SAE's
     decoder cosine with its own initialisation, and the agreement of two independently seeded SAEs (share of
@@ -968,6 +1009,7 @@ def plot_curve(metrics, trained, analysis=None):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/07_reproduction.ipynb #3fe61601
 PLOTS = {"repro_log_density": plot_density, "repro_training_curve": plot_curve,
          "repro_universality": plot_universality, "repro_feature_splitting": plot_splitting,
          "repro_feature_categories": plot_categories}
