@@ -13,7 +13,7 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['EncodeCentered', 'encode_centered', 'ActiveLatents', 'row_topk', 'TopKSparse', 'batch_topk_flat', 'BatchTopKSparse',
-           'ReLUSparse']
+           'ReLUSparse', 'DeadColumns', 'dead_columns']
 
 # %% ../nbs/02b_fast_paths.ipynb #177219d3
 class EncodeCentered(torch.autograd.Function):
@@ -261,3 +261,30 @@ class ReLUSparse(torch.autograd.Function):
         gb_dec -= W_enc @ gb_enc
         return (gp @ W_enc.T if need_x else None, xc.T @ gp if need_We else None, gb_enc if need_be else None,
                 gW_dec, gb_dec if need_bd else None, None)
+
+# %% ../nbs/02b_fast_paths.ipynb #d7a1c0df
+class DeadColumns(torch.autograd.Function):
+    """pre[:, dead] [B, n_dead] of pre = (x - b_dec) @ W_enc + b_enc [B, d_sae], taken from the `pre` already computed;
+    the gradient goes to x, W_enc, b_enc and b_dec through the dead columns alone, never as a dense [B, d_sae]."""
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, dead: Tensor) -> Tensor:
+        ctx.save_for_backward(x, W_enc, b_dec, dead)
+        return pre[:, dead]                                            # the very values the forward computed
+
+    @staticmethod
+    def backward(ctx, G: Tensor):
+        x, W_enc, b_dec, dead = ctx.saved_tensors
+        _, need_x, need_W, need_be, need_bd, _ = ctx.needs_input_grad
+        W_dead = W_enc[:, dead]                                        # [d_in, n_dead]
+        G_sum = G.sum(0)                                               # [n_dead]
+        g_x = G @ W_dead.T if need_x else None
+        g_W = W_enc.new_zeros(W_enc.shape).index_copy_(1, dead, (x - b_dec).T @ G) if need_W else None
+        g_be = W_enc.new_zeros(W_enc.shape[1]).index_copy_(0, dead, G_sum) if need_be else None
+        g_bd = -(W_dead @ G_sum) if need_bd else None
+        return None, g_x, g_W, g_be, g_bd, None
+
+def dead_columns(pre: Tensor, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, dead: Tensor) -> Tensor:
+    "`DeadColumns` for pre [..., d_sae] and x [..., d_in] with any leading dimensions -> [..., n_dead]."
+    out = DeadColumns.apply(pre.detach().reshape(-1, pre.shape[-1]), x.reshape(-1, x.shape[-1]), W_enc, b_enc, b_dec, dead)
+    return out.reshape(*pre.shape[:-1], len(dead))
