@@ -161,10 +161,15 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--profile", default=None, help="a setting name: cProfile one train() call of --steps steps")
     ap.add_argument("--breakdown", action="store_true", help="ms per phase of the step (min over --steps)")
-    ap.add_argument("--out", default=None, help="json file to write (default: print only)")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="cpu: the main thread's CPU time (time.thread_time), steadier on a busy machine at --threads 1")
+    ap.add_argument("--out", default=None, help="jsonl file to append this run to (default: print only)")
+    ap.add_argument("--report", default=None, help="a jsonl of runs: print its markdown table and stop")
     ap.add_argument("--label", default="", help="recorded in the json (e.g. the commit)")
     a = ap.parse_args()
+    if a.report: return report(a.report)
     torch.set_num_threads(a.threads)
+    if a.clock == "cpu": time.perf_counter = time.thread_time       # every clock read below
     if a.profile:
         s = SETTINGS[a.profile]
         sae, xs, loss, tcfg = make_run(s)
@@ -204,7 +209,26 @@ def main():
               f"floor {row['floor_ms_min']:6.1f} / {row['floor_ms_median']:6.1f} ms, floor/step "
               f"{row['floor_frac_min']:.0%} / {row['floor_frac_median']:.0%}, {row['tokens_per_s_median']:,.0f} tok/s",
               flush=True)
-    if a.out: Path(a.out).write_text(json.dumps(out, indent=1))
+    if a.out:
+        with open(a.out, "a") as fh: fh.write(json.dumps(out) + "\n")
+
+
+def report(path: str) -> None:
+    "The markdown table of a jsonl of runs: per label and setting, min and median over every run's steps and floors."
+    text = Path(path).read_text()
+    runs = json.loads(text)["runs"] if path.endswith(".json") else [json.loads(l) for l in text.splitlines() if l.strip()]
+    print("| setting | code | step ms (min / median) | tokens/s (median) | product ms (min / median) | product / step (min / median) |")
+    print("|---|---|---:|---:|---:|---:|")
+    names = list(dict.fromkeys(n for r in runs for n in r["settings"]))
+    for n in names:
+        for label in dict.fromkeys(r["label"] for r in runs):
+            st = [v for r in runs if r["label"] == label and n in r["settings"] for v in r["settings"][n]["step_s"]]
+            fl = [v for r in runs if r["label"] == label and n in r["settings"] for v in r["settings"][n]["floor_s"]]
+            if not st: continue
+            B = SETTINGS[n]["batch"]
+            smin, smed, fmin, fmed = 1e3 * min(st), 1e3 * statistics.median(st), 1e3 * min(fl), 1e3 * statistics.median(fl)
+            print(f"| {n} | {label} | {smin:.1f} / {smed:.1f} | {B / statistics.median(st) * 1e-3:,.1f}k | {fmin:.1f} / {fmed:.1f} "
+                  f"| {fmin / smin:.0%} / {fmed / smed:.0%} |")
 
 
 if __name__ == "__main__":
