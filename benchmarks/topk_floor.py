@@ -16,6 +16,7 @@ directions plus noise, like LM activations in miniature):
 - repro_topk:   the reproduction's TopK SAE: d_in 576, d_sae 2304, batch 1024, k 64, AuxK (k_aux 512, λ 1/32), lr
                 1e-3, dead latents present: `--dead` latents get b_enc = -1e3 so they never fire, and dead_window is
                 two batches, so AuxK runs over them from the third step on.
+- repro_topk_no_aux: repro_topk without AuxK (what AuxK costs is the difference; only in --breakdown by default).
 - batchtopk_576x8: as topk_576x8 with a BatchTopK SAE.
 - relu_576x8:   ReLU + L1 at trained-like sparsity: b_enc set so that about 32 latents of 4608 fire per row.
 """
@@ -39,6 +40,7 @@ HERE = Path(__file__).resolve().parent
 SETTINGS = {
     "topk_576x8": dict(arch="topk", d_in=576, d_sae=4608, batch=4096, k=32, aux="none", dead=0),
     "repro_topk": dict(arch="topk", d_in=576, d_sae=2304, batch=1024, k=64, aux="auxk", dead=64),
+    "repro_topk_no_aux": dict(arch="topk", d_in=576, d_sae=2304, batch=1024, k=64, aux="none", dead=64),
     "batchtopk_576x8": dict(arch="batchtopk", d_in=576, d_sae=4608, batch=4096, k=32, aux="none", dead=0),
     "relu_576x8": dict(arch="relu", d_in=576, d_sae=4608, batch=4096, k=32, aux="none", dead=0),
 }
@@ -133,14 +135,17 @@ def breakdown(s: dict, steps: int, warmup: int) -> dict:
         usage.dead_mask().sum(); t.append(time.perf_counter())
         if i >= 2:
             for k, a, b in zip(ph, t, t[1:]): ph[k].append(1e3 * (b - a))
-    pre = torch.randn(s["batch"], s["d_sae"])
-    tk = []
+    from sae_tutorial.fast import row_topk
+    with torch.no_grad(): pre = sae.pre_acts(xs[0])                     # this SAE's pre-activations
+    tk, rk = [], []
     for _ in range(steps):
         t0 = time.perf_counter(); pre.topk(s["k"], dim=-1, sorted=False); tk.append(1e3 * (time.perf_counter() - t0))
+        t0 = time.perf_counter(); row_topk(pre, s["k"]); rk.append(1e3 * (time.perf_counter() - t0))
     row = {k: min(v) for k, v in ph.items()}
     row["step_sum"] = sum(row.values())
     row["product_alone"] = 1e3 * min(time_floor(s, 5) for _ in range(3))
     row["topk_alone"] = min(tk) if s["arch"] == "topk" else None
+    row["row_topk_alone"] = min(rk) if s["arch"] == "topk" else None     # what TopKSparse calls
     row["n_dead"] = int(usage.dead_mask().sum())
     return row
 
@@ -149,12 +154,12 @@ def machine() -> dict:
     try: model = next(l.split(":", 1)[1].strip() for l in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines() if l.startswith("Model name"))
     except Exception: model = platform.processor()
     return {"cpu": model, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "loadavg_start": os.getloadavg()}
+            "python": platform.python_version(), "loadavg": os.getloadavg()}
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--settings", default=",".join(SETTINGS))
+    ap.add_argument("--settings", default=",".join(n for n in SETTINGS if n != "repro_topk_no_aux"))
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=5)
@@ -194,9 +199,10 @@ def main():
         for n in names:
             res[n]["floor_s"].append(time_floor(SETTINGS[n], 10))
             res[n]["step_s"].append(time_train(*runs[n], a.steps) / a.steps)
+    load_start = os.getloadavg()
     out = {"machine": machine(), "label": a.label, "steps": a.steps, "warmup": a.warmup, "rounds": a.rounds,
            "settings": {}}
-    out["machine"]["loadavg_end"] = os.getloadavg()
+    out["machine"]["loadavg_start"] = load_start
     for n in names:
         st, fl = res[n]["step_s"], res[n]["floor_s"]
         row = {**SETTINGS[n], **res[n], "step_ms_min": 1e3 * min(st), "step_ms_median": 1e3 * statistics.median(st),
