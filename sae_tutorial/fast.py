@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['EncodeCentered', 'encode_centered', 'ActiveLatents', 'row_topk', 'TopKSparse', 'batch_topk_flat', 'BatchTopKSparse',
-           'ReLUSparse', 'nested_decode']
+__all__ = ['EncodeCentered', 'encode_centered', 'ActiveLatents', 'threshold_topk', 'row_topk', 'TopKSparse', 'batch_topk_flat',
+           'BatchTopKSparse', 'ReLUSparse', 'DeadColumns', 'dead_columns', 'nested_decode']
 
 # %% ../nbs/02b_fast_paths.ipynb #177219d3
 class EncodeCentered(torch.autograd.Function):
@@ -144,14 +144,39 @@ def _save_pairs(ctx, xc, W_enc, W_dec, vals, rows, cols, crow) -> None:
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(xc, W_enc, W_dec, vals, rows, cols, crow)
 
+# %% ../nbs/02b_fast_paths.ipynb #e3b0c442
+def _n_slices(S: int, k: int) -> int | None:
+    "The smallest M >= 2k that divides S into slices of at least 2 columns (the threshold's slices); None if none."
+    return next((M for M in range(2 * k, S // 2 + 1) if S % M == 0), None)
+
+def threshold_topk(pre: Tensor, k: int) -> tuple[Tensor, Tensor] | None:
+    """(vals, idx) [B, k]: the k largest entries of each row of pre [B, S], unsorted, from the entries >= t, t the
+    k-th largest of the maxima of M slices of the row (at least k entries are >= t, so this is exact). None if S
+    has no such slicing or a row keeps fewer than k entries (NaN): then use torch.topk. One host sync."""
+    B, S = pre.shape
+    M = _n_slices(S, k)
+    if M is None or B == 0: return None
+    t = pre.reshape(B, M, S // M).amax(-1).topk(k, dim=-1, sorted=False).values.amin(-1, keepdim=True)   # [B, 1]
+    rows, cols = (pre >= t).nonzero(as_tuple=True)                      # the survivors, row by row
+    counts = torch.bincount(rows, minlength=B)                          # [B]
+    lo_hi = torch.stack([counts.min(), counts.max()]).tolist()          # the host sync
+    if lo_hi[0] < k: return None
+    pos = torch.arange(len(rows), device=pre.device) - (torch.cumsum(counts, 0) - counts)[rows]   # place in its row
+    cand = pre.new_full((B, lo_hi[1]), -torch.inf).index_put_((rows, pos), pre[rows, cols])     # [B, C] padded
+    where = torch.zeros(B, lo_hi[1], dtype=torch.long, device=pre.device).index_put_((rows, pos), cols)
+    vals, j = cand.topk(k, dim=-1, sorted=False)
+    return vals, where.gather(1, j)
+
 # %% ../nbs/02b_fast_paths.ipynb #ffed9235
 def row_topk(pre: Tensor, k: int, groups: int | None = None) -> tuple[Tensor, Tensor]:
     """(vals, idx) [B, k]: the k largest entries of each row of pre [B, S], unsorted. `groups` G: in two rounds,
     the k largest of each of G slices of S/G columns, then the k largest of those G·k candidates (a row's k largest
     are each among the k largest of their own slice, so this is exact); None, or a G that does not divide S into
-    slices of at least k: one torch.topk."""
+    slices of at least k: one torch.topk, on a CPU after `threshold_topk`'s filter where it applies."""
     B, S = pre.shape
-    if not groups or groups < 2 or S % groups or S // groups < k: return pre.topk(k, dim=-1, sorted=False)
+    if not groups or groups < 2 or S % groups or S // groups < k:
+        picked = threshold_topk(pre, k) if pre.device.type == "cpu" and groups is None else None
+        return picked if picked is not None else pre.topk(k, dim=-1, sorted=False)
     v, i = pre.view(B, groups, S // groups).topk(k, dim=-1, sorted=False)        # [B, G, k], column within its slice
     i = i + torch.arange(0, S, S // groups, device=pre.device)[:, None]           # -> column of pre
     top, j = v.reshape(B, groups * k).topk(k, dim=-1, sorted=False)              # [B, k] among the candidates
@@ -261,6 +286,33 @@ class ReLUSparse(torch.autograd.Function):
         gb_dec -= W_enc @ gb_enc
         return (gp @ W_enc.T if need_x else None, xc.T @ gp if need_We else None, gb_enc if need_be else None,
                 gW_dec, gb_dec if need_bd else None, None)
+
+# %% ../nbs/02b_fast_paths.ipynb #d7a1c0df
+class DeadColumns(torch.autograd.Function):
+    """pre[:, dead] [B, n_dead] of pre = (x - b_dec) @ W_enc + b_enc [B, d_sae], taken from the `pre` already computed;
+    the gradient goes to x, W_enc, b_enc and b_dec through the dead columns alone, never as a dense [B, d_sae]."""
+
+    @staticmethod
+    def forward(ctx, pre: Tensor, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, dead: Tensor) -> Tensor:
+        ctx.save_for_backward(x, W_enc, b_dec, dead)
+        return pre[:, dead]                                            # the very values the forward computed
+
+    @staticmethod
+    def backward(ctx, G: Tensor):
+        x, W_enc, b_dec, dead = ctx.saved_tensors
+        _, need_x, need_W, need_be, need_bd, _ = ctx.needs_input_grad
+        W_dead = W_enc[:, dead]                                        # [d_in, n_dead]
+        G_sum = G.sum(0)                                               # [n_dead]
+        g_x = G @ W_dead.T if need_x else None
+        g_W = W_enc.new_zeros(W_enc.shape).index_copy_(1, dead, (x - b_dec).T @ G) if need_W else None
+        g_be = W_enc.new_zeros(W_enc.shape[1]).index_copy_(0, dead, G_sum) if need_be else None
+        g_bd = -(W_dead @ G_sum) if need_bd else None
+        return None, g_x, g_W, g_be, g_bd, None
+
+def dead_columns(pre: Tensor, x: Tensor, W_enc: Tensor, b_enc: Tensor, b_dec: Tensor, dead: Tensor) -> Tensor:
+    "`DeadColumns` for pre [..., d_sae] and x [..., d_in] with any leading dimensions -> [..., n_dead]."
+    out = DeadColumns.apply(pre.detach().reshape(-1, pre.shape[-1]), x.reshape(-1, x.shape[-1]), W_enc, b_enc, b_dec, dead)
+    return out.reshape(*pre.shape[:-1], len(dead))
 
 # %% ../nbs/02b_fast_paths.ipynb #bf689c55
 def nested_decode(active: ActiveLatents, W_dec: Tensor, b_dec: Tensor, prefixes: list[int]) -> Tensor:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from .sae import SAE, SAEOutput, GatedSAE, JumpReLUSAE, MatryoshkaSAE, step
+from .fast import dead_columns
 
 # %% auto #0
 __all__ = ['SparsityPenalty', 'AuxLoss', 'SPARSITY_PENALTIES', 'AUX_LOSSES', 'reconstruction_loss', 'normalized_mse',
@@ -214,8 +215,13 @@ def aux_loss(sae: SAE, x: Tensor, out: SAEOutput, cfg: LossConfig, dead_mask: Te
     name = cfg.aux
     if name == "none": return out.x_hat.new_zeros(())
     if name == "auxk":
-        k_aux = cfg.k_aux or max(1, sae.cfg.d_in // 2)
-        return auxk_loss(x, out, sae.W_dec, _check_dead_mask(dead_mask, sae, name), k_aux)
+        k_aux, mask = cfg.k_aux or max(1, sae.cfg.d_in // 2), _check_dead_mask(dead_mask, sae, name)
+        dead = mask.nonzero().squeeze(1) if getattr(out, "active", None) is not None else None
+        if dead is None or len(dead) == 0: return auxk_loss(x, out, sae.W_dec, mask, k_aux)
+        # fast forward (02b): the same loss over the dead latents alone, their gradient straight to W_enc's dead
+        # columns (`dead_columns`) instead of a dense [batch, d_sae] one and a second encoder product
+        pre_dead = dead_columns(out.pre, x, sae.W_enc, sae.b_enc, sae.b_dec, dead)
+        return auxk_loss(x, SAEOutput(out.x_hat, None, pre_dead), sae.W_dec[dead], torch.ones_like(dead, dtype=torch.bool), k_aux)
     if name == "gated":
         if not isinstance(sae, GatedSAE): raise ValueError(f"aux='gated' needs a Gated SAE, got {type(sae).__name__}.")
         return gated_aux_loss(x, out, sae.W_dec, sae.b_dec)

@@ -214,6 +214,37 @@ def test_row_topk_two_stage_picks_torch_topk_set(groups):
     assert torch.equal(i[1:].sort(-1).values, ref.indices[1:].sort(-1).values)
 
 
+@pytest.mark.parametrize("B,S,k", [(33, 80, 6), (5, 2304, 64), (40, 4608, 32), (3, 128, 32), (7, 96, 1)])
+def test_threshold_topk_picks_torch_topk_set(B, S, k):
+    """threshold_topk (the CPU filter behind row_topk's default) picks torch.topk's columns (distinct values); with
+    ties (a row of equal entries, rows of -inf, rows whose top is all in one slice) the same multiset of values."""
+    from sae_tutorial.fast import threshold_topk
+    g = torch.Generator().manual_seed(B)
+    pre = torch.randn(B, S, generator=g)
+    pre[0, : 3 * k] = 5.0                                               # ties across the k-th place
+    pre[1] = torch.arange(float(S))                                     # the top k in the last slices
+    if B > 2: pre[2] = -torch.inf                                       # every entry equal (and -inf)
+    got = threshold_topk(pre, k)
+    assert got is not None
+    v, i = got
+    ref = pre.topk(k, dim=-1)
+    torch.testing.assert_close(v.sort(-1).values, ref.values.sort(-1).values, rtol=0, atol=0)
+    assert torch.equal(pre.gather(1, i), v) and (i.sort(-1).values[:, 1:] > i.sort(-1).values[:, :-1]).all()
+    plain_rows = torch.arange(B) == 1
+    if B > 3: plain_rows[3:] = True
+    assert torch.equal(i[plain_rows].sort(-1).values, ref.indices[plain_rows].sort(-1).values)
+
+
+def test_threshold_topk_declines_nan_and_unsliceable_rows():
+    "A NaN row (fewer than k entries >= t) and an S with no slicing into >= 2k slices give None (torch.topk then)."
+    from sae_tutorial.fast import row_topk, threshold_topk
+    pre = torch.randn(4, 96)
+    pre[2, 7] = float("nan")
+    assert threshold_topk(pre, 8) is None and threshold_topk(torch.randn(4, 97), 8) is None
+    v, i = row_topk(pre, 8)                                             # falls back: NaN counts as largest, as in torch.topk
+    assert torch.equal(i.sort(-1).values, pre.topk(8, dim=-1).indices.sort(-1).values)
+
+
 def test_topk_groups_training_equals_plain(monkeypatch):
     "A TopK SAE with topk_groups set gives the plain path's outputs and gradients (float64)."
     from sae_tutorial.sae import TopKSAE

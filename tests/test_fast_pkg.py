@@ -203,3 +203,36 @@ def test_gpu_layout_of_the_sums_equals_plain(arch, monkeypatch):
     x = torch.randn(40, 12, dtype=torch.float64)
     x[:, 0] += 4.0                                                            # one direction every row shares
     _assert_same(plain, fast, x, LOSSES["l1" if arch == "relu" else "recon"], True)
+
+
+@pytest.mark.parametrize("arch,tied", [("topk", False), ("batchtopk", False), ("relu", False), ("relu", True)])
+@pytest.mark.parametrize("n_dead,k_aux", [(7, 3), (7, 20), (0, 3)])
+@pytest.mark.parametrize("use_pre", [False, True])
+def test_auxk_over_dead_columns_equals_plain(arch, tied, n_dead, k_aux, use_pre):
+    """AuxK on the fast forward (`dead_columns`: the dead latents' pre-activations, their gradient straight to the
+    encoder's dead columns) against the plain path's autograd through the whole dense pre, in float64; k_aux below
+    and above the number of dead latents, and no dead latent at all."""
+    plain, fast = _pair(arch, tied)
+    dead = torch.zeros(plain.cfg.d_sae, dtype=torch.bool)
+    dead[torch.randperm(plain.cfg.d_sae, generator=torch.Generator().manual_seed(1))[:n_dead]] = True
+    x = torch.randn(3, 11, 12, dtype=torch.float64)
+    lcfg = LossConfig(sparsity="l1", sparsity_coeff=0.3, aux="auxk", aux_coeff=0.5, k_aux=k_aux)
+    grads, losses = [], []
+    for sae in (plain, fast):
+        sae.zero_grad(set_to_none=True)
+        out = sae(x)
+        lo = sae_loss(sae, x, out, lcfg, dead_mask=dead)
+        (lo.total + (0.1 * out.pre.pow(2).sum() if use_pre else 0)).backward()
+        grads.append({n: p.grad.clone() for n, p in sae.named_parameters()}); losses.append(lo)
+    assert (losses[0].aux > 0) == (n_dead > 0)
+    for a, b in zip(losses[0], losses[1]): torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
+    for n in grads[0]: torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-9, atol=1e-12, msg=lambda m: f"grad {n}: {m}")
+
+
+def test_auxk_fast_path_skips_the_dense_pre_gradient():
+    "The fast AuxK's graph reaches the encoder through DeadColumns, and no gradient reaches TopKSparse's pre."
+    _, fast = _pair("topk")
+    dead = torch.zeros(fast.cfg.d_sae, dtype=torch.bool); dead[:9] = True
+    x = torch.randn(4, 12, dtype=torch.float64)
+    aux = sae_loss(fast, x, fast(x), LossConfig(sparsity="none", aux="auxk", k_aux=4), dead_mask=dead).aux
+    assert "DeadColumns" in _graph(aux) and "TopKSparse" not in _graph(aux)

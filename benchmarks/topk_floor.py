@@ -1,0 +1,241 @@
+#!/usr/bin/env python
+"""A TopK / BatchTopK / ReLU training step against its floor: one dense encoder product, timed in the same process.
+
+    python benchmarks/topk_floor.py                         # the table in topk_floor.md (writes topk_floor.json)
+    python benchmarks/topk_floor.py --profile repro_topk    # where one setting's step time goes (cProfile, top 25)
+
+What a user runs is timed: `train()` over `--steps` steps (after a `--warmup` call of the same length on the same
+SAE), ms/step = wall time / steps, tokens/s = batch · steps / wall time. The floor is `torch.addmm(b_enc, x,
+W_enc)` at the same shape ([B, d_in] @ [d_in, d_sae]), timed in the same process between the training runs. Every
+setting and its floor are repeated `--rounds` times, interleaved (floor, run, floor, run, ...), and the min and
+median are reported, because the machine may be shared.
+
+Settings (fp32, `--threads` threads, synthetic sparse data: each row a sum of a few of 4·d_in hidden unit
+directions plus noise, like LM activations in miniature):
+- topk_576x8:   d_in 576, d_sae 4608, batch 4096, k 32, no auxiliary loss, lr 1e-3.
+- repro_topk:   the reproduction's TopK SAE: d_in 576, d_sae 2304, batch 1024, k 64, AuxK (k_aux 512, λ 1/32), lr
+                1e-3, dead latents present: `--dead` latents get b_enc = -1e3 so they never fire, and dead_window is
+                two batches, so AuxK runs over them from the third step on.
+- repro_topk_no_aux: repro_topk without AuxK (what AuxK costs is the difference; only in --breakdown by default).
+- batchtopk_576x8: as topk_576x8 with a BatchTopK SAE.
+- relu_576x8:   ReLU + L1 at trained-like sparsity: b_enc set so that about 32 latents of 4608 fire per row.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import platform
+import pstats
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+SETTINGS = {
+    "topk_576x8": dict(arch="topk", d_in=576, d_sae=4608, batch=4096, k=32, aux="none", dead=0),
+    "repro_topk": dict(arch="topk", d_in=576, d_sae=2304, batch=1024, k=64, aux="auxk", dead=64),
+    "repro_topk_no_aux": dict(arch="topk", d_in=576, d_sae=2304, batch=1024, k=64, aux="none", dead=64),
+    "batchtopk_576x8": dict(arch="batchtopk", d_in=576, d_sae=4608, batch=4096, k=32, aux="none", dead=0),
+    "relu_576x8": dict(arch="relu", d_in=576, d_sae=4608, batch=4096, k=32, aux="none", dead=0),
+}
+
+
+def synthetic_batches(d_in: int, batch: int, n: int, seed: int = 0) -> list[torch.Tensor]:
+    "n batches [batch, d_in]: each row Σ of ~8 of 4·d_in hidden unit directions (exponential weights) + noise."
+    g = torch.Generator().manual_seed(seed)
+    D = torch.randn(4 * d_in, d_in, generator=g)
+    D /= D.norm(dim=1, keepdim=True)
+    out = []
+    for _ in range(n):
+        on = torch.rand(batch, 4 * d_in, generator=g) < 8 / (4 * d_in)
+        w = torch.empty(batch, 4 * d_in).exponential_(generator=g) * on
+        out.append(w @ D + 0.05 * torch.randn(batch, d_in, generator=g))
+    return out
+
+
+def make_run(s: dict, seed: int = 0):
+    "(sae, batches, loss_cfg, train_cfg factory) for a setting."
+    from sae_tutorial.sae import SAEConfig, make_sae
+    from sae_tutorial.losses import LossConfig
+    from sae_tutorial.train import TrainConfig
+    torch.manual_seed(seed)
+    cfg = SAEConfig(d_in=s["d_in"], expansion_factor=s["d_sae"] / s["d_in"], architecture=s["arch"], k=s["k"])
+    sae = make_sae(cfg)
+    xs = synthetic_batches(s["d_in"], s["batch"], 4, seed)
+    with torch.no_grad():
+        if s["arch"] == "relu":          # trained-like sparsity: about k of d_sae latents fire per row
+            pre = (xs[0] - sae.b_dec) @ sae.W_enc
+            sae.b_enc.copy_(-pre.quantile(1 - s["k"] / s["d_sae"], dim=0))
+        if s["dead"]: sae.b_enc[: s["dead"]] = -1e3
+    if s["aux"] == "auxk": loss = LossConfig(sparsity="none", sparsity_coeff=0.0, aux="auxk", k_aux=512)
+    elif s["arch"] == "relu": loss = LossConfig(sparsity="l1", sparsity_coeff=1e-3)
+    else: loss = LossConfig(sparsity="none", sparsity_coeff=0.0)
+    window = 2 * s["batch"] if s["dead"] else 100_000
+
+    def tcfg(steps): return TrainConfig(lr=1e-3, steps=steps, batch_size=s["batch"], dead_window=window,
+                                        log_every=10**9, progress=False)
+    return sae, xs, loss, tcfg
+
+
+def batches_for(xs, steps):
+    return [xs[i % len(xs)] for i in range(steps)]
+
+
+def time_train(sae, xs, loss, tcfg, steps: int) -> float:
+    "Seconds of one `train` call of `steps` steps (the SAE continues from where it was)."
+    from sae_tutorial.train import train
+    b = batches_for(xs, steps)
+    t0 = time.perf_counter()
+    train(sae, b, loss, tcfg(steps))
+    return time.perf_counter() - t0
+
+
+def time_floor(s: dict, reps: int) -> float:
+    "Seconds of one addmm [B, d_in] @ [d_in, d_sae] (+ b_enc): the median of `reps`."
+    x, W, b = torch.randn(s["batch"], s["d_in"]), torch.randn(s["d_in"], s["d_sae"]), torch.randn(s["d_sae"])
+    for _ in range(2): torch.addmm(b, x, W)
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter(); torch.addmm(b, x, W); ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def breakdown(s: dict, steps: int, warmup: int) -> dict:
+    """ms per phase of `train`'s step, written out here phase by phase with a clock between them (the same calls in
+    the same order as `train`; min over `steps` steps): forward, loss, backward, clip (parallel-gradient removal,
+    norm, clip), optimizer (fused Adam, scheduler, decoder renormalisation), record (dead-latent counts). Beside
+    them, alone at the same shape: the encoder product (the floor) and torch.topk."""
+    from sae_tutorial.losses import sae_loss
+    from sae_tutorial.train import FeatureUsage, make_optimizer, train
+    sae, xs, loss, tcfg = make_run(s)
+    train(sae, batches_for(xs, warmup), loss, tcfg(warmup))           # dead latents appear, weights move
+    cfg = tcfg(steps)
+    opt = make_optimizer(sae, cfg)
+    usage = FeatureUsage(sae.cfg.d_sae, cfg.dead_window, 0.0)
+    params = list(sae.parameters())
+    ph = {k: [] for k in ("forward", "loss", "backward", "clip", "optimizer", "record")}
+    sae.train()
+    for i in range(steps + 2):
+        x = xs[i % len(xs)]
+        dead = usage.dead_mask() if i >= 2 else (sae.b_enc < -100)
+        t = [time.perf_counter()]
+        out = sae(x); t.append(time.perf_counter())
+        lo = sae_loss(sae, x, out, loss, dead_mask=dead); t.append(time.perf_counter())
+        opt.zero_grad(set_to_none=True); lo.total.backward(); t.append(time.perf_counter())
+        sae.remove_parallel_grad_(); norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        bool(torch.isfinite(norm)); t.append(time.perf_counter())
+        opt.step(); sae.normalize_decoder_(); t.append(time.perf_counter())
+        with torch.no_grad(): usage.update_counts(len(x), usage.firings_active(out.active) if out.active is not None else usage.firings(out.f))
+        usage.dead_mask().sum(); t.append(time.perf_counter())
+        if i >= 2:
+            for k, a, b in zip(ph, t, t[1:]): ph[k].append(1e3 * (b - a))
+    from sae_tutorial.fast import row_topk
+    with torch.no_grad(): pre = sae.pre_acts(xs[0])                     # this SAE's pre-activations
+    tk, rk = [], []
+    for _ in range(steps):
+        t0 = time.perf_counter(); pre.topk(s["k"], dim=-1, sorted=False); tk.append(1e3 * (time.perf_counter() - t0))
+        t0 = time.perf_counter(); row_topk(pre, s["k"]); rk.append(1e3 * (time.perf_counter() - t0))
+    row = {k: min(v) for k, v in ph.items()}
+    row["step_sum"] = sum(row.values())
+    row["product_alone"] = 1e3 * min(time_floor(s, 5) for _ in range(3))
+    row["topk_alone"] = min(tk) if s["arch"] == "topk" else None
+    row["row_topk_alone"] = min(rk) if s["arch"] == "topk" else None     # what TopKSparse calls
+    row["n_dead"] = int(usage.dead_mask().sum())
+    return row
+
+
+def machine() -> dict:
+    try: model = next(l.split(":", 1)[1].strip() for l in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines() if l.startswith("Model name"))
+    except Exception: model = platform.processor()
+    return {"cpu": model, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "loadavg": os.getloadavg()}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--settings", default=",".join(n for n in SETTINGS if n != "repro_topk_no_aux"))
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--profile", default=None, help="a setting name: cProfile one train() call of --steps steps")
+    ap.add_argument("--breakdown", action="store_true", help="ms per phase of the step (min over --steps)")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="cpu: the main thread's CPU time (time.thread_time), steadier on a busy machine at --threads 1")
+    ap.add_argument("--out", default=None, help="jsonl file to append this run to (default: print only)")
+    ap.add_argument("--report", default=None, help="a jsonl of runs: print its markdown table and stop")
+    ap.add_argument("--label", default="", help="recorded in the json (e.g. the commit)")
+    a = ap.parse_args()
+    if a.report: return report(a.report)
+    torch.set_num_threads(a.threads)
+    if a.clock == "cpu": time.perf_counter = time.thread_time       # every clock read below
+    if a.profile:
+        s = SETTINGS[a.profile]
+        sae, xs, loss, tcfg = make_run(s)
+        time_train(sae, xs, loss, tcfg, a.warmup)
+        pr = cProfile.Profile(); pr.enable()
+        dt = time_train(sae, xs, loss, tcfg, a.steps)
+        pr.disable()
+        print(f"{a.profile}: {1e3 * dt / a.steps:.1f} ms/step under cProfile; floor {1e3 * time_floor(s, 20):.1f} ms")
+        pstats.Stats(pr).sort_stats("tottime").print_stats(25)
+        return
+    if a.breakdown:
+        for n in a.settings.split(","):
+            row = breakdown(SETTINGS[n], a.steps, a.warmup)
+            print(f"{a.label:>10} {n:>16}: " + "  ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
+                                                      for k, v in row.items()), flush=True)
+        return
+    names = a.settings.split(",")
+    runs = {n: make_run(SETTINGS[n]) for n in names}
+    for n in names: time_train(*runs[n], a.warmup)           # warm-up: dead latents marked, Adam state made
+    res = {n: {"step_s": [], "floor_s": []} for n in names}
+    for r in range(a.rounds):
+        for n in names:
+            res[n]["floor_s"].append(time_floor(SETTINGS[n], 10))
+            res[n]["step_s"].append(time_train(*runs[n], a.steps) / a.steps)
+    load_start = os.getloadavg()
+    out = {"machine": machine(), "label": a.label, "steps": a.steps, "warmup": a.warmup, "rounds": a.rounds,
+           "settings": {}}
+    out["machine"]["loadavg_start"] = load_start
+    for n in names:
+        st, fl = res[n]["step_s"], res[n]["floor_s"]
+        row = {**SETTINGS[n], **res[n], "step_ms_min": 1e3 * min(st), "step_ms_median": 1e3 * statistics.median(st),
+               "floor_ms_min": 1e3 * min(fl), "floor_ms_median": 1e3 * statistics.median(fl),
+               "tokens_per_s_median": SETTINGS[n]["batch"] / statistics.median(st)}
+        row["floor_frac_min"] = row["floor_ms_min"] / row["step_ms_min"]
+        row["floor_frac_median"] = row["floor_ms_median"] / row["step_ms_median"]
+        out["settings"][n] = row
+        print(f"{a.label:>10} {n:>16}: step {row['step_ms_min']:7.1f} / {row['step_ms_median']:7.1f} ms (min/median), "
+              f"floor {row['floor_ms_min']:6.1f} / {row['floor_ms_median']:6.1f} ms, floor/step "
+              f"{row['floor_frac_min']:.0%} / {row['floor_frac_median']:.0%}, {row['tokens_per_s_median']:,.0f} tok/s",
+              flush=True)
+    if a.out:
+        with open(a.out, "a") as fh: fh.write(json.dumps(out) + "\n")
+
+
+def report(path: str) -> None:
+    "The markdown table of a jsonl of runs: per label and setting, min and median over every run's steps and floors."
+    text = Path(path).read_text()
+    runs = json.loads(text)["runs"] if path.endswith(".json") else [json.loads(l) for l in text.splitlines() if l.strip()]
+    print("| setting | code | step ms (min / median) | tokens/s (median) | product ms (min / median) | product / step (min / median) |")
+    print("|---|---|---:|---:|---:|---:|")
+    names = list(dict.fromkeys(n for r in runs for n in r["settings"]))
+    for n in names:
+        for label in dict.fromkeys(r["label"] for r in runs):
+            st = [v for r in runs if r["label"] == label and n in r["settings"] for v in r["settings"][n]["step_s"]]
+            fl = [v for r in runs if r["label"] == label and n in r["settings"] for v in r["settings"][n]["floor_s"]]
+            if not st: continue
+            B = SETTINGS[n]["batch"]
+            smin, smed, fmin, fmed = 1e3 * min(st), 1e3 * statistics.median(st), 1e3 * min(fl), 1e3 * statistics.median(fl)
+            print(f"| {n} | {label} | {smin:.1f} / {smed:.1f} | {B / statistics.median(st) * 1e-3:,.1f}k | {fmin:.1f} / {fmed:.1f} "
+                  f"| {fmin / smin:.0%} / {fmed / smed:.0%} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
