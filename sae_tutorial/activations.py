@@ -2,7 +2,7 @@
 
 # %% ../nbs/06b_activations.ipynb #71e60fe9
 from __future__ import annotations
-import contextlib, copy, difflib, json, math, os, re, time
+import contextlib, copy, difflib, json, math, os, re, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal, NamedTuple
@@ -401,7 +401,12 @@ def harvest_activations(model, contexts: Contexts, cfg: HarvestConfig | None = N
     layer = hook_layer(cfg.hook)
     stop = layer + 1 if layer is not None else None
     dev = next(model.parameters()).device
-    read_fast = plain_block_reader(model, cfg.hook) if cfg.fast else None   # tested equal to run_with_cache below
+    read_fast = None
+    if cfg.fast:                                     # tested equal to run_with_cache below; any surprise falls back to it
+        try: read_fast = plain_block_reader(model, cfg.hook)
+        except (KeyError, ValueError, RuntimeError, TypeError, AttributeError) as e:
+            warnings.warn(f"The fast harvest path does not fit this model ({type(e).__name__}: {e}); "
+                          "harvesting through run_with_cache instead (set HarvestConfig(fast=False) to skip this try).")
     tokens = contexts.tokens
     n_ctx, T = tokens.shape
     tdt, ndt = _DTYPES[cfg.dtype]

@@ -19,11 +19,13 @@ from .reproduce import (ReproConfig, SAESpec, epoch_batches, evaluate_sae, load_
                                     stage_key, train_configs, write_json_atomic)
 
 # %% auto #0
-__all__ = ['EvalsConfig', 'data_key_of', 'extra_sae_key', 'train_extra_sae', 'source_labels', 'first_letter_labels',
-           'probe_table', 'letter_probe', 'letter_absorption', 'run_evaluations', 'evaluations_table',
-           'plot_evaluations', 'evaluations_cli']
+__all__ = ['EVAL_ARCHS', 'EvalsConfig', 'data_key_of', 'extra_sae_seed', 'extra_sae_key', 'train_extra_sae', 'source_labels',
+           'first_letter_labels', 'probe_table', 'letter_probe', 'letter_absorption', 'run_evaluations',
+           'evaluations_table', 'plot_evaluations', 'evaluations_cli']
 
 # %% ../nbs/07b_evaluations.ipynb #4f6618f2
+EVAL_ARCHS = ("relu", "topk", "batchtopk", "matryoshka")   # the table's rows, in order; also fixes each one's seed
+
 def _opt(default, help: str, **meta):
     return field(default=default, metadata={"help": help, **meta})
 
@@ -47,10 +49,26 @@ class EvalsConfig:
     @property
     def k_list(self) -> list[int]: return [int(k) for k in self.ks.split(",") if k.strip()]
 
+    def __post_init__(self):
+        bad = [a for a in self.arch_list if a not in EVAL_ARCHS]
+        if bad or not self.arch_list:
+            raise ValueError(f"archs={self.archs!r}: choose one or more of {', '.join(EVAL_ARCHS)}, comma-separated "
+                             "(the evaluations train only what a TopK-style recipe fits).")
+        try: ks = self.k_list
+        except ValueError: ks = []
+        if not ks or min(ks) < 1: raise ValueError(f"ks={self.ks!r}: give positive whole numbers, e.g. '1,2,5'.")
+        if not 0 < self.tau <= 1: raise ValueError(f"tau={self.tau}: a cosine threshold in (0, 1], e.g. 0.1.")
+        for name in ("probe_rows", "letter_rows", "min_letter_rows"):
+            if getattr(self, name) < 1: raise ValueError(f"{name}={getattr(self, name)} must be at least 1.")
+
 # %% ../nbs/07b_evaluations.ipynb #aa64455e
 def data_key_of(run: Path, split: str) -> str:
     "The key a reproduction's data stage recorded in data_<split>/stage.json."
     return json.loads((run/f"data_{split}"/"stage.json").read_text())["key"]
+
+def extra_sae_seed(arch: str, cfg: ReproConfig) -> int:
+    "The seed an architecture trained here starts from: fixed by its name (so its key names one SAE), apart from the run's."
+    return cfg.seed + 100 + EVAL_ARCHS.index(arch)
 
 def extra_sae_key(arch: str, cfg: ReproConfig, run: Path) -> str:
     "The key of an architecture trained by the evaluations: its data, architecture and the TopK settings it uses."
@@ -150,7 +168,7 @@ def _saes(ecfg: EvalsConfig, cfg: ReproConfig, run: Path, out: Path, dev, log) -
     "({arch: folder}, {arch: key}) of every architecture: the run's own SAE, or one trained here (stage-keyed)."
     from sae_tutorial.reproduce import run_stage, stage_done
     paths, keys, store = {}, {}, None
-    for i, arch in enumerate(ecfg.arch_list):
+    for arch in ecfg.arch_list:
         own = run/"saes"/arch
         if (own/"sae.safetensors").is_file() and (own/"init").is_dir():
             paths[arch], keys[arch] = own, json.loads((own/"stage.json").read_text())["key"]; continue
@@ -159,7 +177,7 @@ def _saes(ecfg: EvalsConfig, cfg: ReproConfig, run: Path, out: Path, dev, log) -
         if not stage_done(folder, key):
             if store is None: log("  loading the training store"); store = load_store(run/"data_train"/"store")
             log(f"  training {arch} (k = {cfg.topk.k}, {cfg.steps} steps x {cfg.batch_size})")
-        run_stage(folder, key, lambda tmp, a=arch, s=cfg.seed + 100 + i: train_extra_sae(a, cfg, store, tmp, s, dev, ecfg.progress), log)
+        run_stage(folder, key, lambda tmp, a=arch, s=extra_sae_seed(arch, cfg): train_extra_sae(a, cfg, store, tmp, s, dev, ecfg.progress), log)
         paths[arch], keys[arch] = folder, key
     return paths, keys
 

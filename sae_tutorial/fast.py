@@ -152,7 +152,8 @@ def _n_slices(S: int, k: int) -> int | None:
 def threshold_topk(pre: Tensor, k: int) -> tuple[Tensor, Tensor] | None:
     """(vals, idx) [B, k]: the k largest entries of each row of pre [B, S], unsorted, from the entries >= t, t the
     k-th largest of the maxima of M slices of the row (at least k entries are >= t, so this is exact). None if S
-    has no such slicing or a row keeps fewer than k entries (NaN): then use torch.topk. One host sync."""
+    has no such slicing or a row keeps fewer than k entries (NaN): then use torch.topk. One host sync. Among entries
+    exactly tied at the k-th value it may keep other indices than torch.topk (the same values)."""
     B, S = pre.shape
     M = _n_slices(S, k)
     if M is None or B == 0: return None

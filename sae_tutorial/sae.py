@@ -45,7 +45,7 @@ class SAEConfig:
         default=8.0, metadata={"help": "d_sae = round(d_in * expansion_factor); must be >= 1"})
     architecture: Architecture = field(
         default="relu", metadata={"help": "how f is made from pre (ReLU, TopK, BatchTopK, JumpReLU, Gated)"})
-    k: int = field(default=32, metadata={"help": "active latents per row (topk) / on average per row (batchtopk)"})
+    k: int = field(default=32, metadata={"help": "active latents per row (topk) / on average per row (batchtopk, matryoshka)"})
     tied: bool = field(default=False, metadata={"help": "relu only: W_enc is W_dec.T, sharing storage"})
     normalize_decoder: bool = field(
         default=True, metadata={"help": "unit-norm decoder rows + remove the parallel gradient"})

@@ -44,10 +44,10 @@ def to_saelens(sae: SAE, input_scale: float | None = None) -> tuple[str, dict, d
         if arch == "relu": name = "standard"
         elif arch == "topk": name = "topk"; extra = {"k": int(sae.cfg.k), "rescale_acts_by_decoder_norm": False}
         elif arch == "jumprelu": name = "jumprelu"; t["threshold"] = sae.threshold.detach()
-        elif arch == "batchtopk":
+        elif arch in ("batchtopk", "matryoshka"):           # at inference both are one threshold on pre: a JumpReLU
             if torch.isnan(sae.threshold):
-                raise ValueError("This BatchTopK SAE has no inference threshold yet (train it first); "
-                                 "SAELens stores BatchTopK SAEs as JumpReLU SAEs with that threshold.")
+                raise ValueError(f"This {arch} SAE has no inference threshold yet (train it first); "
+                                 "SAELens stores BatchTopK-family SAEs as JumpReLU SAEs with that threshold.")
             name = "jumprelu"; t["threshold"] = sae.threshold.detach().clamp_min(0).expand(sae.cfg.d_sae)
         elif arch == "gated":
             name = "gated"; t["b_gate"] = t.pop("b_enc"); t["r_mag"] = sae.r_mag.detach(); t["b_mag"] = sae.b_mag.detach()

@@ -242,6 +242,18 @@ def test_fast_path_falls_back_where_it_cannot_read_the_hook():
     s = harvest_activations(model, c, HarvestConfig(hook="blocks.1.ln2.hook_normalized", progress=False, outlier_factor=None))
     assert len(s) == 7 * 15
 
+def test_fast_path_that_breaks_warns_and_harvests_through_run_with_cache(monkeypatch):
+    "A model whose weights the fast path cannot map (e.g. a renamed wrapper) is harvested the plain way, with a warning."
+    import sae_tutorial.activations as acts
+    model, c = tiny_bridge()
+    cfg = dict(hook="blocks.1.hook_resid_post", batch_size=3, progress=False, outlier_factor=None)
+    plain = harvest_activations(model, c, HarvestConfig(**cfg, fast=False))
+    def broken(*a, **k): raise KeyError("model.layers.0.self_attn.q_proj.weight")
+    monkeypatch.setattr(acts, "plain_block_reader", broken)
+    with pytest.warns(UserWarning, match="fast harvest path does not fit"):
+        got = harvest_activations(model, c, HarvestConfig(**cfg, fast=True))
+    assert torch.equal(got.get(np.arange(len(got))), plain.get(np.arange(len(plain)))) and got.scale == plain.scale
+
 def test_fast_harvest_equals_run_with_cache_on_smollm2():
     "The real model: the default (fast) harvest is the run_with_cache harvest, bit for bit."
     plain = harvest_activations(lm().model, contexts(), HarvestConfig(batch_size=4, progress=False, fast=False))

@@ -9,7 +9,7 @@ from sae_tutorial.reproduce import ReproConfig, reproduce
 from sae_tutorial.sae import SAE
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
-SMALL = dict(archs="relu,topk,batchtopk", probe_rows=2000, letter_rows=2000, min_letter_rows=1)
+SMALL = dict(archs="relu,topk,batchtopk,matryoshka", probe_rows=2000, letter_rows=2000, min_letter_rows=1)
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +25,13 @@ def test_files_rows_and_the_trained_architecture(evaluated):
     run, res, log = evaluated
     out = run/"evaluations"
     assert {p.name for p in out.iterdir()} >= {"evaluations.json", "evaluations.md", "evaluations.png", "saes", "eval"}
-    assert list(res["rows"]) == ["relu", "topk", "batchtopk"]
-    assert any("training batchtopk" in m for m in log)
+    assert list(res["rows"]) == ["relu", "topk", "batchtopk", "matryoshka"]
+    assert any("training batchtopk" in m for m in log) and any("training matryoshka" in m for m in log)
+    mt = SAE.load(out/"saes"/"matryoshka")
+    assert mt.cfg.architecture == "matryoshka" and mt.cfg.matryoshka_prefixes[-1] == mt.cfg.d_sae
+    for arch in ("batchtopk", "matryoshka"):                    # trained here: better than their own untrained start
+        r = res["rows"][arch]
+        assert r["explained_variance"] > r["untrained"]["explained_variance"], arch
     bt = SAE.load(out/"saes"/"batchtopk")
     cfg = json.loads((run/"config.json").read_text())
     assert bt.cfg.architecture == "batchtopk" and bt.cfg.k == cfg["topk"]["k"]
@@ -40,7 +45,7 @@ def test_files_rows_and_the_trained_architecture(evaluated):
     assert 0.5 <= res["dense_probe"] <= 1.0
     md = evaluations_table(res)
     assert md == (out/"evaluations.md").read_text().rstrip("\n")
-    assert sum(line.startswith("| ") for line in md.splitlines()) == 1 + 3
+    assert sum(line.startswith("| ") for line in md.splitlines()) == 1 + 4
 
 
 def test_second_call_reads_and_a_changed_setting_recomputes_without_retraining(evaluated):
@@ -54,6 +59,22 @@ def test_second_call_reads_and_a_changed_setting_recomputes_without_retraining(e
     other = run_evaluations(EvalsConfig(run_dir=str(run), **{**SMALL, "ks": "1,2"}), log=log.append)
     assert other["key"] != res["key"] and other["ks"] == [1, 2]
     assert not any("training" in m for m in log) and weights.stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("bad, match", [(dict(archs="relu,gated"), "choose one or more"), (dict(archs=""), "choose one or more"),
+                                        (dict(ks=""), "positive whole numbers"), (dict(ks="0,1"), "positive whole numbers"),
+                                        (dict(ks="a"), "positive whole numbers"), (dict(tau=0.0), "cosine threshold"),
+                                        (dict(probe_rows=0), "at least 1")])
+def test_bad_settings_are_refused_with_the_fix(bad, match):
+    with pytest.raises(ValueError, match=match): EvalsConfig(run_dir="x", **bad)
+
+
+def test_each_trained_architecture_has_its_own_seed_whatever_the_order():
+    from sae_tutorial.evaluations import extra_sae_seed
+    cfg = ReproConfig(preset="ci")
+    seeds = {a: extra_sae_seed(a, cfg) for a in ("batchtopk", "matryoshka")}
+    assert len(set(seeds.values())) == 2 and all(s != cfg.seed for s in seeds.values())
+    assert EvalsConfig(run_dir="x", archs="matryoshka,topk").arch_list == ["matryoshka", "topk"]
 
 
 def test_a_folder_that_is_no_run_is_refused(tmp_path, capsys):
