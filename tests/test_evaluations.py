@@ -28,7 +28,7 @@ def test_files_rows_and_the_trained_architecture(evaluated):
     assert list(res["rows"]) == ["relu", "topk", "batchtopk", "matryoshka"]
     assert any("training batchtopk" in m for m in log) and any("training matryoshka" in m for m in log)
     mt = SAE.load(out/"saes"/"matryoshka")
-    assert mt.cfg.architecture == "matryoshka" and mt.cfg.matryoshka_prefixes[-1] == mt.cfg.d_sae
+    assert mt.cfg.architecture == "matryoshka" and mt.cfg.prefixes[-1] == mt.cfg.d_sae
     for arch in ("batchtopk", "matryoshka"):                    # trained here: better than their own untrained start
         r = res["rows"][arch]
         assert r["explained_variance"] > r["untrained"]["explained_variance"], arch
