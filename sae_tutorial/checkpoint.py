@@ -120,7 +120,7 @@ def _unusable(path: Path, why: str) -> CheckpointError:
     return CheckpointError(f"Checkpoint {path} is unusable: {why}. {_checkpoint_fix(path)}")
 
 def _sae_summary(c: SAEConfig) -> str:
-    k = f", k={c.k}" if c.architecture in ("topk", "batchtopk") else ""
+    k = f", k={c.k}" if c.architecture in ("topk", "batchtopk", "matryoshka") else ""
     return f"architecture={c.architecture!r}, d_in={c.d_in}, d_sae={c.d_sae}{k}, tied={c.tied}"
 
 # %% ../nbs/04a_checkpoints.ipynb #d99f80b7

@@ -45,7 +45,8 @@ def n_params(d_in: int, d_sae: int, architecture: str = "relu") -> int:
 # Tensors alive at the peak of backward, per row of the batch: [b, d_sae] ones per architecture and [b, d_in] ones.
 # Measured with `activation_bytes` (below: what autograd saves plus the forward outputs), rounded up, plus the
 # transient gradients (two [b, d_sae]: dL/df, dL/dpre; one [b, d_in]: dL/dx_hat). AuxK adds about two [b, d_sae] more.
-ACT_TENSORS_SAE = {"relu": 4, "topk": 4, "batchtopk": 5, "jumprelu": 5, "gated": 9}
+ACT_TENSORS_SAE = {"relu": 4, "topk": 4, "batchtopk": 5, "jumprelu": 5, "gated": 9,
+                   "matryoshka": 6}   # BatchTopK's 5 + the nested reconstructions [n_prefixes, B, d_in], ~ one more at expansion 4-8
 ACT_TENSORS_IN = 5
 
 def memory_estimate(d_in: int, expansion_factor: float, batch_per_rank: int, architecture: str = "relu",

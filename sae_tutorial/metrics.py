@@ -525,7 +525,10 @@ def fit_probe(x: Tensor, y: Tensor, n_classes: int = 2, l2: float = 1e-4, balanc
     """Logistic regression of `y` [n] (ints 0..n_classes-1) on `x` [n, p]: binary for two classes, softmax for
     more; each class weighted by 1 / its count when `balanced`; an L2 penalty `l2` on the standardised weights."""
     x, y = require_finite(x.double(), "x"), torch.as_tensor(y).long()
-    if x.ndim != 2 or len(x) != len(y): raise ValueError(f"x must be [n, p] and y [n]; got {tuple(x.shape)} and {tuple(y.shape)}.")
+    if x.ndim != 2 or y.ndim != 1 or len(x) != len(y) or len(y) == 0:
+        raise ValueError(f"x must be [n, p] and y [n] with n >= 1; got {tuple(x.shape)} and {tuple(y.shape)}.")
+    if y.min() < 0 or y.max() >= n_classes:
+        raise ValueError(f"labels must lie in 0..{n_classes - 1} (n_classes={n_classes}); got {int(y.min())}..{int(y.max())}.")
     mu, sd = x.mean(0), x.std(0).nan_to_num(0.0).clamp_min(1e-6)
     z = (x - mu) / sd
     n_out = 1 if n_classes == 2 else n_classes
@@ -548,12 +551,15 @@ def balanced_accuracy(y_true: Tensor, y_pred: Tensor) -> float:
     "Mean over the classes present in `y_true` of the share of that class predicted correctly; 1 / n_classes by chance."
     y_true, y_pred = torch.as_tensor(y_true).long(), torch.as_tensor(y_pred).long()
     if len(y_true) == 0: raise ValueError("balanced_accuracy of no rows is undefined.")
+    if y_true.shape != y_pred.shape: raise ValueError(f"y_true {tuple(y_true.shape)} and y_pred {tuple(y_pred.shape)} must have one label per row each.")
     return float(torch.stack([(y_pred[y_true == c] == c).double().mean() for c in torch.unique(y_true)]).mean())
 
 # %% ../nbs/05_metrics.ipynb #d48266ce
 def top_mean_diff(f: Tensor, y: Tensor, k: int) -> Tensor:
     "Indices [k] of the latents whose mean activation on rows with `y` true exceeds that on the rest the most, largest first."
     y = torch.as_tensor(y).bool()
+    if f.ndim != 2 or y.shape != (len(f),): raise ValueError(f"f must be [n, d_sae] and y [n]; got {tuple(f.shape)} and {tuple(y.shape)}.")
+    if not 1 <= k <= f.shape[1]: raise ValueError(f"k={k} must lie in 1..{f.shape[1]} (the number of latents).")
     if y.all() or not y.any(): raise ValueError("top_mean_diff needs rows with y true and rows with y false.")
     return (f[y].double().mean(0) - f[~y].double().mean(0)).topk(k).indices
 

@@ -85,7 +85,7 @@ def test_memory_numbers_by_hand():
     assert m2.total == 16 * 169_908_480 + 4096 * (5 * 2304 + 4 * 36864) * 4 == 5_323_198_464  # 4.96 GiB
 
 
-@pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk", "jumprelu", "gated"])
+@pytest.mark.parametrize("arch", ["relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka"])
 @pytest.mark.parametrize("ef", [4, 32])
 def test_activation_factor_is_an_upper_bound(arch, ef):
     "Tensors alive when backward starts plus the transient gradients stay within the table's floats per row."

@@ -430,3 +430,21 @@ def test_absorption_counted_by_hand():
     assert (a.latent, a.n) == (0, 4)
     assert a.false_negative == pytest.approx(3 / 4) and a.absorbed == pytest.approx(1 / 4)
     assert absorption(f_train, y_train, f_test, W_dec, torch.tensor([1., 0.]), tau=0.7).absorbed == 0.0
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: balanced_accuracy(torch.tensor([0, 1, 1]), torch.tensor([0, 1])), "one label per row"),
+    (lambda: fit_probe(torch.randn(4, 3), torch.tensor([0, 1, 2, 0])), r"labels must lie in 0\.\.1"),
+    (lambda: fit_probe(torch.randn(4, 3), torch.tensor([0, 1, -1, 0])), r"labels must lie in 0\.\.1"),
+    (lambda: fit_probe(torch.randn(0, 3), torch.tensor([], dtype=torch.long)), "n >= 1"),
+    (lambda: top_mean_diff(torch.rand(4, 3), torch.tensor([1, 0, 1, 0]), 4), r"k=4 must lie in 1\.\.3"),
+    (lambda: top_mean_diff(torch.rand(4, 3), torch.tensor([1, 0, 1]), 1), r"f must be \[n, d_sae\] and y \[n\]"),
+])
+def test_probing_helpers_refuse_bad_input_with_the_fix(call, match):
+    with pytest.raises(ValueError, match=match): call()
+
+
+def test_memory_estimate_covers_every_architecture():
+    from sae_tutorial.distributed import memory_estimate
+    from sae_tutorial.sae import ARCHITECTURES
+    for arch in ARCHITECTURES: memory_estimate(576, 4.0, 1024, architecture=arch)
