@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import Tensor
-from .core import atomic_file, get_device, seed_everything
-from .sae import SAE, make_sae
+from .core import atomic_file, get_device
+from .sae import SAE
 from .train import train
 from .metrics import absorption, balanced_accuracy, fit_probe, sparse_probe
 from .reproduce import (ReproConfig, SAESpec, epoch_batches, evaluate_sae, load_store, saved_config,
-                                    stage_key, train_configs, write_json_atomic)
+                                    stage_key, start_sae, write_json_atomic)
 
 # %% auto #0
 __all__ = ['EVAL_ARCHS', 'EvalsConfig', 'data_key_of', 'extra_sae_seed', 'extra_sae_key', 'train_extra_sae', 'source_labels',
@@ -79,13 +79,8 @@ def extra_sae_key(arch: str, cfg: ReproConfig, run: Path) -> str:
 def train_extra_sae(arch: str, cfg: ReproConfig, store, out: Path, seed: int, device=None, progress: bool = False) -> dict:
     """Train one SAE of architecture `arch` with the run's TopK settings on `store` (normalised, as in the run);
     write it to `out` (raw units, like the run's SAEs) and its untrained start to `out/init`. Returns train.json."""
-    spec = SAESpec(arch, "topk", cfg.expansion, seed, False)
-    sae_cfg, loss_cfg, train_cfg = train_configs(spec, cfg, store.d_in)
-    seed_everything(seed)
-    sae = make_sae(replace(sae_cfg, architecture=arch, fast=True), device=device)
-    with torch.no_grad():                               # b_dec at the data mean, as the reproduction starts
-        pick = np.random.default_rng(seed).choice(store.n_rows, min(store.n_rows, 16_384), replace=False)
-        sae.b_dec.copy_(store.get(np.sort(pick)).mean(0).to(sae.b_dec))
+    sae, loss_cfg, train_cfg = start_sae(SAESpec(arch, "topk", cfg.expansion, seed, False), cfg, store, device,
+                                         architecture=arch)      # the TopK recipe, b_dec at the data mean
     live = sae.cfg; sae.cfg = saved_config(live, cfg, store, 0); sae.save(out/"init"); sae.cfg = live
     t0 = time.time()
     res = train(sae, epoch_batches(store, cfg.batch_size, seed), loss_cfg, replace(train_cfg, progress=progress))

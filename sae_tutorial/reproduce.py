@@ -422,12 +422,14 @@ def saved_config(sae_cfg, cfg: ReproConfig, store, tokens_trained: int):
                    model_sha256=model_sha256(cfg.model), hook=cfg.hook, tokens_trained=int(tokens_trained),
                    distinct_tokens=int(store.n_rows))
 
-def start_sae(spec: SAESpec, cfg: ReproConfig, store, device=None, fast: bool = True):
+def start_sae(spec: SAESpec, cfg: ReproConfig, store, device=None, fast: bool = True, architecture: str | None = None):
     """(sae, loss_cfg, train_cfg) for one SAE of the run, ready for `train`: seeded with spec.seed, the run's configs,
-    and b_dec at the mean of up to 16,384 store rows (the residual stream has a large common offset)."""
+    and b_dec at the mean of up to 16,384 store rows (the residual stream has a large common offset).
+    `architecture`: the SAE class to build when it differs from the recipe `spec.architecture` names (e.g. a
+    BatchTopK SAE trained with the TopK settings)."""
     seed_everything(spec.seed)
     sae_cfg, loss_cfg, train_cfg = train_configs(spec, cfg, store.d_in)
-    sae = make_sae(replace(sae_cfg, fast=fast), device=device)
+    sae = make_sae(replace(sae_cfg, architecture=architecture or sae_cfg.architecture, fast=fast), device=device)
     with torch.no_grad():
         pick = np.random.default_rng(spec.seed).choice(store.n_rows, min(store.n_rows, 16_384), replace=False)
         sae.b_dec.copy_(store.get(np.sort(pick)).mean(0).to(sae.b_dec))
