@@ -32,9 +32,9 @@ def _opt(default, help: str, **meta):
 @dataclass
 class EvalsConfig:
     "Evaluations of a finished reproduction: the architectures side by side, with sparse probing and absorption."
-    run_dir: str = _opt("", "the reproduction's run folder (holds data_train/, data_eval/, saes/relu, saes/topk)")
-    archs: str = _opt("relu,topk,batchtopk,matryoshka", "architectures in the table; one the run lacks is trained "
-                      "here on the run's training store, with the TopK settings (k, lr, steps, batch size)")
+    run_dir: str = _opt("", "the reproduction's run folder (holds data_train/, data_eval/, saes/topk)")
+    archs: str = _opt("relu,topk,batchtopk,matryoshka", "architectures in the table; relu, and a TopK-family one the "
+                      "run lacks, are trained here on the run's training store at L0 = the run's k")
     probe_rows: int = _opt(10_000, "training rows the source probes learn from (a random sample)")
     letter_rows: int = _opt(40_000, "training rows scanned for whole-word tokens (the first-letter probe)")
     ks: str = _opt("1,2,5", "numbers of latents of the sparse probes")
@@ -53,7 +53,7 @@ class EvalsConfig:
         bad = [a for a in self.arch_list if a not in EVAL_ARCHS]
         if bad or not self.arch_list:
             raise ValueError(f"archs={self.archs!r}: choose one or more of {', '.join(EVAL_ARCHS)}, comma-separated "
-                             "(the evaluations train only what a TopK-style recipe fits).")
+                             "(the architectures the evaluations know how to train at the run's k).")
         try: ks = self.k_list
         except ValueError: ks = []
         if not ks or min(ks) < 1: raise ValueError(f"ks={self.ks!r}: give positive whole numbers, e.g. '1,2,5'.")
@@ -71,24 +71,32 @@ def extra_sae_seed(arch: str, cfg: ReproConfig) -> int:
     return cfg.seed + 100 + EVAL_ARCHS.index(arch)
 
 def extra_sae_key(arch: str, cfg: ReproConfig, run: Path) -> str:
-    "The key of an architecture trained by the evaluations: its data, architecture and the TopK settings it uses."
-    return stage_key(stage="eval_sae", v=1, arch=arch, data=data_key_of(run, "train"), k=cfg.topk.k, lr=cfg.topk.lr,
-                     steps=cfg.steps, bs=cfg.batch_size, expansion=cfg.expansion, seed=cfg.seed,
-                     aux=cfg.topk.aux_coeff, min_lr=cfg.topk.min_lr_frac)
+    "The key of an architecture trained by the evaluations: its data, architecture and every setting of its recipe."
+    recipe = asdict(cfg.relu) if arch == "relu" else dict(lr=cfg.topk.lr, aux=cfg.topk.aux_coeff, min_lr=cfg.topk.min_lr_frac)
+    return stage_key(stage="eval_sae", v=2, arch=arch, data=data_key_of(run, "train"), k=cfg.topk.k, steps=cfg.steps,
+                     bs=cfg.batch_size, expansion=cfg.expansion, seed=cfg.seed, dead_window=cfg.dead_window, **recipe)
 
 def train_extra_sae(arch: str, cfg: ReproConfig, store, out: Path, seed: int, device=None, progress: bool = False) -> dict:
-    """Train one SAE of architecture `arch` with the run's TopK settings on `store` (normalised, as in the run);
-    write it to `out` (raw units, like the run's SAEs) and its untrained start to `out/init`. Returns train.json."""
-    sae, loss_cfg, train_cfg = start_sae(SAESpec(arch, "topk", cfg.expansion, seed, False), cfg, store, device,
-                                         architecture=arch)      # the TopK recipe, b_dec at the data mean
+    """Train one SAE of architecture `arch` on `store` (normalised, as in the run) at L0 = the run's k: a TopK-family
+    SAE with the run's TopK settings; a ReLU SAE with the run's ReLU settings, its λ steered to L0 = k from the
+    run's λ (`TrainConfig.target_l0`). Writes it to `out` (raw units, like the run's SAEs) and its untrained start
+    to `out/init`. Returns train.json."""
+    recipe = "relu" if arch == "relu" else "topk"
+    sae, loss_cfg, train_cfg = start_sae(SAESpec(arch, recipe, cfg.expansion, seed, False), cfg, store, device,
+                                         architecture=arch)      # the run's recipe, b_dec at the data mean
+    if recipe == "relu": train_cfg = replace(train_cfg, target_l0=float(cfg.topk.k))
     live = sae.cfg; sae.cfg = saved_config(live, cfg, store, 0); sae.save(out/"init"); sae.cfg = live
     t0 = time.time()
     res = train(sae, epoch_batches(store, cfg.batch_size, seed), loss_cfg, replace(train_cfg, progress=progress))
     tokens = res.steps * cfg.batch_size
     sae.cfg = saved_config(sae.cfg, cfg, store, tokens)
     sae.save(out)
+    h, tail = res.history, max(1, res.steps // 10)
     summary = {"name": arch, "architecture": arch, "k": cfg.topk.k, "steps": res.steps, "tokens_trained": tokens,
-               "train_seconds": round(time.time() - t0, 1), "seed": seed}
+               "train_seconds": round(time.time() - t0, 1), "seed": seed,
+               "train_l0_last_tenth": sum(h.l0[-tail:]) / len(h.l0[-tail:])}
+    if recipe == "relu": summary |= {"target_l0": train_cfg.target_l0, "l1_coeff_start": loss_cfg.sparsity_coeff,
+                                     "l1_coeff_end": h.sparsity_coeff[-1]}
     write_json_atomic(out/"train.json", summary)
     return summary
 
@@ -160,18 +168,19 @@ def _letters(store, idx, strs) -> np.ndarray:
 
 # %% ../nbs/07b_evaluations.ipynb #4ddb25c2
 def _saes(ecfg: EvalsConfig, cfg: ReproConfig, run: Path, out: Path, dev, log) -> tuple[dict, dict]:
-    "({arch: folder}, {arch: key}) of every architecture: the run's own SAE, or one trained here (stage-keyed)."
+    """({arch: folder}, {arch: key}) of every architecture: the run's own TopK-family SAE, or one trained here
+    (stage-keyed); ReLU is always trained here, at L0 = k (the run's own ReLU SAEs sit at whatever L0 their λ gave)."""
     from sae_tutorial.reproduce import run_stage, stage_done
     paths, keys, store = {}, {}, None
     for arch in ecfg.arch_list:
         own = run/"saes"/arch
-        if (own/"sae.safetensors").is_file() and (own/"init").is_dir():
+        if arch != "relu" and (own/"sae.safetensors").is_file() and (own/"init").is_dir():
             paths[arch], keys[arch] = own, json.loads((own/"stage.json").read_text())["key"]; continue
-        if arch == "relu": raise FileNotFoundError(f"{own} holds no trained SAE; evaluations train only TopK-family ones.")
         key, folder = extra_sae_key(arch, cfg, run), out/"saes"/arch
         if not stage_done(folder, key):
             if store is None: log("  loading the training store"); store = load_store(run/"data_train"/"store")
-            log(f"  training {arch} (k = {cfg.topk.k}, {cfg.steps} steps x {cfg.batch_size})")
+            how = f"λ steered to L0 = {cfg.topk.k}" if arch == "relu" else f"k = {cfg.topk.k}"
+            log(f"  training {arch} ({how}, {cfg.steps} steps x {cfg.batch_size})")
         run_stage(folder, key, lambda tmp, a=arch, s=extra_sae_seed(arch, cfg): train_extra_sae(a, cfg, store, tmp, s, dev, ecfg.progress), log)
         paths[arch], keys[arch] = folder, key
     return paths, keys
@@ -201,6 +210,12 @@ def run_evaluations(ecfg: EvalsConfig, log=print) -> dict:
     """Evaluate the architectures `ecfg.archs` of the reproduction in `ecfg.run_dir` (training the missing ones);
     write RUN/evaluations/evaluations.json, .md and .png; return the json's content. A second call with the same
     SAEs and settings reads the json back."""
+    import warnings
+    with warnings.catch_warnings():      # an untrained BatchTopK / Matryoshka null has no threshold: the batch rule, by design
+        warnings.filterwarnings("ignore", message="BatchTopKSAE has no inference threshold", category=UserWarning)
+        return _run_evaluations(ecfg, log)
+
+def _run_evaluations(ecfg: EvalsConfig, log) -> dict:
     from sae_tutorial.activations import ActivationStore
     t0, run = time.time(), Path(ecfg.run_dir)
     for need in ("config.json", "data_train/stage.json", "data_eval/stage.json", "saes"):
@@ -210,10 +225,10 @@ def run_evaluations(ecfg: EvalsConfig, log=print) -> dict:
     cfg = ReproConfig.from_dict(json.loads((run/"config.json").read_text()))
     out, dev = run/"evaluations", get_device(ecfg.device)
     out.mkdir(exist_ok=True)
-    log(f"[evaluations] {run}: {', '.join(ecfg.arch_list)}")
+    log(f"[evaluations] {run.name}: {', '.join(ecfg.arch_list)}")
     paths, keys = _saes(ecfg, cfg, run, out, dev, log)
     settings = {k: v for k, v in asdict(ecfg).items() if k not in ("run_dir", "device", "progress")}
-    key = stage_key(stage="evaluations", v=1, saes=keys, settings=settings, data=data_key_of(run, "eval"))
+    key = stage_key(stage="evaluations", v=2, saes=keys, settings=settings, data=data_key_of(run, "eval"))
     done = out/"evaluations.json"
     if done.is_file() and json.loads(done.read_text()).get("key") == key:
         log(f"  evaluations: done earlier (key {key}), skipped"); return json.loads(done.read_text())
@@ -236,6 +251,7 @@ def run_evaluations(ecfg: EvalsConfig, log=print) -> dict:
     mu = x_tr.mean(0)
     feats = {n: (_encode(s, x_tr, dev), _encode(s, x_te, dev)) for n, s in saes.items()}
     feats["random"] = ((x_tr - mu) @ D.T, (x_te - mu) @ D.T)
+    l0_train = {n: float((ft > 0).sum(1).float().mean()) for n, (ft, _) in feats.items()}   # the held-out L0 is in recon
     probes = probe_table(feats, x_tr, x_te, y_tr, y_te, names, ecfg.k_list)
     del feats
     t_probe = time.time() - t0 - t_recon
@@ -257,11 +273,14 @@ def run_evaluations(ecfg: EvalsConfig, log=print) -> dict:
     def probe_mean(n): return {k: _mean(probes[n][lab][k] for lab in names) for k in ks}
     def row(n):
         m = recon[n]
-        return {"l0": m["l0"], "explained_variance": m["explained_variance"], "delta_ce": m.get("delta_ce"),
+        return {"l0": m["l0"], "l0_train": l0_train[n], "explained_variance": m["explained_variance"], "delta_ce": m.get("delta_ce"),
                 "dead_fraction": m["dead_fraction"], "probe": probe_mean(n),
                 "absorption": _mean(a["absorbed"] for a in absorb[n].values()),
                 "false_negative": _mean(a["false_negative"] for a in absorb[n].values())}
+    relu_json = paths["relu"]/"train.json" if "relu" in paths else None
+    relu_end = json.loads(relu_json.read_text()).get("l1_coeff_end") if relu_json and relu_json.is_file() else None
     res = {"key": key, "run": cfg.name, "archs": ecfg.arch_list, "k": cfg.topk.k, "relu_l1_coeff": cfg.relu.l1_coeff,
+           "relu_l1_end": relu_end,
            "ks": ks, "labels": names, "n_probe_train": len(idx), "n_probe_test": int((y_te >= 0).sum()),
            "rows": {a: {**row(a), "untrained": row(f"{a}_untrained")} for a in ecfg.arch_list},
            "dense_probe": _mean(probes["dense"].values()), "random_probe": probe_mean("random"),
@@ -284,12 +303,12 @@ def _f(v, nd=3): return "–" if v is None else f"{v:.{nd}f}"
 def evaluations_table(res: dict) -> str:
     "A markdown table: one row per architecture, each number with its untrained value in brackets."
     k1 = str(res["ks"][0])
-    head = ["SAE", "L0", "EV", "delta CE (nats)", f"sparse probe k={k1}", "absorption", "dead"]
+    head = ["SAE", "L0 train rows", "L0 held-out", "EV", "delta CE (nats)", f"sparse probe k={k1}", "absorption", "dead"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for a, r in res["rows"].items():
         u = r["untrained"]
         cell = lambda key, nd=3: f"{_f(r[key], nd)} ({_f(u[key], nd)})"
-        lines.append("| " + " | ".join([a, cell("l0", 1), cell("explained_variance"), cell("delta_ce"),
+        lines.append("| " + " | ".join([a, cell("l0_train", 1) if "l0_train" in r else "–", cell("l0", 1), cell("explained_variance"), cell("delta_ce"),
                                         f"{_f(r['probe'][k1])} ({_f(u['probe'][k1])})", cell("absorption"),
                                         cell("dead_fraction")]) + " |")
     lt = res["letters"]
@@ -300,7 +319,9 @@ def evaluations_table(res: dict) -> str:
              f"silent and a latent aligned with the probe (cos >= {res['tau']}) fires instead. First-letter probe on "
              f"raw activations: held-out accuracy {lt['accuracy']:.3f} (balanced {lt['balanced_accuracy']:.3f}; the "
              f"most common letter alone: {lt['majority_class']:.3f}; {lt['n_test']:,} held-out tokens).",
-             f"TopK family at k = {res['k']}; the ReLU SAE's L0 comes from its L1 coefficient ({res['relu_l1_coeff']})."]
+             f"TopK family at k = {res['k']}; " + (f"the ReLU SAE's L1 coefficient was steered during training to L0 = "
+             f"{res['k']} (from λ = {res['relu_l1_coeff']:g} to {res['relu_l1_end']:.3g})." if res.get("relu_l1_end") else
+             f"the ReLU SAE's L0 comes from its L1 coefficient ({res['relu_l1_coeff']}).")]
     return "\n".join(lines) + "\n\n" + "\n\n".join(notes)
 
 def plot_evaluations(res: dict):

@@ -18,7 +18,7 @@ from .train_machinery import make_optimizer, StepGuard, _defer_checks   # append
 # %% auto #0
 __all__ = ['Decay', 'Resampler', 'DECAYS', 'RESAMPLERS', 'EXTRA_ENCODER_PARAMS', 'HISTORY_KEYS', 'TrainConfig', 'make_scheduler',
            'sparsity_coeff_at', 'FeatureUsage', 'ResampleEvent', 'reset_adam_rows_', 'resample_dead_features',
-           'StepRecord', 'TrainHistory', 'TrainResult', 'RankSync', 'train', 'coeff_for_target_l0']
+           'StepRecord', 'TrainHistory', 'TrainResult', 'RankSync', 'train', 'coeff_for_target_l0', 'steer_sparsity']
 
 # %% ../nbs/04_training.ipynb #2e814e72
 Decay = Literal["cosine", "linear", "constant"]          # the learning rate after warm-up
@@ -44,6 +44,11 @@ class TrainConfig:
         "help": "lr at the last step, as a fraction of lr (cosine, linear)"})
     sparsity_warmup_steps: int = field(default=0, metadata={
         "help": "sparsity coefficient rises linearly from 0 over these steps"})
+    target_l0: float | None = field(default=None, metadata={
+        "help": "steer the sparsity coefficient so L0 approaches this (ReLU-style penalties; after the warm-up, once per "
+                "log_every block, see `steer_sparsity`); None: λ as given"})
+    target_l0_gain: float = field(default=0.3, metadata={
+        "help": "how hard the L0 controller steers: λ is multiplied by (L0 / target_l0)**gain after each block"})
     clip_grad_norm: float | None = field(default=1.0, metadata={
         "help": "bound on the global L2 norm of all gradients; None: no clipping"})
     dead_window: int = field(default=100_000, metadata={
@@ -73,6 +78,9 @@ class TrainConfig:
         if self.decay not in DECAYS: raise ValueError(f"decay={self.decay!r}; use one of {DECAYS}.")
         if self.resample not in RESAMPLERS: raise ValueError(f"resample={self.resample!r}; use one of {RESAMPLERS}.")
         if not 0 < self.warmup_start <= 1: raise ValueError(f"warmup_start={self.warmup_start} must be in (0, 1].")
+        if self.target_l0 is not None and not self.target_l0 > 0:
+            raise ValueError(f"target_l0={self.target_l0} must be > 0 (active latents per input), or None for a fixed λ.")
+        if not 0 < self.target_l0_gain <= 1: raise ValueError(f"target_l0_gain={self.target_l0_gain} must be in (0, 1].")
         if self.checkpoint_every and not self.checkpoint_dir:
             raise ValueError("checkpoint_every is set but checkpoint_dir is not; give a folder for the checkpoints.")
 
@@ -341,7 +349,7 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
           train_cfg: TrainConfig | None = None, resume_from=None, sync: RankSync | None = None) -> TrainResult:
     """Train `sae` on an iterable of activation batches [batch, d_in]; return the SAE, per-step history and resampling events.
 
-    Each step: forward, loss (sparsity coefficient warmed up), backward, remove the decoder gradient parallel
+    Each step: forward, loss (sparsity coefficient warmed up, and steered towards `target_l0` if set), backward, remove the decoder gradient parallel
     to its rows, clip the global gradient norm, Adam step, scheduler step, renormalise decoder rows,
     update dead-latent statistics. A non-finite loss or gradient stops training before its optimiser step,
     naming the batch (`StepGuard`; on a GPU the check is read one step later, the bad update skipped on the
@@ -350,6 +358,10 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
     from sae_tutorial.checkpoint import load_checkpoint, prune_checkpoints, restore_rng, save_checkpoint  # it builds on this module
     cfg, loss_cfg, sync = train_cfg or TrainConfig(), loss_cfg or LossConfig(), sync or RankSync()
     rank, world = sync.rank, sync.world_size
+    if cfg.target_l0 is not None and (loss_cfg.sparsity == "none" or loss_cfg.sparsity_coeff == 0):
+        raise ValueError(f"target_l0={cfg.target_l0} steers the sparsity coefficient, but this loss has none "
+                         f"(sparsity={loss_cfg.sparsity!r}, sparsity_coeff={loss_cfg.sparsity_coeff}). TopK-style SAEs "
+                         "set L0 with k: drop target_l0, or give a sparsity penalty and a starting coefficient > 0.")
     on_rank = f", rank {rank}" if world > 1 else ""
     device = torch.device(cfg.device) if cfg.device else next(sae.parameters()).device
     sae.to(device)
@@ -364,10 +376,10 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
     guard = StepGuard(optimizer, params, cfg.clip_grad_norm, deferred, sync.reduce, on_rank, defer_input)
     usage = FeatureUsage(d_sae, cfg.dead_window, cfg.dead_threshold, device)
     gen = torch.Generator().manual_seed(cfg.seed)
-    state = {"step": 0, "batches_drawn": 0}
+    state = {"step": 0, "batches_drawn": 0, "coeff_scale": 1.0}   # coeff_scale: the L0 controller's multiplier of λ
     history, resamples = TrainHistory(), []
     ckpt = load_checkpoint(resume_from, sae, optimizer, scheduler, usage, gen, cfg, n_steps) if resume_from is not None else None
-    if ckpt: state, history, resamples = ckpt.state, ckpt.history, ckpt.resamples
+    if ckpt: state, history, resamples = {"coeff_scale": 1.0, **ckpt.state}, ckpt.history, ckpt.resamples
     it = iter(batches)
     for _ in itertools.islice(it, state["batches_drawn"]): pass              # data position: skip what was consumed ...
     if ckpt: restore_rng(ckpt)                                                # ... then the RNGs as they were at the checkpoint
@@ -392,6 +404,9 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
         if not pending: return
         dt = max(time.perf_counter() - block_start, 1e-9); tps = block_tokens * world / dt
         _append_block(history, pending, sync, tps)
+        if cfg.target_l0 is not None and pending[0][0] >= cfg.sparsity_warmup_steps:   # steer on blocks after the warm-up
+            state["coeff_scale"] = steer_sparsity(state["coeff_scale"], sum(history.l0[-len(pending):]) / len(pending),
+                                                  cfg.target_l0, cfg.target_l0_gain)
         pending.clear(); block_start, block_tokens = time.perf_counter(), 0
         bar.set_postfix(loss=f"{history.loss[-1]:.4g}", L0=f"{history.l0[-1]:.1f}", mse=f"{history.mse[-1]:.3g}",
                         dead=history.dead[-1], tok_s=f"{tps:,.0f}", refresh=False)
@@ -406,7 +421,7 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
                 guard.resolve()                                                 # no resampling after a bad step
                 event = _resample(sae, x, next_batch, usage, optimizer, gen, cfg, sync, step)
                 if event: resamples.append(event)
-            lr, coeff = optimizer.param_groups[0]["lr"], sparsity_coeff_at(step, loss_cfg.sparsity_coeff, cfg.sparsity_warmup_steps)
+            lr, coeff = optimizer.param_groups[0]["lr"], sparsity_coeff_at(step, loss_cfg.sparsity_coeff, cfg.sparsity_warmup_steps) * state["coeff_scale"]
             dead = usage.dead_mask()
             with torch.enable_grad():       # even if the data generator yields from inside torch.no_grad()
                 try:
@@ -448,3 +463,10 @@ def coeff_for_target_l0(coeffs: Sequence[float], l0s: Sequence[float], target_l0
             t = (math.log(target_l0) - math.log(l0_a)) / (math.log(l0_b) - math.log(l0_a))
             return math.exp(math.log(c_a) + t * (math.log(c_b) - math.log(c_a)))
     raise ValueError(f"No two neighbouring coefficients bracket L0 = {target_l0}: measured (λ, L0) {pairs}. Widen the sweep.")
+
+# %% ../nbs/04_training.ipynb #871ef0ab
+def steer_sparsity(scale: float, l0: float, target_l0: float, gain: float = 0.3) -> float:
+    """The L0 controller's next multiplier of λ, after a block of steps whose mean L0 was `l0`:
+    `scale · (l0 / target_l0)**gain`, the factor kept within [1/2, 2]; a block where nothing fired halves λ."""
+    factor = 0.5 if not l0 > 0 else min(2.0, max(0.5, (l0 / target_l0) ** gain))
+    return scale * factor
