@@ -102,7 +102,8 @@ class CheckpointError(ValueError):
 
 class Checkpoint(NamedTuple):
     "Trainer state read back by `load_checkpoint` (weights, optimiser, scheduler, usage are restored in place)."
-    state: dict                     # {"step": optimiser steps done, "batches_drawn": data position}
+    state: dict                     # {"step": optimiser steps done, "batches_drawn": data position,
+                                    #  "coeff_scale": the L0 controller's multiplier of λ (1.0 when it is off)}
     history: TrainHistory
     resamples: list[ResampleEvent]
     rng_tensors: dict               # global torch RNG states (restore with `restore_rng`)

@@ -32,8 +32,15 @@ def test_files_rows_and_the_trained_architecture(evaluated):
     for arch in ("batchtopk", "matryoshka"):                    # trained here: better than their own untrained start
         r = res["rows"][arch]
         assert r["explained_variance"] > r["untrained"]["explained_variance"], arch
-    bt = SAE.load(out/"saes"/"batchtopk")
     cfg = json.loads((run/"config.json").read_text())
+    # ReLU is trained here too, its λ steered to the run's k (the run's own ReLU SAE sits at whatever L0 its λ gave)
+    assert any("training relu" in m for m in log)
+    rj = json.loads((out/"saes"/"relu"/"train.json").read_text())
+    assert rj["target_l0"] == cfg["topk"]["k"] and rj["l1_coeff_start"] == cfg["relu"]["l1_coeff"]
+    assert rj["l1_coeff_end"] != rj["l1_coeff_start"] and SAE.load(out/"saes"/"relu").cfg.architecture == "relu"
+    assert 0.9 * cfg["topk"]["k"] <= res["rows"]["topk"]["l0_train"] <= cfg["topk"]["k"]   # TopK: k on any row (fewer
+                                                                                            # only where a top value is <= 0)
+    bt = SAE.load(out/"saes"/"batchtopk")
     assert bt.cfg.architecture == "batchtopk" and bt.cfg.k == cfg["topk"]["k"]
     assert bt.cfg.tokens_trained == cfg["steps"] * cfg["batch_size"]          # the same token budget as the run's SAEs
     assert (out/"saes"/"batchtopk"/"init"/"sae.safetensors").is_file()
@@ -72,8 +79,8 @@ def test_bad_settings_are_refused_with_the_fix(bad, match):
 def test_each_trained_architecture_has_its_own_seed_whatever_the_order():
     from sae_tutorial.evaluations import extra_sae_seed
     cfg = ReproConfig(preset="ci")
-    seeds = {a: extra_sae_seed(a, cfg) for a in ("batchtopk", "matryoshka")}
-    assert len(set(seeds.values())) == 2 and all(s != cfg.seed for s in seeds.values())
+    seeds = {a: extra_sae_seed(a, cfg) for a in ("relu", "batchtopk", "matryoshka")}
+    assert len(set(seeds.values())) == 3 and all(s != cfg.seed for s in seeds.values())
     assert EvalsConfig(run_dir="x", archs="matryoshka,topk").arch_list == ["matryoshka", "topk"]
 
 
