@@ -34,12 +34,12 @@ __all__ = ['Preset', 'Stop', 'PRESETS', 'METRIC_FIELDS', 'STAGES', 'TARGET_EV', 
            'ReproConfig', 'stage_key', 'stage_done', 'run_stage', 'write_json_atomic', 'split_documents_by_index',
            'held_out_probe', 'load_store', 'data_splits', 'data_key', 'split_documents', 'build_data', 'SAESpec',
            'sae_specs', 'train_configs', 'sae_key', 'epoch_batches', 'spliced_ce', 'sae_replacement', 'eval_token_set',
-           'CurvePoint', 'model_sha256', 'saved_config', 'start_sae', 'train_sae', 'density_hist',
-           'require_sae_fits_store', 'SAEEvaluation', 'evaluate_sae', 'encode_rows', 'ReproResult', 'results_table',
-           'write_dashboard', 'refuse_links', 'RunState', 'data_stage', 'train_stage', 'evaluate_stage',
-           'analyse_universality', 'analyse_splitting', 'analyse_categories', 'build_analysis', 'analyse_stage',
-           'dashboard_stage', 'Stage', 'stages_table', 'StageError', 'reproduce', 'reproduce_cli', 'plot_density',
-           'curve_title', 'plot_curve']
+           'CurvePoint', 'model_sha256', 'saved_config', 'start_sae', 'resume_point', 'curve_steps', 'clean_ce_sets',
+           'train_summary', 'train_sae', 'density_hist', 'require_sae_fits_store', 'SAEEvaluation', 'evaluate_sae',
+           'encode_rows', 'ReproResult', 'results_table', 'write_dashboard', 'refuse_links', 'RunState', 'data_stage',
+           'train_stage', 'evaluate_stage', 'analyse_universality', 'analyse_splitting', 'analyse_categories',
+           'build_analysis', 'analyse_stage', 'dashboard_stage', 'Stage', 'stages_table', 'StageError', 'reproduce',
+           'reproduce_cli', 'plot_density', 'curve_title', 'plot_curve']
 
 # %% ../nbs/07_reproduction.ipynb #7b71884d
 def _opt(default, help: str, **meta):
@@ -435,6 +435,53 @@ def start_sae(spec: SAESpec, cfg: ReproConfig, store, device=None, fast: bool = 
         sae.b_dec.copy_(store.get(np.sort(pick)).mean(0).to(sae.b_dec))
     return sae, loss_cfg, train_cfg
 
+# %% ../nbs/07_reproduction.ipynb #59d9bb76
+def resume_point(ckpt_dir: Path, name: str, log=print) -> tuple[Path | None, int, list, dict]:
+    """(resume_from, batches drawn at the newest checkpoint, the curve points and decoder snapshots taken before
+    them) from `ckpt_dir`; (None, 0, [], {}) when it holds no checkpoint. Batches before the checkpoint are skipped
+    on resume, so their curve points are kept rather than measured again."""
+    last = latest_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
+    if last is None: return None, 0, [], {}
+    skip_below = json.loads((last/"state.json").read_text())["state"]["batches_drawn"]
+    curve, snaps = [], {}
+    if (ckpt_dir/"curve.json").exists():
+        curve = [CurvePoint(**p) for p in json.loads((ckpt_dir/"curve.json").read_text()) if p["step"] < skip_below]
+    if (ckpt_dir/"snapshots.safetensors").exists():
+        kept = {f"step_{p.step}" for p in curve}
+        snaps = {k: v for k, v in load_file(str(ckpt_dir/"snapshots.safetensors")).items() if k in kept}
+    log(f"    {name}: resuming from {last.name} (batch {skip_below} of the data)")
+    return ckpt_dir, skip_below, curve, snaps
+
+# %% ../nbs/07_reproduction.ipynb #cd4ebdd8
+def curve_steps(cfg: ReproConfig) -> set[int]:
+    "Batch indices where the training curve measures the SAE: `curve_points - 1` evenly spaced from 0."
+    n = cfg.curve_points or 0
+    return {round(cfg.steps * i / (n - 1)) for i in range(n - 1)} if n > 1 else set()
+
+def clean_ce_sets(model, held: dict, cfg: ReproConfig) -> dict:
+    "{name: (tokens, keep, clean CE)} for each held-out store in `held` that is not None (`eval_token_set`)."
+    out = {}
+    for name, st in held.items():
+        if st is not None:
+            toks, keep = eval_token_set(st, cfg.ce_tokens)
+            out[name] = (toks, keep, spliced_ce(model, toks, keep, cfg.hook))
+    return out
+
+# %% ../nbs/07_reproduction.ipynb #998be5f8
+def train_summary(spec: SAESpec, cfg: ReproConfig, sae, res, loss_cfg, train_cfg, curve: list, drawn: int,
+                  n_rows: int, seconds: float, resumed_at: int) -> dict:
+    "The train.json summary of one SAE of the run (`train_sae`)."
+    tokens = drawn * cfg.batch_size
+    return {"name": spec.name, "architecture": spec.architecture, "expansion": spec.expansion, "seed": spec.seed,
+            "d_sae": sae.cfg.d_sae, "k": cfg.topk.k if spec.architecture == "topk" else None,
+            "l1_coeff": cfg.relu.l1_coeff if spec.architecture == "relu" else None, "steps": res.steps,
+            "batches_drawn": drawn, "tokens_trained": tokens, "distinct_tokens": n_rows,
+            "epochs": round(tokens / n_rows, 2), "train_seconds": round(seconds, 1),
+            "resumed_at_batch": resumed_at or None,
+            "resamples": [list(e) for e in res.resamples], "curve": [p._asdict() for p in curve],
+            "history": {k: v for k, v in asdict(res.history).items() if k in ("step", "loss", "l0", "mse", "dead")},
+            "loss": asdict(loss_cfg), "train": {k: v for k, v in asdict(train_cfg).items()}}
+
 # %% ../nbs/07_reproduction.ipynb #f193bd9d
 def train_sae(spec: SAESpec, cfg: ReproConfig, store, eval_store, out: Path, model=None, log=print,
               ckpt_dir=None, source_store=None) -> dict:
@@ -450,29 +497,16 @@ def train_sae(spec: SAESpec, cfg: ReproConfig, store, eval_store, out: Path, mod
     W0 = unit_rows(sae.W_dec.detach().float().cpu())
     if spec.main:                                     # the untrained SAE, saved like the trained one
         live = sae.cfg; sae.cfg = saved_config(live, cfg, store, 0); sae.save(out/"init"); sae.cfg = live
-    curve, snaps, at, resume, skip_below = [], {"init": W0.half()}, set(), None, 0
+    resume, skip_below, curve, snaps = None, 0, [], {"init": W0.half()}
     if ckpt_dir is not None:
         ckpt_dir = Path(ckpt_dir)
         train_cfg = replace(train_cfg, checkpoint_every=max(1, cfg.steps // 10), checkpoint_dir=str(ckpt_dir),
                             keep_checkpoints=2)
-        last = latest_checkpoint(ckpt_dir) if ckpt_dir.is_dir() else None
-        if last is not None:                         # batches before the checkpoint are skipped, their curve points kept
-            resume, skip_below = ckpt_dir, json.loads((last/"state.json").read_text())["state"]["batches_drawn"]
-            if (ckpt_dir/"curve.json").exists():
-                curve = [CurvePoint(**p) for p in json.loads((ckpt_dir/"curve.json").read_text()) if p["step"] < skip_below]
-            if (ckpt_dir/"snapshots.safetensors").exists():
-                kept = {f"step_{p.step}" for p in curve}
-                snaps.update({k: v for k, v in load_file(str(ckpt_dir/"snapshots.safetensors")).items() if k in kept})
-            log(f"    {spec.name}: resuming from {last.name} (batch {skip_below} of the data)")
-    if cfg.curve_points and cfg.curve_points > 1:
-        at = {round(cfg.steps * i / (cfg.curve_points - 1)) for i in range(cfg.curve_points - 1)}
+        resume, skip_below, curve, kept = resume_point(ckpt_dir, spec.name, log)
+        snaps.update(kept)
+    at = curve_steps(cfg)
     held = {"docs": eval_store, "source": source_store if spec.main else None}
-    ce_sets = {}                                     # the same tokens as the final evaluation: its row ends the curve
-    if spec.main and model is not None and at:
-        for k_, st in held.items():
-            if st is not None:
-                toks, keep = eval_token_set(st, cfg.ce_tokens)
-                ce_sets[k_] = (toks, keep, spliced_ce(model, toks, keep, cfg.hook))
+    ce_sets = clean_ce_sets(model, held, cfg) if spec.main and model is not None and at else {}
     def delta_ce(k_):
         if k_ not in ce_sets: return None
         toks, keep, clean = ce_sets[k_]
@@ -505,15 +539,8 @@ def train_sae(spec: SAESpec, cfg: ReproConfig, store, eval_store, out: Path, mod
     sae.save(out)
     save_saelens(sae, out/"saelens", tokens_trained=tokens, written_from=f"{cfg.name}/saes/{spec.name}")
     save_file({k: v.contiguous() for k, v in snaps.items()}, str(out/"decoder_snapshots.safetensors"))
-    summary = {"name": spec.name, "architecture": spec.architecture, "expansion": spec.expansion, "seed": spec.seed,
-               "d_sae": sae.cfg.d_sae, "k": cfg.topk.k if spec.architecture == "topk" else None,
-               "l1_coeff": cfg.relu.l1_coeff if spec.architecture == "relu" else None, "steps": res.steps,
-               "batches_drawn": drawn[0], "tokens_trained": tokens, "distinct_tokens": store.n_rows,
-               "epochs": round(tokens / store.n_rows, 2), "train_seconds": round(seconds, 1),
-               "resumed_at_batch": skip_below or None,
-               "resamples": [list(e) for e in res.resamples], "curve": [p._asdict() for p in curve],
-               "history": {k: v for k, v in asdict(res.history).items() if k in ("step", "loss", "l0", "mse", "dead")},
-               "loss": asdict(loss_cfg), "train": {k: v for k, v in asdict(train_cfg).items()}}
+    summary = train_summary(spec, cfg, sae, res, loss_cfg, train_cfg, curve, drawn[0], store.n_rows, seconds,
+                            skip_below)
     write_json_atomic(out/"train.json", summary)
     return summary
 
