@@ -6,7 +6,7 @@ the reading by steering the model with the feature and by ablating it."""
 
 # %% ../nbs/08_feature_inspection.ipynb #cc54f2bc
 from __future__ import annotations
-import codecs, html, math
+import html, math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -17,12 +17,11 @@ from .lm import EOT_ID
 from .activations import validate_hook
 
 # %% auto #0
-__all__ = ['DASHBOARD_CSS', 'SORTS', 'DashboardConfig', 'merge_topk', 'Examples', 'FeatureData', 'final_norm_weight',
-           'logit_effects', 'quantile_picks', 'quantile_rows', 'gather_feature_data', 'TokenText', 'example_html',
-           'histogram_svg', 'feature_html', 'top_tokens_summary', 'feature_order', 'dashboards_html',
-           'export_dashboards', 'write_static_dashboard', 'DashboardRunConfig', 'dashboard_cli', 'store_scale',
-           'TextFeatures', 'features_on_text', 'feature_direction', 'steering_hook', 'clamp_hook', 'generate',
-           'Generation', 'steer_generations', 'generations_html', 'AblationEffect', 'ablation_effect', 'ablation_html']
+__all__ = ['SORTS', 'DashboardConfig', 'merge_topk', 'Examples', 'FeatureData', 'final_norm_weight', 'logit_effects',
+           'quantile_picks', 'quantile_rows', 'gather_feature_data', 'feature_order', 'export_dashboards',
+           'write_static_dashboard', 'DashboardRunConfig', 'dashboard_cli', 'store_scale', 'TextFeatures',
+           'features_on_text', 'feature_direction', 'steering_hook', 'clamp_hook', 'generate', 'Generation',
+           'steer_generations', 'generations_html', 'AblationEffect', 'ablation_effect', 'ablation_html']
 
 # %% ../nbs/08_feature_inspection.ipynb #c9b56c9d
 @dataclass
@@ -302,160 +301,11 @@ def gather_feature_data(sae, store, features: Sequence[int] | Tensor | None = No
                        top_v[0].clamp(min=0).cpu(), hist.view(F_, nb).cpu(), edges, top, quantiles, source_names,
                        top_source, lu[0], lu[1], lu[2], lu[3], cfg)
 
-# %% ../nbs/08_feature_inspection.ipynb #a06b7c74
-def _byte_decoder() -> dict:
-    "GPT-2's byte-level alphabet, inverted: printable stand-in character -> byte."
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs: bs.append(b); cs.append(256 + n); n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
-
-_BYTE_DECODER = _byte_decoder()
-
-class TokenText:
-    """Token ids -> display strings, cached. `tt(i)` decodes one token; `tt.window(ids)` decodes a run of tokens so
-    that characters split across byte-level tokens (Hebrew, Arabic, emoji) appear whole, on the token that completes them."""
-    def __init__(self, tokenizer):
-        self.tokenizer, self._cache, self._bytes = tokenizer, {}, {}
-        dec = getattr(getattr(tokenizer, "backend_tokenizer", None), "decoder", None)
-        self.byte_level = type(dec).__name__ == "ByteLevel"
-        self._special = set(getattr(tokenizer, "all_special_ids", []))
-
-    def __call__(self, i: int) -> str:
-        i = int(i)
-        if i not in self._cache:
-            self._cache[i] = "" if i < 0 else self.tokenizer.decode([i])
-        return self._cache[i]
-
-    def token_bytes(self, i: int) -> bytes | None:
-        "The UTF-8 bytes a byte-level token stands for (None for special tokens or non-byte-level tokenizers)."
-        i = int(i)
-        if i not in self._bytes:
-            s = None if (i in self._special or not self.byte_level) else self.tokenizer.convert_ids_to_tokens(i)
-            try: self._bytes[i] = None if s is None else bytes(_BYTE_DECODER[c] for c in s)
-            except KeyError: self._bytes[i] = None
-        return self._bytes[i]
-
-    def window(self, ids: Sequence[int]) -> list[str]:
-        "Display string of each token of a run (ids < 0 give ''), decoding UTF-8 across token boundaries."
-        if not self.byte_level: return [self(i) for i in ids]
-        dec, out = codecs.getincrementaldecoder("utf-8")(errors="replace"), []
-        for i in ids:
-            b = None if i < 0 else self.token_bytes(i)
-            if b is None:
-                out.append(dec.decode(b"", final=True) + self(i)); dec.reset()
-            else: out.append(dec.decode(b))
-        return out
-
-# %% ../nbs/08_feature_inspection.ipynb #5a0203a7
-def _esc(s: str) -> str:
-    "HTML-escape a token, making whitespace visible: newlines as ⏎, tabs as →."
-    return html.escape(s).replace("\n", "⏎").replace("\t", "→").replace("\r", "")
-
-DASHBOARD_CSS = """
-.sd{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;font-size:13px;color:#222;max-width:1100px}
-.sd h3{margin:4px 0;font-size:16px}.sd h4{margin:10px 0 4px;font-size:13px;color:#555}
-.sd .stats{color:#555;margin-bottom:6px}.sd .grid{display:flex;gap:24px;flex-wrap:wrap}
-.sd table{border-collapse:collapse}.sd td{padding:1px 6px;vertical-align:top}
-.sd .ex{font-family:Menlo,Consolas,'DejaVu Sans Mono',monospace;font-size:12px;white-space:pre-wrap;line-height:1.7}
-.sd .ex span{border-radius:2px}.sd .c{outline:1.5px solid #c0392b}.sd .na{color:#aaa}
-.sd .v{color:#666;font-family:monospace;text-align:right;white-space:nowrap}.sd .src{color:#888;font-size:11px;white-space:nowrap}
-.sd .up{color:#1a7f37;font-family:monospace}.sd .dn{color:#b42318;font-family:monospace}
-.sd .tok{background:#f3f3f3;border-radius:2px;padding:0 2px;font-family:monospace;white-space:pre}
-.sd-index td,.sd-index th{padding:2px 8px;text-align:left;border-bottom:1px solid #eee;font-size:12px}
-.sd-index a{color:#0b57d0;text-decoration:none}
-"""
-
-def _bg(a: float, amax: float) -> str:
-    "Orange background with opacity a/amax (rounded to 2 digits); nothing for zero or missing activations."
-    if not a > 0 or not amax > 0: return ""
-    return f' style="background:rgba(255,140,0,{min(a / amax, 1.0):.2f})"'
-
-def example_html(tokens: Tensor, acts: Tensor, centre: int, amax: float, tt: TokenText) -> str:
-    """One example window: tokens [W] and activations [W]. Firing tokens are spans shaded by activation / amax with the
-    value as tooltip, the centre token is outlined, masked positions are grey, silent tokens plain text."""
-    out = []
-    ids = tokens.tolist()
-    for w, (t, a, s) in enumerate(zip(ids, acts.tolist(), tt.window(ids))):
-        if t < 0: continue
-        s = _esc(s)
-        if w == centre: out.append(f'<span class="c"{_bg(a, amax)} title="{a:.3g}">{s}</span>')
-        elif math.isnan(a): out.append(f'<span class="na" title="not in the store (sink)">{s}</span>')
-        elif a > 0: out.append(f'<span{_bg(a, amax)} title="{a:.3g}">{s}</span>')
-        else: out.append(s)
-    return "".join(out)
-
-def _examples_rows(ex: Examples, i: int, cols, amax: float, tt: TokenText, sources: list, centre: int) -> str:
-    rows = []
-    for j in cols:
-        if ex.row[i, j] < 0: continue
-        s = int(ex.source[i, j]); src = html.escape(sources[s]) if s >= 0 else ""
-        rows.append(f'<tr><td class="v">{float(ex.act[i, j]):.3g}</td><td class="src">{src}</td>'
-                    f'<td class="ex">{example_html(ex.tokens[i, j], ex.acts[i, j], centre, amax, tt)}</td></tr>')
-    return "".join(rows) or '<tr><td class="na">no examples: the feature never fired on this store</td></tr>'
-
-# %% ../nbs/08_feature_inspection.ipynb #e5654c8d
-def histogram_svg(counts: Tensor, edges: Tensor, width: int = 320, height: int = 90, max_bars: int = 48) -> str:
-    "Inline SVG bar chart of firing counts over log-spaced bins, trimmed to the occupied range (at most max_bars bars)."
-    c = counts.tolist(); nz = [j for j, v in enumerate(c) if v > 0]
-    if not nz: return '<div class="na">never fires</div>'
-    lo, hi = nz[0], nz[-1] + 1
-    step = -(-(hi - lo) // max_bars)                                  # merge neighbouring bins if there are too many
-    hi = lo + -(-(hi - lo) // step) * step
-    c = [sum(c[j:j + step]) for j in range(lo, hi, step)]
-    e = [float(edges[min(j, len(edges) - 1)]) for j in range(lo, hi + 1, step)]
-    top = max(c); n = len(c); bw = (width - 10) / n; h = height - 24
-    bars = "".join(f'<rect x="{5 + j * bw:.1f}" y="{height - 18 - v / top * h:.1f}" width="{max(bw - 1, 1):.1f}" '
-                   f'height="{v / top * h:.1f}" fill="#f08c00"><title>{e[j]:.3g}–{e[j + 1]:.3g}: {v}</title></rect>'
-                   for j, v in enumerate(c) if v > 0)
-    lab = (f'<text x="5" y="{height - 4}" font-size="10" fill="#555">{e[0]:.2g}</text>'
-           f'<text x="{width - 5}" y="{height - 4}" font-size="10" fill="#555" text-anchor="end">{e[-1]:.2g}</text>'
-           f'<text x="{width / 2}" y="{height - 4}" font-size="10" fill="#555" text-anchor="middle">activation (log scale)</text>')
-    return f'<svg width="{width}" height="{height}">{bars}{lab}</svg>'
-
-def _logit_table(vals, ids, i: int, cls: str, tt: TokenText) -> str:
-    if vals is None: return '<div class="na">(no model given)</div>'
-    return "<table>" + "".join(f'<tr><td><span class="tok">{_esc(tt(t))}</span></td><td class="{cls}">{v:+.3g}</td></tr>'
-                               for v, t in zip(vals[i].tolist(), ids[i].tolist())) + "</table>"
-
-# %% ../nbs/08_feature_inspection.ipynb #4f2da40b
-def feature_html(data: FeatureData, feature: int, tokenizer=None, tt: TokenText | None = None,
-                 with_css: bool = True) -> str:
-    "The dashboard of one gathered `feature` as an HTML fragment (inline CSS unless `with_css=False`)."
-    tt = tt or TokenText(tokenizer)
-    i = data.index_of(feature); cfg = data.cfg
-    amax = float(data.max_act[i]); src = int(data.top_source[i])
-    stats = (f"density {100 * float(data.density[i]):.3g}% of {data.n_rows:,} tokens · max {amax:.3g} · "
-             f"mean when firing {float(data.mean_act[i]):.3g}"
-             + (f" · top examples mostly from <b>{html.escape(data.source_names[src])}</b>" if src >= 0 else ""))
-    band = data.quantile_band()
-    q_html = ""
-    for q in reversed(range(cfg.n_quantiles)):
-        cols = (band == q).nonzero().flatten().tolist()
-        acts = data.quantiles.act[i, cols][data.quantiles.row[i, cols] >= 0]
-        rng = f": {float(acts.min()):.3g}–{float(acts.max()):.3g}" if len(acts) else ""
-        q_html += (f"<h4>Quantile band {q + 1}/{cfg.n_quantiles} of a random sample of firing tokens{rng}</h4><table>"
-                   + _examples_rows(data.quantiles, i, cols, amax, tt, data.source_names, cfg.left) + "</table>")
-    body = (f'<div class="sd" id="f{int(feature)}"><h3>Feature {int(feature)}</h3><div class="stats">{stats}</div>'
-            f'<div class="grid"><div><h4>Activation histogram (firing tokens)</h4>'
-            f'{histogram_svg(data.hist_counts[i], data.hist_edges)}</div>'
-            f'<div><h4>Boosted next tokens</h4>{_logit_table(data.logit_up, data.logit_up_ids, i, "up", tt)}</div>'
-            f'<div><h4>Suppressed next tokens</h4>{_logit_table(data.logit_down, data.logit_down_ids, i, "dn", tt)}</div></div>'
-            f'<h4>Top activations</h4><table>'
-            + _examples_rows(data.top, i, range(data.top.row.shape[1]), amax, tt, data.source_names, cfg.left)
-            + "</table>" + q_html + "</div>")
-    return (f"<style>{DASHBOARD_CSS}</style>" if with_css else "") + body
+# %% ../nbs/08_feature_inspection.ipynb #cc329964
+from .dashboard_html import (DASHBOARD_CSS, TokenText, _bg, _esc, dashboards_html, example_html,  # noqa: F401
+                                         feature_html, histogram_svg, top_tokens_summary)
 
 # %% ../nbs/08_feature_inspection.ipynb #f573df22
-def top_tokens_summary(data: FeatureData, i: int, tt: TokenText, n: int = 3) -> str:
-    "The most frequent centre tokens of row i's top examples, e.g. \"' the' ×5, ' a' ×2\"."
-    toks = data.top.tokens[i, :, data.cfg.left][data.top.row[i] >= 0].tolist()
-    counts = {}
-    for t in toks: counts[t] = counts.get(t, 0) + 1
-    best = sorted(counts.items(), key=lambda kv: -kv[1])[:n]
-    return ", ".join(f"{tt(t)!r}×{c}" for t, c in best)
-
 SORTS = {"density (high first)": "density_desc", "density (low first)": "density_asc",
          "max activation": "max", "top source (category)": "source", "feature index": "index"}
 
@@ -471,27 +321,6 @@ def feature_order(data: FeatureData, by: str = "density_desc") -> list[int]:
     order = torch.argsort(key.double(), stable=True)
     alive = order[d[order] > 0]; dead = order[d[order] == 0]
     return fe[torch.cat([alive, dead])].tolist()
-
-# %% ../nbs/08_feature_inspection.ipynb #bb354327
-def dashboards_html(data: FeatureData, tokenizer, features: Sequence[int] | None = None,
-                    title: str = "SAE feature dashboards") -> str:
-    "A complete, self-contained HTML page: an index table (linked by #anchors) and the dashboard of every feature."
-    tt = TokenText(tokenizer)
-    feats = data.features.tolist() if features is None else [int(f) for f in features]
-    rows = []
-    for f in feats:
-        i = data.index_of(f); s = int(data.top_source[i])
-        rows.append(f'<tr><td><a href="#f{f}">{f}</a></td><td>{100 * float(data.density[i]):.3g}%</td>'
-                    f'<td>{float(data.max_act[i]):.3g}</td><td>{html.escape(data.source_names[s]) if s >= 0 else ""}</td>'
-                    f'<td class="ex">{_esc(top_tokens_summary(data, i, tt))}</td></tr>')
-    index = ('<table class="sd-index"><tr><th>feature</th><th>density</th><th>max</th><th>top source</th>'
-             '<th>top tokens</th></tr>' + "".join(rows) + "</table>")
-    body = "".join(f"<hr>{feature_html(data, f, tt=tt, with_css=False)}" for f in feats)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f'<style>{DASHBOARD_CSS} body{{margin:16px}}</style></head><body><div class="sd"><h2>{html.escape(title)}</h2>'
-            f'<p class="stats">{len(feats)} feature{"" if len(feats) == 1 else "s"} · {data.n_rows:,} tokens scanned · shading: activation / the '
-            f'feature\'s max; outlined: the token the example is centred on; grey: positions not in the store '
-            f'(attention sinks)</p>{index}</div>{body}</body></html>\n')
 
 # %% ../nbs/08_feature_inspection.ipynb #d8184a97
 def export_dashboards(sae, store, model, path, features: Sequence[int] | None = None, tokenizer=None,
