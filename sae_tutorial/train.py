@@ -404,9 +404,12 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
         if not pending: return
         dt = max(time.perf_counter() - block_start, 1e-9); tps = block_tokens * world / dt
         _append_block(history, pending, sync, tps)
-        if cfg.target_l0 is not None and pending[0][0] >= cfg.sparsity_warmup_steps:   # steer on blocks after the warm-up
-            state["coeff_scale"] = steer_sparsity(state["coeff_scale"], sum(history.l0[-len(pending):]) / len(pending),
-                                                  cfg.target_l0, cfg.target_l0_gain)
+        # the L0 controller: once per whole log_every block after the warm-up, from that block's L0s (however many
+        # flushes, e.g. at checkpoints, split it, so checkpointing does not change the run)
+        done, every = state["step"], cfg.log_every
+        if cfg.target_l0 is not None and done % every == 0 and done - every >= cfg.sparsity_warmup_steps:
+            l0 = history.l0[-every:]
+            state["coeff_scale"] = steer_sparsity(state["coeff_scale"], sum(l0) / len(l0), cfg.target_l0, cfg.target_l0_gain)
         pending.clear(); block_start, block_tokens = time.perf_counter(), 0
         bar.set_postfix(loss=f"{history.loss[-1]:.4g}", L0=f"{history.l0[-1]:.1f}", mse=f"{history.mse[-1]:.3g}",
                         dead=history.dead[-1], tok_s=f"{tps:,.0f}", refresh=False)

@@ -61,12 +61,15 @@ def test_reaches_the_target_from_ten_times_off(start):
     assert abs(math.log(np.mean(fixed.history.l0[-40:]) / TARGET)) > math.log(2)   # the null: same λ, not steered
 
 
-def test_resume_continues_the_controller_exactly(tmp_path):
-    full = _fit(0.3, steps=120)
+def test_checkpoints_and_a_resume_do_not_change_the_steered_run(tmp_path):
+    "Checkpoints every 60 steps split the 8-step log blocks (an extra flush at step 60); the run must not notice."
+    full = _fit(0.3, steps=120)                                                    # no checkpoints at all
+    checkpointed = _fit(0.3, steps=120, checkpoint_every=60, checkpoint_dir=str(tmp_path/"ck0"))
+    assert checkpointed.history.sparsity_coeff == full.history.sparsity_coeff
     ck = tmp_path/"ck"
-    with pytest.raises(KeyboardInterrupt): _fit(0.3, steps=120, crash_at=70, checkpoint_every=64, checkpoint_dir=str(ck))
-    assert latest_checkpoint(ck).name == "step_000000064"
-    resumed = _fit(0.3, steps=120, ck=ck, checkpoint_every=64, checkpoint_dir=str(ck))
+    with pytest.raises(KeyboardInterrupt): _fit(0.3, steps=120, crash_at=70, checkpoint_every=60, checkpoint_dir=str(ck))
+    assert latest_checkpoint(ck).name == "step_000000060"
+    resumed = _fit(0.3, steps=120, ck=ck, checkpoint_every=60, checkpoint_dir=str(ck))
     assert resumed.history.sparsity_coeff == full.history.sparsity_coeff and resumed.history.loss == full.history.loss
     for a, b in zip(full.sae.parameters(), resumed.sae.parameters()): assert torch.equal(a, b)
 
