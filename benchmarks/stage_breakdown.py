@@ -88,7 +88,7 @@ def measure(cfg: dict, a) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
     return m
 
-def page(rec: dict, m: dict, cmd: str, load: list, run_harvest: str = "plain") -> str:
+def page(rec: dict, m: dict, cmd: str, load: list, run_harvest: str = "fast") -> str:
     "The markdown table: one row per stage, the number's source beside it."
     st, hv, cfg = rec["stages"], rec["harvest"], rec["config"]
     h, hc = m["harvest"]["seconds"], m["harvest"]["cpu_seconds"]

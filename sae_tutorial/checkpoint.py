@@ -95,7 +95,7 @@ def prune_checkpoints(folder, keep: int) -> None:
 RUN_DEFINING = ("lr", "beta1", "beta2", "eps", "steps", "total_tokens", "batch_size", "warmup_steps", "warmup_start",
                 "decay", "min_lr_frac", "sparsity_warmup_steps", "clip_grad_norm", "dead_window", "dead_threshold",
                 "resample", "resample_every", "resample_stop", "resample_steps", "resample_inputs", "resample_enc_scale",
-                "seed")
+                "seed", "target_l0", "target_l0_gain")   # log_every too when the L0 controller is on (it steers per block)
 
 class CheckpointError(ValueError):
     "A checkpoint that cannot be resumed from: files missing, truncated or corrupt, or written for another SAE or schedule."
@@ -205,7 +205,8 @@ def _read_checkpoint(path: Path, sae: SAE, optimizer, scheduler, usage: FeatureU
     was = meta.get("train_cfg")
     if cfg is not None and isinstance(was, dict) and not cfg.resume_changed_config:
         now = asdict(cfg)
-        diff = [f"{k}: {was[k]!r} then, {now[k]!r} now" for k in RUN_DEFINING if k in was and was[k] != now[k]]
+        keys = RUN_DEFINING + (("log_every",) if now.get("target_l0") is not None or was.get("target_l0") is not None else ())
+        diff = [f"{k}: {was[k]!r} then, {now[k]!r} now" for k in keys if k in was and was[k] != now[k]]
         if diff:
             raise CheckpointError(f"Checkpoint {path} was written by a run with other settings ({'; '.join(diff)}); "
                                   "resuming would change the run half-way. Resume with the checkpoint's settings "

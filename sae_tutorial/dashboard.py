@@ -21,7 +21,9 @@ __all__ = ['SORTS', 'DashboardConfig', 'merge_topk', 'Examples', 'FeatureData', 
            'quantile_picks', 'quantile_rows', 'gather_feature_data', 'feature_order', 'export_dashboards',
            'write_static_dashboard', 'DashboardRunConfig', 'dashboard_cli', 'store_scale', 'TextFeatures',
            'features_on_text', 'feature_direction', 'steering_hook', 'clamp_hook', 'generate', 'Generation',
-           'steer_generations', 'generations_html', 'AblationEffect', 'ablation_effect', 'ablation_html']
+           'steer_generations', 'generations_html', 'AblationEffect', 'ablation_effect', 'ablation_html',
+           'DASHBOARD_CSS', 'TokenText', 'dashboards_html', 'example_html', 'feature_html', 'histogram_svg',
+           'top_tokens_summary']
 
 # %% ../nbs/08_feature_inspection.ipynb #c9b56c9d
 @dataclass
@@ -304,6 +306,8 @@ def gather_feature_data(sae, store, features: Sequence[int] | Tensor | None = No
 # %% ../nbs/08_feature_inspection.ipynb #cc329964
 from .dashboard_html import (DASHBOARD_CSS, TokenText, _bg, _esc, dashboards_html, example_html,  # noqa: F401
                                          feature_html, histogram_svg, top_tokens_summary)
+_all_ = ["DASHBOARD_CSS", "TokenText", "dashboards_html", "example_html", "feature_html", "histogram_svg",
+         "top_tokens_summary"]    # still part of this module's public names
 
 # %% ../nbs/08_feature_inspection.ipynb #f573df22
 SORTS = {"density (high first)": "density_desc", "density (low first)": "density_asc",

@@ -228,7 +228,7 @@ def _run_evaluations(ecfg: EvalsConfig, log) -> dict:
     log(f"[evaluations] {run.name}: {', '.join(ecfg.arch_list)}")
     paths, keys = _saes(ecfg, cfg, run, out, dev, log)
     settings = {k: v for k, v in asdict(ecfg).items() if k not in ("run_dir", "device", "progress")}
-    key = stage_key(stage="evaluations", v=2, saes=keys, settings=settings, data=data_key_of(run, "eval"))
+    key = stage_key(stage="evaluations", v=3, saes=keys, settings=settings, data=data_key_of(run, "eval"))
     done = out/"evaluations.json"
     if done.is_file() and json.loads(done.read_text()).get("key") == key:
         log(f"  evaluations: done earlier (key {key}), skipped"); return json.loads(done.read_text())
@@ -278,9 +278,9 @@ def _run_evaluations(ecfg: EvalsConfig, log) -> dict:
                 "absorption": _mean(a["absorbed"] for a in absorb[n].values()),
                 "false_negative": _mean(a["false_negative"] for a in absorb[n].values())}
     relu_json = paths["relu"]/"train.json" if "relu" in paths else None
-    relu_end = json.loads(relu_json.read_text()).get("l1_coeff_end") if relu_json and relu_json.is_file() else None
+    relu_train = json.loads(relu_json.read_text()) if relu_json and relu_json.is_file() else {}
     res = {"key": key, "run": cfg.name, "archs": ecfg.arch_list, "k": cfg.topk.k, "relu_l1_coeff": cfg.relu.l1_coeff,
-           "relu_l1_end": relu_end,
+           "relu_l1_start": relu_train.get("l1_coeff_start"), "relu_l1_end": relu_train.get("l1_coeff_end"),
            "ks": ks, "labels": names, "n_probe_train": len(idx), "n_probe_test": int((y_te >= 0).sum()),
            "rows": {a: {**row(a), "untrained": row(f"{a}_untrained")} for a in ecfg.arch_list},
            "dense_probe": _mean(probes["dense"].values()), "random_probe": probe_mean("random"),
@@ -320,7 +320,7 @@ def evaluations_table(res: dict) -> str:
              f"raw activations: held-out accuracy {lt['accuracy']:.3f} (balanced {lt['balanced_accuracy']:.3f}; the "
              f"most common letter alone: {lt['majority_class']:.3f}; {lt['n_test']:,} held-out tokens).",
              f"TopK family at k = {res['k']}; " + (f"the ReLU SAE's L1 coefficient was steered during training to L0 = "
-             f"{res['k']} (from λ = {res['relu_l1_coeff']:g} to {res['relu_l1_end']:.3g})." if res.get("relu_l1_end") else
+             f"{res['k']} (from λ = {res.get('relu_l1_start', res['relu_l1_coeff']):.2f} to {res['relu_l1_end']:.2f})." if res.get("relu_l1_end") is not None else
              f"the ReLU SAE's L0 comes from its L1 coefficient ({res['relu_l1_coeff']}).")]
     return "\n".join(lines) + "\n\n" + "\n\n".join(notes)
 

@@ -2,7 +2,7 @@
 
 # %% ../nbs/04_training.ipynb #33a60d5a
 from __future__ import annotations
-import contextlib, itertools, math, time
+import contextlib, itertools, math, time, warnings
 from collections import deque
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
@@ -358,10 +358,12 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
     from sae_tutorial.checkpoint import load_checkpoint, prune_checkpoints, restore_rng, save_checkpoint  # it builds on this module
     cfg, loss_cfg, sync = train_cfg or TrainConfig(), loss_cfg or LossConfig(), sync or RankSync()
     rank, world = sync.rank, sync.world_size
-    if cfg.target_l0 is not None and (loss_cfg.sparsity == "none" or loss_cfg.sparsity_coeff == 0):
-        raise ValueError(f"target_l0={cfg.target_l0} steers the sparsity coefficient, but this loss has none "
-                         f"(sparsity={loss_cfg.sparsity!r}, sparsity_coeff={loss_cfg.sparsity_coeff}). TopK-style SAEs "
-                         "set L0 with k: drop target_l0, or give a sparsity penalty and a starting coefficient > 0.")
+    if cfg.target_l0 is not None and (loss_cfg.sparsity == "none" or loss_cfg.sparsity_coeff == 0
+                                      or sae.cfg.architecture in ("topk", "batchtopk", "matryoshka")):
+        raise ValueError(f"target_l0={cfg.target_l0} steers the sparsity coefficient of a penalty-driven SAE, but this "
+                         f"is a {sae.cfg.architecture} SAE with sparsity={loss_cfg.sparsity!r}, sparsity_coeff="
+                         f"{loss_cfg.sparsity_coeff}. TopK-style SAEs set L0 with k: drop target_l0; for a ReLU-style "
+                         "SAE give a sparsity penalty and a starting coefficient > 0.")
     on_rank = f", rank {rank}" if world > 1 else ""
     device = torch.device(cfg.device) if cfg.device else next(sae.parameters()).device
     sae.to(device)
@@ -388,6 +390,7 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
     bar = tqdm(total=n_steps, initial=state["step"], disable=not cfg.progress or rank != 0, dynamic_ncols=True,
                desc="train SAE" + (f" ×{world}" if world > 1 else ""))
     pending, block_start, block_tokens = [], time.perf_counter(), 0     # pending: (step, StepRecord) not yet on the host
+    bounded = []                                                       # the L0 controller hit its bound (warned once)
 
     pin = device.type == "cuda"          # a large copy from pageable memory waits until the GPU's queue reaches it
 
@@ -411,6 +414,14 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
             l0 = history.l0[-every:]
             state["coeff_scale"] = steer_sparsity(state["coeff_scale"], sum(l0) / len(l0), cfg.target_l0, cfg.target_l0_gain)
         pending.clear(); block_start, block_tokens = time.perf_counter(), 0
+        if not 1e-6 <= state["coeff_scale"] <= 1e6:      # a target this SAE cannot reach: hold λ there, say so once
+            state["coeff_scale"] = min(1e6, max(1e-6, state["coeff_scale"]))
+            if not bounded:
+                bounded.append(True)
+                warnings.warn(f"The L0 controller has moved λ by a factor of {state['coeff_scale']:.0e} and L0 is still "
+                              f"{history.l0[-1]:.3g} against target_l0={cfg.target_l0}: this SAE cannot reach that target "
+                              "(or log_every is too short for its weights to follow). λ is held at that bound; choose a "
+                              "reachable target, a longer log_every, or drop target_l0 and set λ yourself.")
         bar.set_postfix(loss=f"{history.loss[-1]:.4g}", L0=f"{history.l0[-1]:.1f}", mse=f"{history.mse[-1]:.3g}",
                         dead=history.dead[-1], tok_s=f"{tps:,.0f}", refresh=False)
 

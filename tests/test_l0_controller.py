@@ -88,3 +88,28 @@ def test_a_loss_without_a_penalty_is_refused_before_training(loss):
     with pytest.raises(ValueError, match="set L0 with k"):
         train(sae, [torch.randn(8, 4)], loss, TrainConfig(target_l0=2, progress=False))
     assert all(torch.equal(a, b) for a, b in zip(before, sae.parameters()))
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "matryoshka"])
+def test_a_fixed_k_sae_is_refused_even_with_a_penalty(arch):
+    sae = make_sae(SAEConfig(d_in=16, expansion_factor=4, architecture=arch, k=4))
+    with pytest.raises(ValueError, match="set L0 with k"):
+        train(sae, DATA.batches(64, seed=1), LossConfig(sparsity_coeff=1e-3), TrainConfig(target_l0=1, steps=5, progress=False))
+
+
+def test_an_unreachable_target_holds_lambda_at_a_bound_and_says_why():
+    "L0 cannot exceed d_sae = 64: λ halves every block until its bound, stays there, and one warning names the cause."
+    with pytest.warns(UserWarning, match="cannot reach that target") as rec:
+        res = _fit(0.3, steps=800, target_l0=500.0, target_l0_gain=1.0)
+    assert sum("cannot reach" in str(w.message) for w in rec) == 1
+    lam = np.array(res.history.sparsity_coeff)
+    assert np.isfinite(res.history.loss).all() and math.isclose(lam[-1], 0.3 * 1e-6, rel_tol=1e-9)
+
+
+def test_resuming_with_other_controller_settings_is_refused(tmp_path):
+    from sae_tutorial.checkpoint import CheckpointError
+    ck = tmp_path/"ck"
+    _fit(0.3, steps=40, checkpoint_every=16, checkpoint_dir=str(ck))
+    for change in (dict(target_l0=None), dict(target_l0=2.0), dict(target_l0_gain=0.5), dict(log_every=4)):
+        with pytest.raises(CheckpointError, match="other settings"):
+            _fit(0.3, steps=40, ck=ck, checkpoint_every=16, checkpoint_dir=str(ck), **change)
