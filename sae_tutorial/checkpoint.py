@@ -11,7 +11,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import save_file, load_file
 from .core import atomic_folder, sha256_file
-from .sae import SAE, SAEConfig
+from .sae import K_ARCHITECTURES, SAE, SAEConfig
 from .train import FeatureUsage, ResampleEvent, TrainConfig, TrainHistory
 
 # %% auto #0
@@ -121,7 +121,7 @@ def _unusable(path: Path, why: str) -> CheckpointError:
     return CheckpointError(f"Checkpoint {path} is unusable: {why}. {_checkpoint_fix(path)}")
 
 def _sae_summary(c: SAEConfig) -> str:
-    k = f", k={c.k}" if c.architecture in ("topk", "batchtopk", "matryoshka") else ""
+    k = f", k={c.k}" if c.architecture in K_ARCHITECTURES else ""
     return f"architecture={c.architecture!r}, d_in={c.d_in}, d_sae={c.d_sae}{k}, tied={c.tied}"
 
 # %% ../nbs/04a_checkpoints.ipynb #d99f80b7

@@ -20,15 +20,16 @@ from .core import require_finite, atomic_file
 from .fast import ActiveLatents, encode_centered, TopKSparse, BatchTopKSparse, ReLUSparse, nested_decode   # appendix 02b
 
 # %% auto #0
-__all__ = ['Architecture', 'ARCHITECTURES', 'CHECKPOINT_FORMAT', 'MAX_WIDTH', 'MAX_LATENTS', 'SAE_CLASSES', 'SAEConfig',
-           'SAEOutput', 'SparseSAEOutput', 'input_check_deferred', 'SAE', 'ReLUSAE', 'TiedReLUSAE', 'TopKSAE',
-           'BatchTopKSAE', 'MatryoshkaSAE', 'rectangle', 'JumpReLUFunction', 'StepFunction', 'jumprelu', 'step',
-           'JumpReLUSAE', 'GatedSAE', 'sae_class', 'make_sae', 'geometric_median', 'init_b_dec_', 'load_config',
+__all__ = ['Architecture', 'ARCHITECTURES', 'K_ARCHITECTURES', 'CHECKPOINT_FORMAT', 'MAX_WIDTH', 'MAX_LATENTS', 'SAE_CLASSES',
+           'SAEConfig', 'SAEOutput', 'SparseSAEOutput', 'input_check_deferred', 'SAE', 'ReLUSAE', 'TiedReLUSAE',
+           'TopKSAE', 'BatchTopKSAE', 'MatryoshkaSAE', 'rectangle', 'JumpReLUFunction', 'StepFunction', 'jumprelu',
+           'step', 'JumpReLUSAE', 'GatedSAE', 'sae_class', 'make_sae', 'geometric_median', 'init_b_dec_', 'load_config',
            'tensors_sha256']
 
 # %% ../nbs/02_sae.ipynb #bbbcc703
 Architecture = Literal["relu", "topk", "batchtopk", "jumprelu", "gated", "matryoshka"]
 ARCHITECTURES = get_args(Architecture)      # ("relu", "topk", ...): the one list, read from the type
+K_ARCHITECTURES = ("topk", "batchtopk", "matryoshka")   # L0 is set by k, not by a penalty
 CHECKPOINT_FORMAT = "sae_tutorial.sae/v1"
 MAX_WIDTH, MAX_LATENTS = 1 << 20, 1 << 24   # sanity bounds for d_in and d_sae: larger ones come from damaged files
 
@@ -90,7 +91,7 @@ class SAEConfig:
         if self.d_in * self.expansion_factor > MAX_LATENTS:
             raise ValueError(f"d_in * expansion_factor = {self.d_in * self.expansion_factor:,.0f} latents is more than "
                              f"{MAX_LATENTS:,}; lower expansion_factor (a cfg.json asking for this is probably damaged).")
-        if self.architecture in ("topk", "batchtopk", "matryoshka") and not 1 <= self.k <= self.d_sae:
+        if self.architecture in K_ARCHITECTURES and not 1 <= self.k <= self.d_sae:
             raise ValueError(f"k={self.k} must lie in 1..d_sae={self.d_sae} for architecture={self.architecture!r}; "
                              "lower k or raise expansion_factor.")
         if self.tied and self.architecture != "relu":

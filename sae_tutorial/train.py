@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.optim.lr_scheduler import LinearLR, CosineAnnealingLR, ConstantLR, SequentialLR, LRScheduler
 from tqdm.auto import tqdm
-from .sae import SAE, input_check_deferred
+from .sae import K_ARCHITECTURES, SAE, input_check_deferred
 from .losses import LossConfig, sae_loss
 from .train_machinery import make_optimizer, StepGuard, _defer_checks   # appendix 04b; re-exported here
 
@@ -359,7 +359,7 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
     cfg, loss_cfg, sync = train_cfg or TrainConfig(), loss_cfg or LossConfig(), sync or RankSync()
     rank, world = sync.rank, sync.world_size
     if cfg.target_l0 is not None and (loss_cfg.sparsity == "none" or loss_cfg.sparsity_coeff == 0
-                                      or sae.cfg.architecture in ("topk", "batchtopk", "matryoshka")):
+                                      or sae.cfg.architecture in K_ARCHITECTURES):
         raise ValueError(f"target_l0={cfg.target_l0} steers the sparsity coefficient of a penalty-driven SAE, but this "
                          f"is a {sae.cfg.architecture} SAE with sparsity={loss_cfg.sparsity!r}, sparsity_coeff="
                          f"{loss_cfg.sparsity_coeff}. TopK-style SAEs set L0 with k: drop target_l0; for a ReLU-style "
