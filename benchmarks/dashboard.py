@@ -17,7 +17,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sae_tutorial.activations import ActivationStore
 from sae_tutorial.sae import SAEConfig, make_sae
-from sae_tutorial.dashboard import DashboardConfig, gather_feature_data, dashboards_html
+from sae_tutorial.feature_data import DashboardConfig, gather_feature_data
+from sae_tutorial.dashboard_html import dashboards_html
 
 def synthetic_store(n_rows: int, d_in: int, ctx_len: int = 128, vocab: int = 49152, seed: int = 0) -> ActivationStore:
     "A RAM store of n_rows random activations, as if harvested from n_rows/(ctx_len-1) contexts (position 0 masked)."

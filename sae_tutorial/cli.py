@@ -163,7 +163,7 @@ def _evaluations():
 # %% ../nbs/90_cli.ipynb #3d3294cf
 @command("dashboard", "write the feature dashboards of a saved SAE over a disk activation store to one offline HTML file (notebook 08)")
 def _dashboard():
-    from sae_tutorial.dashboard import DashboardRunConfig, DashboardConfig, dashboard_cli
+    from sae_tutorial.feature_data import DashboardRunConfig, DashboardConfig, dashboard_cli
     return [DashboardRunConfig, DashboardConfig], dashboard_cli
 
 @command("exercises", "write workshop exercise notebooks (stubs with hints + checks) from the marked notebooks")

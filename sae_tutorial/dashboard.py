@@ -6,9 +6,7 @@ the reading by steering the model with the feature and by ablating it."""
 
 # %% ../nbs/08_feature_inspection.ipynb #cc54f2bc
 from __future__ import annotations
-import html, math
-from dataclasses import dataclass, field
-from pathlib import Path
+import html
 from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor
@@ -17,44 +15,10 @@ from .lm import EOT_ID
 from .activations import validate_hook
 
 # %% auto #0
-__all__ = ['SORTS', 'DashboardConfig', 'merge_topk', 'Examples', 'FeatureData', 'final_norm_weight', 'logit_effects',
-           'quantile_picks', 'quantile_rows', 'gather_feature_data', 'feature_order', 'export_dashboards',
-           'write_static_dashboard', 'DashboardRunConfig', 'dashboard_cli', 'store_scale', 'TextFeatures',
-           'features_on_text', 'feature_direction', 'steering_hook', 'clamp_hook', 'generate', 'Generation',
-           'steer_generations', 'generations_html', 'AblationEffect', 'ablation_effect', 'ablation_html',
-           'DASHBOARD_CSS', 'TokenText', 'dashboards_html', 'example_html', 'feature_html', 'histogram_svg',
-           'top_tokens_summary']
-
-# %% ../nbs/08_feature_inspection.ipynb #c9b56c9d
-@dataclass
-class DashboardConfig:
-    "What a feature dashboard gathers and shows. Doubles as CLI options."
-    n_top: int = field(default=12, metadata={"help": "top-activating examples per feature"})
-    n_sample: int = field(default=64, metadata={"help": "uniform random sample of firing positions, split into "
-                          "quantile bands"})
-    n_quantiles: int = field(default=4, metadata={"help": "quantile bands of the sample"})
-    per_quantile: int = field(default=3, metadata={"help": "examples shown per band"})
-    left: int = field(default=12, metadata={"help": "tokens shown before an example's centre token"})
-    right: int = field(default=4, metadata={"help": "tokens shown after it"})
-    n_bins: int = field(default=192, metadata={"help": "histogram bins over log10(activation): 32 per decade"})
-    log10_min: float = field(default=-4.0, metadata={"help": "lower end of the histogram in log10 units; "
-                             "smaller values land in the first bin"})
-    log10_max: float = field(default=2.0, metadata={"help": "upper end of the histogram in log10 units; "
-                             "larger values land in the last bin"})
-    n_logits: int = field(default=10, metadata={"help": "boosted and suppressed output tokens per feature"})
-    batch_size: int = field(default=4096, metadata={"help": "store rows per chunk of the pass"})
-    seed: int = field(default=0, metadata={"help": "seeds the random sample (the pass runs on the SAE's device)"})
-
-    def __post_init__(self):
-        for name in ("n_top", "n_sample", "n_quantiles", "per_quantile", "n_bins", "batch_size"):
-            if getattr(self, name) < 1: raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-        if self.left < 0 or self.right < 0: raise ValueError("left and right must be >= 0.")
-        if not self.log10_min < self.log10_max: raise ValueError("need log10_min < log10_max.")
-
-    @property
-    def window(self) -> int:
-        "Tokens per example window: left + 1 + right."
-        return self.left + 1 + self.right
+__all__ = ['merge_topk', 'final_norm_weight', 'logit_effects', 'store_scale', 'TextFeatures', 'features_on_text',
+           'feature_direction', 'steering_hook', 'clamp_hook', 'generate', 'Generation', 'steer_generations',
+           'generations_html', 'AblationEffect', 'ablation_effect', 'ablation_html', 'DASHBOARD_CSS', 'TokenText',
+           'dashboards_html', 'example_html', 'feature_html', 'histogram_svg', 'top_tokens_summary']
 
 # %% ../nbs/08_feature_inspection.ipynb #93e529ac
 @torch.no_grad()
@@ -65,48 +29,6 @@ def merge_topk(vals: Tensor, idx: Tensor, new_vals: Tensor, new_idx: Tensor, k: 
     def take(p: Tensor) -> Tensor:                      # payloads may carry extra trailing dims, e.g. [k, F, W]
         return p.gather(0, j.view(j.shape + (1,) * (p.dim() - 2)).expand(-1, -1, *p.shape[2:]))
     return (v, take(torch.cat([idx, new_idx])), *(take(torch.cat(p)) for p in payload))
-
-# %% ../nbs/08_feature_inspection.ipynb #7b79ac18
-class Examples(NamedTuple):
-    "Example positions for F features, n per feature, with a window of tokens around each. -1 / NaN mark no example."
-    row: Tensor       # [F, n] int64 store row of the example's centre token (-1: no example)
-    act: Tensor       # [F, n] float32 the feature's activation at the centre token
-    ctx: Tensor       # [F, n] int64 context (row of store.tokens) of the example
-    pos: Tensor       # [F, n] int64 position of the centre token in its context
-    tokens: Tensor    # [F, n, W] int64 token ids of the window (W = left + 1 + right); -1 beyond the context
-    acts: Tensor      # [F, n, W] float32 the feature's activation on each window token; NaN where not stored (masked sinks)
-    source: Tensor    # [F, n] int64 corpus source of the example (index into FeatureData.source_names), -1 if unknown
-
-class FeatureData(NamedTuple):
-    "Everything the dashboards of F features show, gathered in one pass over an activation store."
-    features: Tensor        # [F] int64 SAE feature index described by each row of the fields below
-    n_rows: int             # store rows scanned
-    density: Tensor         # [F] fraction of rows where f_i > 0
-    mean_act: Tensor        # [F] mean of f_i over the rows where it fires (0 if it never does)
-    max_act: Tensor         # [F] largest f_i seen (0 if it never fires)
-    hist_counts: Tensor     # [F, n_bins] int64 firing rows per log10(f_i) bin
-    hist_edges: Tensor      # [n_bins + 1] bin edges in activation units (log-spaced; end bins also hold values beyond)
-    top: Examples           # [F, n_top] top-activating examples, strongest first
-    quantiles: Examples     # [F, n_quantiles * per_quantile] examples from quantile bands of a uniform sample, weakest band first
-    source_names: list      # corpus source names that Examples.source indexes
-    top_source: Tensor      # [F] most common source among the top examples (-1: none), a cheap 'category'
-    logit_up: Tensor | None       # [F, n_logits] largest logit effects of the decoder direction (None without a model)
-    logit_up_ids: Tensor | None   # [F, n_logits] their token ids
-    logit_down: Tensor | None     # [F, n_logits] most negative effects
-    logit_down_ids: Tensor | None # [F, n_logits] their token ids
-    cfg: DashboardConfig    # the settings used
-
-    def index_of(self, feature: int) -> int:
-        "Row of `feature` in this data; ValueError naming the fix if it was not gathered."
-        hit = (self.features == int(feature)).nonzero()
-        if len(hit) == 0:
-            raise ValueError(f"Feature {feature} was not gathered; pass it in `features=` to gather_feature_data "
-                             f"(gathered: {len(self.features)} features, e.g. {self.features[:5].tolist()}).")
-        return int(hit[0, 0])
-
-    def quantile_band(self) -> Tensor:
-        "[n_quantiles * per_quantile] band (0 = weakest) of each column of `quantiles`."
-        return torch.arange(self.cfg.n_quantiles).repeat_interleave(self.cfg.per_quantile)
 
 # %% ../nbs/08_feature_inspection.ipynb #c8049694
 def final_norm_weight(model) -> Tensor | None:
@@ -136,268 +58,19 @@ def logit_effects(directions: Tensor, model, n: int = 10, chunk: int = 256) -> t
         for o, t in zip(out, (up, up_i, -down, down_i)): o.append(t.cpu())
     return tuple(torch.cat(o) if o else torch.empty(0, n) for o in out)
 
-# %% ../nbs/08_feature_inspection.ipynb #8702f8f7
-def _row_lookup(store) -> Tensor:
-    "[n_ctx, ctx_len] int64: the store row of each (context, position), -1 where the position was masked."
-    n_ctx, T = store.tokens.shape
-    lut = torch.full((n_ctx, T), -1, dtype=torch.int64)
-    r = store.rows.long()
-    lut[r[:, 0], r[:, 1]] = torch.arange(len(r))
-    return lut
-
-def _source_ids(store) -> tuple[Tensor, list]:
-    "Per-document source id [n_docs] and the sorted source names."
-    names = sorted(set(store.doc_sources))
-    ix = {s: i for i, s in enumerate(names)}
-    return torch.tensor([ix[s] for s in store.doc_sources] or [0], dtype=torch.int64), names
-
-def _encode(sae, x: Tensor, feats: Tensor | None) -> Tensor:
-    "f [B, F] of the chosen features (all if None)."
-    x = x.to(sae.W_dec.device, sae.W_dec.dtype)
-    f = sae.encode(x)
-    return f if feats is None else f[:, feats]
-
-# %% ../nbs/08_feature_inspection.ipynb #0b6b7e29
-class _Windows:
-    "Window geometry of a store: for centre rows, the rows (-1: masked) and token ids (-1: outside) around them."
-    def __init__(self, store, left: int, right: int):
-        self.rc, self.tokens, self.lut = store.rows.long(), store.tokens, _row_lookup(store)
-        self.offs, self.T = torch.arange(-left, right + 1), store.tokens.shape[1]
-        r = self.rc
-        if len(r) > 1 and not bool(((r[1:, 0] > r[:-1, 0]) | ((r[1:, 0] == r[:-1, 0]) & (r[1:, 1] > r[:-1, 1]))).all()):
-            raise ValueError("The store's rows are not in context order; dashboards need a store from harvest_activations.")
-
-    def __call__(self, rows: Tensor) -> tuple[Tensor, Tensor]:
-        "rows [...] (-1: none) -> (window rows [..., W], window tokens [..., W])."
-        ok = rows >= 0
-        rc = self.rc[rows.clamp(min=0)]
-        q = rc[..., 1:2] + self.offs
-        inside = ok[..., None] & (q >= 0) & (q < self.T)
-        c, q = rc[..., 0:1].expand_as(q), q.clamp(0, self.T - 1)
-        return torch.where(inside, self.lut[c, q], -1), torch.where(inside, self.tokens[c, q], -1)
-
-def _window_acts(win: _Windows, rows: Tensor, buf: Tensor, buf_start: int) -> Tensor:
-    "Activations [m, F, W] around centre rows [m, F] (global), read from buf [n, F] holding rows buf_start.. (NaN: masked)."
-    wrow, _ = win(rows.cpu())
-    wrow = wrow.to(buf.device)
-    local = wrow - buf_start
-    ok = (wrow >= 0) & (local >= 0) & (local < len(buf))
-    col = torch.arange(buf.shape[1], device=buf.device)[None, :, None].expand_as(local)
-    return torch.where(ok, buf[local.clamp(0, len(buf) - 1), col], math.nan)
-
-def _make_examples(win: _Windows, store, rows: Tensor, acts: Tensor, left: int, doc_src: Tensor) -> Examples:
-    "Examples from centre rows [F, n] (-1: none) and their window activations [F, n, W]."
-    ok = rows >= 0
-    rc = win.rc[rows.clamp(min=0)]
-    ctx, pos = torch.where(ok, rc[..., 0], -1), torch.where(ok, rc[..., 1], -1)
-    _, tokens = win(rows)
-    acts = torch.where(ok[..., None], acts, math.nan)
-    d = store.doc_index[ctx.clamp(min=0), pos.clamp(min=0)].long()
-    source = torch.where(ok & (d >= 0), doc_src[d.clamp(min=0)], -1)
-    return Examples(rows, acts[..., left].nan_to_num(0.0), ctx, pos, tokens, acts, source)
-
-# %% ../nbs/08_feature_inspection.ipynb #e7c97675
-def quantile_picks(rows: Tensor, acts: Tensor, n_quantiles: int, per_quantile: int) -> Tensor:
-    """From a uniform sample of firing rows [F, m] (-1: empty slot; its act is ignored) pick `per_quantile`
-    evenly spaced entries inside each of `n_quantiles` activation bands, weakest band first.
-    Returns their column in the sample [F, n_quantiles*per_quantile]; -1 where there is none (or it would repeat)."""
-    m = rows.shape[1]
-    v = torch.where(rows >= 0, acts, math.inf)
-    order = v.argsort(dim=1, stable=True)                            # valid entries first, weakest first
-    n_valid = (rows >= 0).sum(1, keepdim=True)
-    Q, P = n_quantiles, per_quantile
-    frac = (torch.arange(Q)[:, None] + (torch.arange(P)[None, :] + 0.5) / P).reshape(-1) / Q   # [Q*P] in (0, 1)
-    rank = (frac[None, :] * n_valid).floor().long().clamp(max=m - 1)                            # [F, Q*P]
-    dup = torch.zeros_like(rank, dtype=torch.bool); dup[:, 1:] = rank[:, 1:] == rank[:, :-1]
-    return torch.where((n_valid > 0) & ~dup, order.gather(1, rank), -1)
-
-def quantile_rows(rows: Tensor, acts: Tensor, n_quantiles: int, per_quantile: int) -> Tensor:
-    "The rows `quantile_picks` chooses [F, n_quantiles*per_quantile], -1 for none."
-    pick = quantile_picks(rows, acts, n_quantiles, per_quantile)
-    return torch.where(pick >= 0, rows.gather(1, pick.clamp(min=0)), -1)
-
-# %% ../nbs/08_feature_inspection.ipynb #30084bad
-@torch.no_grad()
-def gather_feature_data(sae, store, features: Sequence[int] | Tensor | None = None, model=None,
-                        cfg: DashboardConfig | None = None, progress: bool = False, **kwargs) -> FeatureData:
-    """One streaming pass over `store` (in row order) for the dashboards of `features` (default: all d_sae).
-    Per chunk [B, d_in]: f = sae.encode(x) [B, F]; firing counts, sums and a log10 histogram; the chunk's top-k rows
-    and a random-key top-m of its firing rows (a reservoir sample), each with its window of activations, merged
-    into the running ones: whole-tensor ops, no loop over features. If `model` is given, also the logit effects
-    of W_dec[features]. Every row is encoded exactly once."""
-    cfg = cfg or DashboardConfig(**kwargs)
-    if store.d_in != sae.cfg.d_in:
-        raise ValueError(f"The store holds d_in={store.d_in} activations but the SAE expects d_in={sae.cfg.d_in}; "
-                         "use the store the SAE was trained on (same model and hook).")
-    d_sae = sae.W_dec.shape[0]
-    feats = torch.arange(d_sae) if features is None else torch.as_tensor(features, dtype=torch.int64).reshape(-1)
-    if len(feats) == 0: raise ValueError("features is empty; pass at least one feature index.")
-    if feats.min() < 0 or feats.max() >= d_sae:
-        raise ValueError(f"feature indices must lie in [0, {d_sae}), got {int(feats.min())}..{int(feats.max())}.")
-    if cfg.batch_size < cfg.window: raise ValueError(f"batch_size={cfg.batch_size} must be >= the window ({cfg.window}).")
-    dev = sae.W_dec.device
-    feats_dev = None if features is None else feats.to(dev)   # None: every feature, no column selection
-    F_, k, m, nb, W = len(feats), cfg.n_top, cfg.n_sample, cfg.n_bins, cfg.window
-    win = _Windows(store, cfg.left, cfg.right)
-    nan = lambda *s: torch.full(s, math.nan, device=dev)
-    top_v, top_r, top_w = torch.full((k, F_), -math.inf, device=dev), torch.full((k, F_), -1, dtype=torch.int64, device=dev), nan(k, F_, W)
-    smp_v, smp_r, smp_w = torch.full((m, F_), -math.inf, device=dev), torch.full((m, F_), -1, dtype=torch.int64, device=dev), nan(m, F_, W)
-    smp_a = torch.zeros((m, F_), device=dev)
-    count = torch.zeros(F_, dtype=torch.int64, device=dev); total = torch.zeros(F_, dtype=torch.float64, device=dev)
-    hist = torch.zeros(F_ * nb, dtype=torch.int64, device=dev)
-    width = (cfg.log10_max - cfg.log10_min) / nb
-    g = torch.Generator(device=dev).manual_seed(cfg.seed)
-    empty = torch.zeros(0, F_, device=dev)
-
-    def merge(prev, head):
-        "Merge the candidates of the previous chunk, now that the next chunk's first rows (head) are known."
-        nonlocal top_v, top_r, top_w, smp_v, smp_r, smp_w, smp_a
-        f, start, tail, (cv, cr, kv, kr, ka) = prev
-        buf = torch.cat([tail, f, head]); buf_start = start - len(tail)
-        top_v, top_r, top_w = merge_topk(top_v, top_r, cv, cr, k, (top_w, _window_acts(win, cr, buf, buf_start)))
-        smp_v, smp_r, smp_a, smp_w = merge_topk(smp_v, smp_r, kv, kr, m, (smp_a, ka),
-                                                (smp_w, _window_acts(win, kr, buf, buf_start)))
-
-    offset, prev = 0, None
-    batches = store.batches(cfg.batch_size, shuffle=False)
-    if progress:
-        from tqdm.auto import tqdm
-        batches = tqdm(batches, total=math.ceil(store.n_rows / cfg.batch_size), desc="dashboards", unit="chunk")
-    for x in batches:
-        f = _encode(sae, x, feats_dev).float()                        # [B, F]
-        B = len(f); rows = torch.arange(offset, offset + B, device=dev)
-        count += (fire := f > 0).sum(0); total += f.sum(0, dtype=torch.float64)
-        b, j = fire.nonzero(as_tuple=True)
-        bins = ((f[b, j].log10() - cfg.log10_min) / width).floor().clamp_(0, nb - 1).long()
-        hist += torch.bincount(j * nb + bins, minlength=F_ * nb)
-        cv, ci = f.topk(min(k, B), dim=0)                             # this chunk's candidates
-        key = torch.rand(f.shape, generator=g, device=dev).masked_fill_(~fire, -1.0)
-        kv, ki = key.topk(min(m, B), dim=0)
-        cand = (cv, rows[ci], kv, rows[ki], f.gather(0, ki))
-        if prev is not None: merge(prev, f[:cfg.right])
-        prev = (f, offset, empty if prev is None else prev[0][len(prev[0]) - cfg.left:], cand)
-        offset += B
-    if prev is None: raise ValueError("The store is empty.")
-    merge(prev, empty)
-    if not bool(torch.isfinite(total).all()):
-        raise ValueError("The SAE's feature activations contain NaN or Inf; check the SAE weights and the store.")
-    # slots that never saw a firing row hold no example
-    top_r = torch.where(top_v > 0, top_r, -1).T.cpu(); top_w = top_w.transpose(0, 1).cpu()      # [F, k], [F, k, W]
-    smp_r = torch.where(smp_v >= 0, smp_r, -1).T.cpu(); smp_w = smp_w.transpose(0, 1).cpu()     # [F, m] uniform sample
-    pick = quantile_picks(smp_r, smp_a.T.cpu(), cfg.n_quantiles, cfg.per_quantile)               # [F, Q*P]
-    q_r = torch.where(pick >= 0, smp_r.gather(1, pick.clamp(min=0)), -1)
-    q_w = smp_w.gather(1, pick.clamp(min=0)[..., None].expand(-1, -1, W))
-    doc_src, source_names = _source_ids(store)
-    top = _make_examples(win, store, top_r, top_w, cfg.left, doc_src)
-    quantiles = _make_examples(win, store, q_r, q_w, cfg.left, doc_src)
-    # 'category': the most common source among the top examples
-    S = max(len(source_names), 1)
-    counts = torch.zeros(F_, S + 1, dtype=torch.int64).scatter_add_(1, top.source + 1, torch.ones_like(top.source))
-    counts[:, 0] = 0
-    top_source = torch.where(counts.sum(1) > 0, counts.argmax(1) - 1, -1)
-    count, total = count.cpu(), total.cpu()
-    edges = torch.logspace(cfg.log10_min, cfg.log10_max, nb + 1)
-    lu = [None] * 4
-    if model is not None: lu = logit_effects(sae.W_dec.detach()[feats.to(dev)], model, cfg.n_logits)
-    return FeatureData(feats, offset, (count / offset).float(), (total / count.clamp(min=1)).float(),
-                       top_v[0].clamp(min=0).cpu(), hist.view(F_, nb).cpu(), edges, top, quantiles, source_names,
-                       top_source, lu[0], lu[1], lu[2], lu[3], cfg)
-
 # %% ../nbs/08_feature_inspection.ipynb #cc329964
 from .dashboard_html import (DASHBOARD_CSS, TokenText, _bg, _esc, dashboards_html, example_html,  # noqa: F401
                                          feature_html, histogram_svg, top_tokens_summary)
 _all_ = ["DASHBOARD_CSS", "TokenText", "dashboards_html", "example_html", "feature_html", "histogram_svg",
          "top_tokens_summary"]    # still part of this module's public names
 
-# %% ../nbs/08_feature_inspection.ipynb #f573df22
-SORTS = {"density (high first)": "density_desc", "density (low first)": "density_asc",
-         "max activation": "max", "top source (category)": "source", "feature index": "index"}
-
-def feature_order(data: FeatureData, by: str = "density_desc") -> list[int]:
-    "Feature indices of `data` that ever fired, in the order `by` (a value of SORTS); never-firing ones last."
-    d, mx, src, fe = data.density, data.max_act, data.top_source, data.features
-    if by == "density_desc": key = -d
-    elif by == "density_asc": key = torch.where(d > 0, d, torch.inf)
-    elif by == "max": key = -mx
-    elif by == "source": key = src.double() * 2 - d.double()          # group by source, densest first within it
-    elif by == "index": key = fe.double()
-    else: raise ValueError(f"Unknown sort {by!r}; use one of {list(SORTS.values())}.")
-    order = torch.argsort(key.double(), stable=True)
-    alive = order[d[order] > 0]; dead = order[d[order] == 0]
-    return fe[torch.cat([alive, dead])].tolist()
-
-# %% ../nbs/08_feature_inspection.ipynb #d8184a97
-def export_dashboards(sae, store, model, path, features: Sequence[int] | None = None, tokenizer=None,
-                      cfg: DashboardConfig | None = None, title: str = "SAE feature dashboards",
-                      progress: bool = False) -> Path:
-    """Gather the dashboards of `features` (default: all) in one pass over `store` and write them to ONE
-    self-contained HTML file at `path` (inline CSS and SVG, no scripts, no external references). Returns the path."""
-    tokenizer = tokenizer or getattr(model, "tokenizer", None)
-    if tokenizer is None: raise ValueError("Need a tokenizer to show tokens: pass tokenizer= or a model with .tokenizer.")
-    data = gather_feature_data(sae, store, features, model=model, cfg=cfg, progress=progress)
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dashboards_html(data, tokenizer, title=title), encoding="utf-8")
-    return path
-
-def write_static_dashboard(sae, store, tokenizer, folder, model=None, features: Sequence[int] | None = None,
-                           max_features: int | None = 1000, cfg: DashboardConfig | None = None,
-                           title: str = "SAE feature dashboards") -> Path:
-    """Write `folder/dashboards.html` (one self-contained file) for a run: one pass over `store` for `features`
-    (default: all), then the `max_features` densest features that fired (None: all). Without `model` the logit
-    tables are left out. Returns the file's path."""
-    data = gather_feature_data(sae, store, features, model=model, cfg=cfg)
-    show = feature_order(data)
-    show = show[:int((data.density > 0).sum())] or show[:1]        # only features that fired (at least one row)
-    if max_features is not None: show = show[:max_features]
-    folder = Path(folder); folder.mkdir(parents=True, exist_ok=True)
-    path = folder/"dashboards.html"
-    path.write_text(dashboards_html(data, tokenizer, features=show, title=title), encoding="utf-8")
-    return path
-
-# %% ../nbs/08_feature_inspection.ipynb #d4e2cba1
-@dataclass
-class DashboardRunConfig:
-    "Inputs of the `dashboard` command: which SAE, which store, where to write."
-    sae: str = field(metadata={"help": "folder written by SAE.save (sae.safetensors + cfg.json)"})
-    store: str = field(metadata={"help": "folder of a disk ActivationStore (ActivationStore.save, or "
-                       "harvest_activations with store='disk')"})
-    out: str = field(default="dashboards.html", metadata={"help": "the one HTML file to write"})
-    model: str = field(default="smollm2-135m", metadata={"help": "LM for the tokenizer and the logit tables; "
-                       "'' for none (then pass tokenizer)"})
-    tokenizer: str | None = field(default=None, metadata={"help": "folder of a saved Hugging Face tokenizer, "
-                                  "used when model is ''"})
-    features: str = field(default="", metadata={"help": "comma-separated feature indices; '' for the densest "
-                          "max_features that fired"})
-    max_features: int = field(default=1000, metadata={"help": "most dashboards to write when features is ''"})
-    title: str = field(default="SAE feature dashboards", metadata={"help": "title of the HTML page"})
-
-def dashboard_cli(run: DashboardRunConfig, cfg: DashboardConfig | None = None) -> Path:
-    "Load the SAE and the store named in `run`, gather the dashboards in one pass and write one HTML file."
-    from sae_tutorial.sae import SAE
-    from sae_tutorial.activations import ActivationStore
-    model, tokenizer = None, None
-    if run.model:
-        from sae_tutorial.lm import load_lm
-        model, tokenizer = load_lm(run.model)
-    elif run.tokenizer:
-        from transformers import AutoTokenizer
-        tokenizer = AutoTokenizer.from_pretrained(run.tokenizer)
-    else: raise ValueError("Pass model= (e.g. smollm2-135m) or, with model='', tokenizer= (a saved tokenizer folder).")
-    sae = SAE.load(run.sae, device=next(model.parameters()).device if model is not None else None)
-    store = ActivationStore.load(run.store)
-    try: feats = [int(s) for s in run.features.split(",") if s.strip()] or None
-    except ValueError: raise ValueError(f"--features {run.features!r}: give comma-separated feature indices such as "
-                                        "'12,40,7', or leave it empty for the densest features.") from None
-    if feats and not all(0 <= f < sae.cfg.d_sae for f in feats):
-        raise ValueError(f"--features {run.features!r}: this SAE's features are 0..{sae.cfg.d_sae - 1}.")
-    data = gather_feature_data(sae, store, feats, model=model, cfg=cfg)
-    show = feats or feature_order(data)[:max(int((data.density > 0).sum()), 1)][:run.max_features]
-    path = Path(run.out); path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dashboards_html(data, tokenizer, features=show, title=run.title), encoding="utf-8")
-    print(f"wrote {len(show)} feature dashboards to {path}")
-    return path
-
 # %% ../nbs/08_feature_inspection.ipynb #ca134342
+def _encode(sae, x: Tensor, feats: Tensor | None) -> Tensor:
+    "f [B, F] of the chosen features (all if None)."
+    x = x.to(sae.W_dec.device, sae.W_dec.dtype)
+    f = sae.encode(x)
+    return f if feats is None else f[:, feats]
+
 def store_scale(store) -> float:
     "The factor s the SAE's inputs were multiplied by (store.scale if the store normalises, else 1)."
     return float(store.scale) if getattr(store, "normalize", False) else 1.0

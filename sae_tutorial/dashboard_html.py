@@ -8,7 +8,7 @@ from __future__ import annotations
 import codecs, html, math
 from typing import TYPE_CHECKING, Sequence
 from torch import Tensor
-if TYPE_CHECKING: from sae_tutorial.dashboard import Examples, FeatureData   # annotations only: no import cycle
+if TYPE_CHECKING: from sae_tutorial.feature_data import Examples, FeatureData   # annotations only: no import cycle
 
 # %% auto #0
 __all__ = ['DASHBOARD_CSS', 'TokenText', 'example_html', 'histogram_svg', 'feature_html', 'top_tokens_summary', 'dashboards_html']

@@ -642,9 +642,9 @@ def results_table(metrics: dict, on: str = "held_out_docs") -> str:
 # %% ../nbs/07_reproduction.ipynb #80da75ea
 def write_dashboard(sae, eval_store, tokenizer, folder: Path, model=None, log=print) -> bool:
     "Write the static feature dashboard (notebook 08) of `sae` on the held-out store into `folder`; False if unavailable."
-    try: from sae_tutorial.dashboard import write_static_dashboard   # optional: the run goes on without it
+    try: from sae_tutorial.feature_data import write_static_dashboard   # optional: the run goes on without it
     except ImportError:
-        log("  dashboard: sae_tutorial.dashboard.write_static_dashboard is not available; skipped"); return False
+        log("  dashboard: sae_tutorial.feature_data.write_static_dashboard is not available; skipped"); return False
     write_static_dashboard(sae, eval_store, tokenizer, folder, model=model, title="TopK SAE features on held-out text")
     return True
 

@@ -9,8 +9,9 @@ import html
 from typing import Sequence
 import torch
 import ipywidgets as W
-from .dashboard import (FeatureData, TokenText, feature_html, features_on_text, store_scale,
-                                    top_tokens_summary, feature_order, SORTS, DASHBOARD_CSS, _esc, _bg)
+from .dashboard import (TokenText, feature_html, features_on_text, store_scale, top_tokens_summary,
+                                    DASHBOARD_CSS, _esc, _bg)
+from .feature_data import FeatureData, feature_order, SORTS
 
 def text_features_html(tokens: Sequence[int], f: torch.Tensor, tt: TokenText, top: int = 3) -> str:
     "Each token with its `top` strongest features (index: activation) underneath; shading = the token's strongest activation."

@@ -185,7 +185,7 @@ def test_configs_give_every_option_help_and_choices():
     "HarvestConfig and the dashboard / exercises configs: every field has help text; choice fields are Literal."
     import argparse, dataclasses
     from sae_tutorial.cli import add_dataclass_args, dataclass_from_args
-    from sae_tutorial.dashboard import DashboardConfig, DashboardRunConfig
+    from sae_tutorial.feature_data import DashboardConfig, DashboardRunConfig
     from sae_tutorial.exercises import ExercisesConfig
     for cls in (HarvestConfig, DashboardConfig, DashboardRunConfig, ExercisesConfig):
         assert all(f.metadata.get("help") for f in dataclasses.fields(cls)), cls.__name__

@@ -4,10 +4,10 @@ from html.parser import HTMLParser
 import numpy as np
 import pytest
 import torch
-from sae_tutorial.dashboard import (DashboardConfig, merge_topk, quantile_rows, gather_feature_data, logit_effects,
-                                    final_norm_weight, feature_html, export_dashboards, features_on_text,
+from sae_tutorial.dashboard import (merge_topk, logit_effects, final_norm_weight, feature_html, features_on_text,
                                     steering_hook, clamp_hook, feature_direction, generate, steer_generations,
                                     ablation_effect, store_scale, TokenText)
+from sae_tutorial.feature_data import DashboardConfig, quantile_rows, gather_feature_data, export_dashboards
 from dash_tiny import WORDS, CAT, HOOK, tiny_tokenizer, tiny_model, tiny_store, cat_sae, f_reference
 
 torch.set_num_threads(2)
@@ -284,7 +284,7 @@ def test_token_text_window_rejoins_split_characters():
 def test_write_static_dashboard_for_a_run(world, tmp_path):
     "The entry point 07_reproduction calls: one file in the folder, the densest firing features, no model needed."
     store, sae, _, f = world
-    from sae_tutorial.dashboard import write_static_dashboard
+    from sae_tutorial.feature_data import write_static_dashboard
     path = write_static_dashboard(sae, store, tiny_tokenizer(), tmp_path/"dashboard", max_features=3)
     assert [p.name for p in (tmp_path/"dashboard").iterdir()] == ["dashboards.html"]
     page = path.read_text(encoding="utf-8")
@@ -307,7 +307,7 @@ def test_dashboard_cli_from_saved_sae_and_disk_store(world, tmp_path):
     import argparse
     from sae_tutorial.activations import Contexts, harvest_activations, HarvestConfig
     from sae_tutorial.cli import add_dataclass_args, dataclass_from_args
-    from sae_tutorial.dashboard import DashboardRunConfig, dashboard_cli
+    from sae_tutorial.feature_data import DashboardRunConfig, dashboard_cli
     store, sae, _, _ = world
     model, _ = tiny_model()
     disk = harvest_activations(model, Contexts(store.tokens, store.doc_index, store.doc_sources),

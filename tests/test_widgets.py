@@ -2,7 +2,7 @@
 import html
 import pytest
 import torch
-from sae_tutorial.dashboard import DashboardConfig, gather_feature_data, feature_order
+from sae_tutorial.feature_data import DashboardConfig, gather_feature_data, feature_order
 from sae_tutorial.widgets import FeatureBrowser, text_features_html
 from dash_tiny import WORDS, CAT, tiny_tokenizer, tiny_model, tiny_store, cat_sae
 
