@@ -150,6 +150,68 @@ def breakdown(s: dict, steps: int, warmup: int) -> dict:
     return row
 
 
+def bound(s: dict, reps: int, warmup: int) -> dict:
+    """ms of each piece a TopK training step cannot avoid, each timed alone (min over `reps`) with the kernel the
+    package uses for it, on this SAE after `warmup` training steps: the encoder product (the floor), the top-k choice
+    (`row_topk`), the decode (`embedding_bag`), the reconstruction loss's gradient, dL/dvals at the k pairs per row
+    (`sampled_addmm`), grouping the pairs by latent (`_ByFeature`), W_dec's and W_enc's gradients (`embedding_bag`
+    per latent; W_enc's transposed into place), the biases' gradients, fused Adam over all parameters, and the
+    decoder's unit-norm constraint (parallel-gradient removal + renormalisation). Gradient clipping (train's default,
+    optional) is listed apart. `best_ratio` = product / (product + the required pieces): what product / step would
+    be if a step were nothing but these kernels, back to back, with no autograd, no AuxK, no clipping and no Python."""
+    import torch.nn.functional as F
+    from sae_tutorial.fast import _ByFeature, _topk_rows, row_topk
+    from sae_tutorial.train import make_optimizer, train
+    assert s["arch"] == "topk", "bound: TopK settings only"
+    sae, xs, loss, tcfg = make_run(s)
+    train(sae, batches_for(xs, warmup), loss, tcfg(warmup))
+    x, k = xs[0], s["k"]
+    W_enc, b_enc, W_dec, b_dec = (p.detach() for p in (sae.W_enc, sae.b_enc, sae.W_dec, sae.b_dec))
+    xc = x - b_dec
+    pre = torch.addmm(b_enc, xc, W_enc)
+    top, idx = row_topk(pre, k); vals = top.relu()
+    x_hat = F.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum").add_(b_dec)
+    g_xhat = (x_hat - x).mul_(2 / x.numel())
+    rows, crow = _topk_rows(*idx.shape, idx.device); cols = idx.reshape(-1)
+    by_feat = _ByFeature(rows, cols, W_dec.shape[0])
+    import warnings
+    warnings.simplefilter("ignore")
+    pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros_like(vals.reshape(-1)), pre.shape, check_invariants=False)
+    gp = torch.sparse.sampled_addmm(pattern, g_xhat, W_dec.T).values() * (vals.reshape(-1) > 0)
+    opt = make_optimizer(sae, tcfg(1))
+    for p in sae.parameters(): p.grad = torch.randn_like(p) * 1e-3
+    params = list(sae.parameters())
+    pieces = {
+        "product (the floor)": lambda: torch.addmm(b_enc, xc, W_enc),
+        "top-k choice (row_topk)": lambda: row_topk(pre, k),
+        "decode (embedding_bag)": lambda: F.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum").add_(b_dec),
+        "loss and its gradient": lambda: ((x_hat - x).pow(2).mean(), (x_hat - x).mul_(2 / x.numel())),
+        "dL/dvals at the pairs (sampled_addmm)": lambda: torch.sparse.sampled_addmm(pattern, g_xhat, W_dec.T),
+        "pairs grouped by latent (_ByFeature)": lambda: _ByFeature(rows, cols, W_dec.shape[0]),
+        "W_dec gradient (embedding_bag per latent)": lambda: by_feat.sum_rows(g_xhat, vals.reshape(-1)),
+        "W_enc gradient (the same, transposed)": lambda: by_feat.sum_rows(xc, gp).T.contiguous(),
+        "bias gradients": lambda: (torch.zeros_like(b_enc).index_add_(0, cols, gp), g_xhat.sum(0) - W_enc @ b_enc),
+        "fused Adam, all parameters": lambda: opt.step(),
+        "decoder norm (parallel-gradient removal, renormalise)": lambda: (sae.remove_parallel_grad_(), sae.normalize_decoder_()),
+        "gradient clipping (optional)": lambda: torch.nn.utils.clip_grad_norm_(params, 1.0),
+    }
+    ms = {n: [] for n in pieces}
+    for _ in range(reps):                                   # interleaved, so a noisy moment hits every piece alike
+        for n, fn in pieces.items():
+            t0 = time.perf_counter(); fn(); ms[n].append(1e3 * (time.perf_counter() - t0))
+    row = {n: min(v) for n, v in ms.items()}
+    product = row["product (the floor)"]
+    required = sum(v for n, v in row.items() if n != "product (the floor)" and "optional" not in n)
+    macs = s["batch"] * s["d_in"] * s["d_sae"]
+    sparse_macs = 4 * s["batch"] * k * s["d_in"]            # decode, dL/dvals, W_dec and W_enc gradients
+    return {"pieces_ms": row, "required_ms": required, "best_ratio": product / (product + required),
+            "product_gmac_per_s": macs / product * 1e-6,
+            "sparse_pieces_gmac_per_s": sparse_macs / sum(row[n] for n in ("decode (embedding_bag)",
+                "dL/dvals at the pairs (sampled_addmm)", "W_dec gradient (embedding_bag per latent)",
+                "W_enc gradient (the same, transposed)")) * 1e-6,
+            "sparse_share_of_product_macs": sparse_macs / macs}
+
+
 def machine() -> dict:
     try: model = next(l.split(":", 1)[1].strip() for l in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines() if l.startswith("Model name"))
     except Exception: model = platform.processor()
@@ -166,6 +228,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--profile", default=None, help="a setting name: cProfile one train() call of --steps steps")
     ap.add_argument("--breakdown", action="store_true", help="ms per phase of the step (min over --steps)")
+    ap.add_argument("--bound", action="store_true", help="ms of each piece a TopK step cannot avoid, timed alone "
+                    "(min over --steps), and the best product/step those kernels allow")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="cpu: the main thread's CPU time (time.thread_time), steadier on a busy machine at --threads 1")
     ap.add_argument("--out", default=None, help="jsonl file to append this run to (default: print only)")
@@ -184,6 +248,17 @@ def main():
         pr.disable()
         print(f"{a.profile}: {1e3 * dt / a.steps:.1f} ms/step under cProfile; floor {1e3 * time_floor(s, 20):.1f} ms")
         pstats.Stats(pr).sort_stats("tottime").print_stats(25)
+        return
+    if a.bound:
+        res = {"machine": machine(), "label": a.label, "reps": a.steps, "warmup": a.warmup, "settings": {}}
+        for n in a.settings.split(","):
+            r = res["settings"][n] = bound(SETTINGS[n], a.steps, a.warmup)
+            print(f"{a.label} {n}: " + "; ".join(f"{p} {v:.2f}" for p, v in r["pieces_ms"].items()))
+            print(f"   required without the product {r['required_ms']:.1f} ms -> best product/step {r['best_ratio']:.0%}; "
+                  f"product {r['product_gmac_per_s']:.0f} GMAC/s, the four sparse pieces {r['sparse_pieces_gmac_per_s']:.1f} "
+                  f"GMAC/s ({r['sparse_share_of_product_macs']:.1%} of the product's MACs)", flush=True)
+        if a.out:
+            with open(a.out, "a") as fh: fh.write(json.dumps(res) + "\n")
         return
     if a.breakdown:
         for n in a.settings.split(","):

@@ -151,13 +151,14 @@ def _n_slices(S: int, k: int) -> int | None:
 
 def threshold_topk(pre: Tensor, k: int) -> tuple[Tensor, Tensor] | None:
     """(vals, idx) [B, k]: the k largest entries of each row of pre [B, S], unsorted, from the entries >= t, t the
-    k-th largest of the maxima of M slices of the row (at least k entries are >= t, so this is exact). None if S
+    k-th largest of the maxima of M strided slices of the row (at least k entries are >= t, so this is exact). None if S
     has no such slicing or a row keeps fewer than k entries (NaN): then use torch.topk. One host sync. Among entries
     exactly tied at the k-th value it may keep other indices than torch.topk (the same values)."""
     B, S = pre.shape
     M = _n_slices(S, k)
     if M is None or B == 0: return None
-    t = pre.reshape(B, M, S // M).amax(-1).topk(k, dim=-1, sorted=False).values.amin(-1, keepdim=True)   # [B, 1]
+    slice_max = pre.reshape(B, S // M, M).amax(1)                       # [B, M]: slice j is columns j, j + M, j + 2M, ...
+    t = slice_max.topk(k, dim=-1, sorted=False).values.amin(-1, keepdim=True)                          # [B, 1]
     rows, cols = (pre >= t).nonzero(as_tuple=True)                      # the survivors, row by row
     counts = torch.bincount(rows, minlength=B)                          # [B]
     lo_hi = torch.stack([counts.min(), counts.max()]).tolist()          # the host sync
