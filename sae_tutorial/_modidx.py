@@ -864,6 +864,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'sae_tutorial.sae.SAEConfig._check_prefixes': ( 'sae.html#saeconfig._check_prefixes',
                                                                                   'sae_tutorial/sae.py'),
                                   'sae_tutorial.sae.SAEConfig._check_types': ('sae.html#saeconfig._check_types', 'sae_tutorial/sae.py'),
+                                  'sae_tutorial.sae.SAEConfig._validate': ('sae.html#saeconfig._validate', 'sae_tutorial/sae.py'),
                                   'sae_tutorial.sae.SAEConfig.d_sae': ('sae.html#saeconfig.d_sae', 'sae_tutorial/sae.py'),
                                   'sae_tutorial.sae.SAEConfig.decoder_norm_at_init': ( 'sae.html#saeconfig.decoder_norm_at_init',
                                                                                        'sae_tutorial/sae.py'),

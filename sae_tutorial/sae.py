@@ -9,6 +9,7 @@ import contextvars, hashlib, json, math, warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, asdict, field, fields
 from functools import cached_property
+from fastcore.basics import patch
 from pathlib import Path
 from typing import Literal, NamedTuple, get_args
 import torch
@@ -21,7 +22,7 @@ from .fast import ActiveLatents, encode_centered, TopKSparse, BatchTopKSparse, R
 
 # %% auto #0
 __all__ = ['Architecture', 'ARCHITECTURES', 'K_ARCHITECTURES', 'CHECKPOINT_FORMAT', 'MAX_WIDTH', 'MAX_LATENTS', 'SAE_CLASSES',
-           'SAEConfig', 'SAEOutput', 'SparseSAEOutput', 'input_check_deferred', 'SAE', 'ReLUSAE', 'TiedReLUSAE',
+           'SAEConfig', 'SAEOutput', 'SparseSAEOutput', 'SAE', 'input_check_deferred', 'ReLUSAE', 'TiedReLUSAE',
            'TopKSAE', 'BatchTopKSAE', 'MatryoshkaSAE', 'rectangle', 'JumpReLUFunction', 'StepFunction', 'jumprelu',
            'step', 'JumpReLUSAE', 'GatedSAE', 'sae_class', 'make_sae', 'geometric_median', 'init_b_dec_', 'load_config',
            'tensors_sha256']
@@ -79,71 +80,12 @@ class SAEConfig:
     distinct_tokens: int | None = field(
         default=None, metadata={"help": "distinct activation vectors in the training data"})
 
-    def __post_init__(self):
-        self._check_types()
-        if not 1 <= self.d_in <= MAX_WIDTH:
-            raise ValueError(f"d_in must be a positive integer of at most {MAX_WIDTH:,}, got {self.d_in!r}.")
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"architecture={self.architecture!r} is unknown; use one of {', '.join(ARCHITECTURES)}.")
-        if not self.expansion_factor >= 1:
-            raise ValueError(f"expansion_factor={self.expansion_factor} gives d_sae < d_in; an SAE needs at least "
-                             "as many features as input dimensions: use expansion_factor >= 1 (typically 4 to 64).")
-        if self.d_in * self.expansion_factor > MAX_LATENTS:
-            raise ValueError(f"d_in * expansion_factor = {self.d_in * self.expansion_factor:,.0f} latents is more than "
-                             f"{MAX_LATENTS:,}; lower expansion_factor (a cfg.json asking for this is probably damaged).")
-        if self.architecture in K_ARCHITECTURES and not 1 <= self.k <= self.d_sae:
-            raise ValueError(f"k={self.k} must lie in 1..d_sae={self.d_sae} for architecture={self.architecture!r}; "
-                             "lower k or raise expansion_factor.")
-        if self.tied and self.architecture != "relu":
-            raise ValueError(f"tied=True is only supported for architecture='relu', not {self.architecture!r}.")
-        if self.init_decoder_norm is not None and not self.init_decoder_norm > 0:
-            raise ValueError(f"init_decoder_norm must be > 0 (or None), got {self.init_decoder_norm}.")
-        if not self.jumprelu_bandwidth > 0 or not self.jumprelu_init_threshold > 0:
-            raise ValueError("jumprelu_bandwidth and jumprelu_init_threshold must both be > 0.")
-        if not (math.isfinite(self.input_scale) and self.input_scale > 0):     # a number: _check_types
-            raise ValueError(f"input_scale must be a finite number > 0, got {self.input_scale!r}.")
-        if not 0 <= self.batchtopk_threshold_decay < 1:
-            raise ValueError(f"batchtopk_threshold_decay must lie in [0, 1), got {self.batchtopk_threshold_decay}.")
-        self._check_prefixes()
-
-    def _check_prefixes(self):
-        "matryoshka_prefixes: None, or increasing sizes ending at d_sae, and only for architecture='matryoshka'."
-        m = self.matryoshka_prefixes
-        if m is None: return
-        if self.architecture != "matryoshka":
-            raise ValueError(f"matryoshka_prefixes is only read by architecture='matryoshka', not "
-                             f"{self.architecture!r}; leave it None or set architecture='matryoshka'.")
-        self.matryoshka_prefixes = m = [int(v) for v in m]       # a tuple, or a JSON list: one type
-        if not m or m[0] < 1 or any(b <= a for a, b in zip(m, m[1:])) or m[-1] != self.d_sae:
-            raise ValueError(f"matryoshka_prefixes={m} must be strictly increasing sizes >= 1 whose last is "
-                             f"d_sae={self.d_sae} (the whole dictionary), e.g. {_halvings(self.d_sae)}; "
-                             "fix the list, or leave it None for that default.")
+    def __post_init__(self): self._validate()   # every field checked on creation (below)
 
     @property
     def prefixes(self) -> list[int]:
         "Matryoshka's nested sizes: `matryoshka_prefixes`, or by default d_sae // 16, // 8, // 4, // 2 and d_sae."
         return list(self.matryoshka_prefixes or _halvings(self.d_sae))
-
-    def _check_types(self):
-        "Every field has its declared type (a cfg.json may hold anything): bools are bools, numbers finite numbers."
-        def bad(name, want): raise ValueError(f"{name} must be {want}, got {getattr(self, name)!r}.")
-        for name in ("tied", "normalize_decoder", "check_input", "fast"):
-            if not isinstance(getattr(self, name), bool): bad(name, "true or false (a JSON boolean, not a string)")
-        for name in ("d_in", "k", "tokens_trained", "distinct_tokens"):
-            v = getattr(self, name)
-            if (v is not None or name in ("d_in", "k")) and (isinstance(v, bool) or not isinstance(v, int)):
-                bad(name, "a positive integer" if name == "d_in" else "an integer")
-        m = self.matryoshka_prefixes
-        if m is not None and (not isinstance(m, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, int) for v in m)):
-            bad("matryoshka_prefixes", "a list of integers (or null)")
-        for name in ("expansion_factor", "jumprelu_bandwidth", "jumprelu_init_threshold", "batchtopk_threshold_decay",
-                     "input_scale", "init_decoder_norm"):     # their ranges (NaN and Inf included) are checked below
-            v = getattr(self, name)
-            if v is None and name == "init_decoder_norm": continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)): bad(name, "a number")
-        for name in ("architecture", "input_scale_method", "model", "model_sha256", "hook"):
-            v = getattr(self, name)
-            if not (isinstance(v, str) or (v is None and name != "architecture")): bad(name, "a string")
 
     @property
     def d_sae(self) -> int:
@@ -171,6 +113,73 @@ class SAEConfig:
         if d_sae is not None and d_sae != cfg.d_sae:
             raise ValueError(f"d_sae={d_sae} disagrees with d_in*expansion_factor={cfg.d_sae}.")
         return cfg
+
+# %% ../nbs/02_sae.ipynb #234c09a7
+@patch
+def _validate(self: SAEConfig):
+    "Check every field's type, then its range; ValueError naming the fix."
+    self._check_types()                                  # types first: a cfg.json may hold anything
+    if not 1 <= self.d_in <= MAX_WIDTH:
+        raise ValueError(f"d_in must be a positive integer of at most {MAX_WIDTH:,}, got {self.d_in!r}.")
+    if self.architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture={self.architecture!r} is unknown; use one of {', '.join(ARCHITECTURES)}.")
+    if not self.expansion_factor >= 1:
+        raise ValueError(f"expansion_factor={self.expansion_factor} gives d_sae < d_in; an SAE needs at least "
+                         "as many features as input dimensions: use expansion_factor >= 1 (typically 4 to 64).")
+    if self.d_in * self.expansion_factor > MAX_LATENTS:
+        raise ValueError(f"d_in * expansion_factor = {self.d_in * self.expansion_factor:,.0f} latents is more than "
+                         f"{MAX_LATENTS:,}; lower expansion_factor (a cfg.json asking for this is probably damaged).")
+    if self.architecture in K_ARCHITECTURES and not 1 <= self.k <= self.d_sae:
+        raise ValueError(f"k={self.k} must lie in 1..d_sae={self.d_sae} for architecture={self.architecture!r}; "
+                         "lower k or raise expansion_factor.")
+    if self.tied and self.architecture != "relu":
+        raise ValueError(f"tied=True is only supported for architecture='relu', not {self.architecture!r}.")
+    if self.init_decoder_norm is not None and not self.init_decoder_norm > 0:
+        raise ValueError(f"init_decoder_norm must be > 0 (or None), got {self.init_decoder_norm}.")
+    if not self.jumprelu_bandwidth > 0 or not self.jumprelu_init_threshold > 0:
+        raise ValueError("jumprelu_bandwidth and jumprelu_init_threshold must both be > 0.")
+    if not (math.isfinite(self.input_scale) and self.input_scale > 0):     # a number: _check_types
+        raise ValueError(f"input_scale must be a finite number > 0, got {self.input_scale!r}.")
+    if not 0 <= self.batchtopk_threshold_decay < 1:
+        raise ValueError(f"batchtopk_threshold_decay must lie in [0, 1), got {self.batchtopk_threshold_decay}.")
+    self._check_prefixes()
+
+@patch
+def _check_types(self: SAEConfig):
+    "Every field has its declared type (a cfg.json may hold anything): bools are bools, numbers finite numbers."
+    def bad(name, want): raise ValueError(f"{name} must be {want}, got {getattr(self, name)!r}.")
+    for name in ("tied", "normalize_decoder", "check_input", "fast"):
+        if not isinstance(getattr(self, name), bool): bad(name, "true or false (a JSON boolean, not a string)")
+    for name in ("d_in", "k", "tokens_trained", "distinct_tokens"):
+        v = getattr(self, name)
+        if (v is not None or name in ("d_in", "k")) and (isinstance(v, bool) or not isinstance(v, int)):
+            bad(name, "a positive integer" if name == "d_in" else "an integer")
+    m = self.matryoshka_prefixes
+    if m is not None and (not isinstance(m, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, int) for v in m)):
+        bad("matryoshka_prefixes", "a list of integers (or null)")
+    for name in ("expansion_factor", "jumprelu_bandwidth", "jumprelu_init_threshold", "batchtopk_threshold_decay",
+                 "input_scale", "init_decoder_norm"):     # their ranges (NaN and Inf included) are checked below
+        v = getattr(self, name)
+        if v is None and name == "init_decoder_norm": continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)): bad(name, "a number")
+    for name in ("architecture", "input_scale_method", "model", "model_sha256", "hook"):
+        v = getattr(self, name)
+        if not (isinstance(v, str) or (v is None and name != "architecture")): bad(name, "a string")
+
+@patch
+def _check_prefixes(self: SAEConfig):
+    "matryoshka_prefixes: None, or increasing sizes ending at d_sae, and only for architecture='matryoshka'."
+    m = self.matryoshka_prefixes
+    if m is None: return
+    if self.architecture != "matryoshka":
+        raise ValueError(f"matryoshka_prefixes is only read by architecture='matryoshka', not "
+                         f"{self.architecture!r}; leave it None or set architecture='matryoshka'.")
+    self.matryoshka_prefixes = m = [int(v) for v in m]       # a tuple, or a JSON list: one type
+    if not m or m[0] < 1 or any(b <= a for a, b in zip(m, m[1:])) or m[-1] != self.d_sae:
+        raise ValueError(f"matryoshka_prefixes={m} must be strictly increasing sizes >= 1 whose last is "
+                         f"d_sae={self.d_sae} (the whole dictionary), e.g. {_halvings(self.d_sae)}; "
+                         "fix the list, or leave it None for that default.")
+
 
 # %% ../nbs/02_sae.ipynb #1e9e0ed8
 class SAEOutput(NamedTuple):
@@ -200,21 +209,10 @@ class SparseSAEOutput(SAEOutput):
     def __iter__(self): return iter((self.x_hat, self.f, self.pre, self.pre_mag, self.active))
     def __getitem__(self, i): return tuple(self)[i]
 
-# %% ../nbs/02_sae.ipynb #a6a3a450
-_input_check_deferred = contextvars.ContextVar("input_check_deferred", default=False)
-
-@contextmanager
-def input_check_deferred():
-    """Inside this block an SAE's forward skips its NaN/Inf test of x (shape, dtype and device are still checked).
-    The test reads a verdict back from the device, so on a GPU it stops the CPU until every queued kernel has
-    run; `train` uses this block on a GPU and finds a bad batch from the loss one step later instead."""
-    token = _input_check_deferred.set(True)
-    try: yield
-    finally: _input_check_deferred.reset(token)
-
 # %% ../nbs/02_sae.ipynb #5cb81936
 class SAE(nn.Module):
-    "Base class: parameters W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in]. Build with `make_sae`."
+    """Base class: parameters W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in]. Build with `make_sae`.
+    The input check, the fast-path test and save / load are added further down (`@patch`)."""
     architecture: str = ""
     _MATHS = ("pre_acts", "activation", "decode", "batch_topk")   # the methods a fast kernel re-implements
 
@@ -249,22 +247,6 @@ class SAE(nn.Module):
         self.W_dec.copy_(W)
         if "W_enc" in self._parameters: self.W_enc.copy_(W.T)
         self.b_enc.zero_(); self.b_dec.zero_()
-
-    # --- checks ---------------------------------------------------------------------------------------
-    def _check(self, x: Tensor, name: str = "x", width: int | None = None) -> Tensor:
-        width = width or self.cfg.d_in
-        if not isinstance(x, Tensor): raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}.")
-        if x.dim() < 1 or x.shape[-1] != width:
-            raise ValueError(f"{name} has shape {tuple(x.shape)}: expected last dimension {width} "
-                             f"({'d_in' if width == self.cfg.d_in else 'd_sae'}), got "
-                             f"{x.shape[-1] if x.dim() else 'a scalar'}.")
-        if not self.cfg.check_input: return x
-        if x.dtype != self.W_dec.dtype:
-            raise ValueError(f"{name} has dtype {x.dtype} but the SAE's parameters are {self.W_dec.dtype}; "
-                             f"pass {name}.to({self.W_dec.dtype}) or build the SAE with that dtype.")
-        if x.device != self.W_dec.device:
-            raise ValueError(f"{name} is on {x.device} but the SAE is on {self.W_dec.device}; move one of them.")
-        return x if _input_check_deferred.get() else require_finite(x, f"SAE {name}")
 
     # --- the maths --------------------------------------------------------------------------------------
     def pre_acts(self, x: Tensor) -> Tensor:
@@ -303,16 +285,6 @@ class SAE(nn.Module):
         out = self._encode(self.scaled_input(self._check(x)))
         return out._replace(x_hat=self.decode(out.f))
 
-    def fast_path_applies(self, cls: type, *also: str) -> bool:
-        """Whether `cls.forward` may take its fast path (`cls.sparse_forward`, appendix 02b): cfg.fast is on, x needs no
-        rescaling, and this SAE still has the pre_acts, activation and decode of `cls` (and the methods named in
-        `also`) as they were when `cls` was defined. The fast kernels compute exactly those formulas, so a subclass
-        that rewrites one of them (a learner's own activation, say), or a method patched onto the class later, runs
-        the plain path above, which calls the rewrite."""
-        same = all(getattr(type(self), m) is cls._maths_at_definition[m]
-                   for m in ("pre_acts", "activation", "decode", *also))
-        return self.cfg.fast and self.cfg.input_scale == 1 and same
-
     # --- decoder norm constraint -----------------------------------------------------------------------
     def decoder_norms(self) -> Tensor:
         "‖W_dec[i]‖ for every feature   [d_sae]"
@@ -332,19 +304,50 @@ class SAE(nn.Module):
         u = self.W_dec / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
         g.sub_((g * u).sum(dim=1, keepdim=True) * u)
 
-    # --- save / load (the format is described after the architectures) ----------------------------------------
-    def save(self, path) -> Path:
-        """Write folder `path` with `sae.safetensors` (the state dict) and `cfg.json` (the config). Returns the folder.
-        Each file is written whole or not at all; the weights file's metadata repeats the architecture and sizes
-        and holds a sha256 of the tensors, so `load` can tell a corrupt file or a cfg.json from another SAE."""
-        return _save_checkpoint(self, path)
 
-    @classmethod
-    def load(cls, path, device=None, dtype=None) -> "SAE":
-        """Read a folder written by `save`. Before allocating anything it checks cfg.json's values, the architecture
-        (when called on a subclass) and every tensor's shape and dtype in the weights file's header; then the
-        checksum, and that every weight is finite."""
-        return _load_checkpoint(cls, path, device=device, dtype=dtype)
+# %% ../nbs/02_sae.ipynb #a6a3a450
+_input_check_deferred = contextvars.ContextVar("input_check_deferred", default=False)
+
+@contextmanager
+def input_check_deferred():
+    """Inside this block an SAE's forward skips its NaN/Inf test of x (shape, dtype and device are still checked).
+    The test reads a verdict back from the device, so on a GPU it stops the CPU until every queued kernel has
+    run; `train` uses this block on a GPU and finds a bad batch from the loss one step later instead."""
+    token = _input_check_deferred.set(True)
+    try: yield
+    finally: _input_check_deferred.reset(token)
+
+# %% ../nbs/02_sae.ipynb #3216ddb6
+@patch
+def _check(self: SAE, x: Tensor, name: str = "x", width: int | None = None) -> Tensor:
+    "x itself if it is a tensor of the right width, dtype and device with no NaN/Inf; else an error naming the fix."
+    width = width or self.cfg.d_in
+    if not isinstance(x, Tensor): raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}.")
+    if x.dim() < 1 or x.shape[-1] != width:
+        raise ValueError(f"{name} has shape {tuple(x.shape)}: expected last dimension {width} "
+                         f"({'d_in' if width == self.cfg.d_in else 'd_sae'}), got "
+                         f"{x.shape[-1] if x.dim() else 'a scalar'}.")
+    if not self.cfg.check_input: return x
+    if x.dtype != self.W_dec.dtype:
+        raise ValueError(f"{name} has dtype {x.dtype} but the SAE's parameters are {self.W_dec.dtype}; "
+                         f"pass {name}.to({self.W_dec.dtype}) or build the SAE with that dtype.")
+    if x.device != self.W_dec.device:
+        raise ValueError(f"{name} is on {x.device} but the SAE is on {self.W_dec.device}; move one of them.")
+    return x if _input_check_deferred.get() else require_finite(x, f"SAE {name}")
+
+
+# %% ../nbs/02_sae.ipynb #4ecd91c3
+@patch
+def fast_path_applies(self: SAE, cls: type, *also: str) -> bool:
+    """Whether `cls.forward` may take its fast path (`cls.sparse_forward`, appendix 02b): cfg.fast is on, x needs no
+    rescaling, and this SAE still has the pre_acts, activation and decode of `cls` (and the methods named in
+    `also`) as they were when `cls` was defined. The fast kernels compute exactly those formulas, so a subclass
+    that rewrites one of them (a learner's own activation, say), or a method patched onto the class later, runs
+    the plain path above, which calls the rewrite."""
+    same = all(getattr(type(self), m) is cls._maths_at_definition[m]
+               for m in ("pre_acts", "activation", "decode", *also))
+    return self.cfg.fast and self.cfg.input_scale == 1 and same
+
 
 # %% ../nbs/02_sae.ipynb #aec26da1
 class ReLUSAE(SAE):
@@ -699,3 +702,19 @@ def _load_checkpoint(cls: type, path, device=None, dtype=None) -> SAE:
     sae = want(cfg, device=device, dtype=dtype)
     sae.load_state_dict(tensors)
     return sae
+
+# %% ../nbs/02_sae.ipynb #f039a381
+@patch
+def save(self: SAE, path) -> Path:
+    """Write folder `path` with `sae.safetensors` (the state dict) and `cfg.json` (the config). Returns the folder.
+    Each file is written whole or not at all; the weights file's metadata repeats the architecture and sizes
+    and holds a sha256 of the tensors, so `load` can tell a corrupt file or a cfg.json from another SAE."""
+    return _save_checkpoint(self, path)
+
+@patch(cls_method=True)
+def load(cls: SAE, path, device=None, dtype=None) -> "SAE":
+    """Read a folder written by `save`. Before allocating anything it checks cfg.json's values, the architecture
+    (when called on a subclass) and every tensor's shape and dtype in the weights file's header; then the
+    checksum, and that every weight is finite."""
+    return _load_checkpoint(cls, path, device=device, dtype=dtype)
+
