@@ -358,12 +358,7 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
     from sae_tutorial.checkpoint import load_checkpoint, prune_checkpoints, restore_rng, save_checkpoint  # it builds on this module
     cfg, loss_cfg, sync = train_cfg or TrainConfig(), loss_cfg or LossConfig(), sync or RankSync()
     rank, world = sync.rank, sync.world_size
-    if cfg.target_l0 is not None and (loss_cfg.sparsity == "none" or loss_cfg.sparsity_coeff == 0
-                                      or sae.cfg.architecture in K_ARCHITECTURES):
-        raise ValueError(f"target_l0={cfg.target_l0} steers the sparsity coefficient of a penalty-driven SAE, but this "
-                         f"is a {sae.cfg.architecture} SAE with sparsity={loss_cfg.sparsity!r}, sparsity_coeff="
-                         f"{loss_cfg.sparsity_coeff}. TopK-style SAEs set L0 with k: drop target_l0; for a ReLU-style "
-                         "SAE give a sparsity penalty and a starting coefficient > 0.")
+    if cfg.target_l0 is not None: _check_l0_target(sae, loss_cfg, cfg)   # the L0 controller ("Adaptive λ" below)
     on_rank = f", rank {rank}" if world > 1 else ""
     device = torch.device(cfg.device) if cfg.device else next(sae.parameters()).device
     sae.to(device)
@@ -407,21 +402,8 @@ def train(sae: SAE, batches: Iterable[Tensor], loss_cfg: LossConfig | None = Non
         if not pending: return
         dt = max(time.perf_counter() - block_start, 1e-9); tps = block_tokens * world / dt
         _append_block(history, pending, sync, tps)
-        # the L0 controller: once per whole log_every block after the warm-up, from that block's L0s (however many
-        # flushes, e.g. at checkpoints, split it, so checkpointing does not change the run)
-        done, every = state["step"], cfg.log_every
-        if cfg.target_l0 is not None and done % every == 0 and done - every >= cfg.sparsity_warmup_steps:
-            l0 = history.l0[-every:]
-            state["coeff_scale"] = steer_sparsity(state["coeff_scale"], sum(l0) / len(l0), cfg.target_l0, cfg.target_l0_gain)
+        if cfg.target_l0 is not None: _steer_l0(state, history, cfg, bounded)   # "Adaptive λ" below
         pending.clear(); block_start, block_tokens = time.perf_counter(), 0
-        if not 1e-6 <= state["coeff_scale"] <= 1e6:      # a target this SAE cannot reach: hold λ there, say so once
-            state["coeff_scale"] = min(1e6, max(1e-6, state["coeff_scale"]))
-            if not bounded:
-                bounded.append(True)
-                warnings.warn(f"The L0 controller has moved λ by a factor of {state['coeff_scale']:.0e} and L0 is still "
-                              f"{history.l0[-1]:.3g} against target_l0={cfg.target_l0}: this SAE cannot reach that target "
-                              "(or log_every is too short for its weights to follow). λ is held at that bound; choose a "
-                              "reachable target, a longer log_every, or drop target_l0 and set λ yourself.")
         bar.set_postfix(loss=f"{history.loss[-1]:.4g}", L0=f"{history.l0[-1]:.1f}", mse=f"{history.mse[-1]:.3g}",
                         dead=history.dead[-1], tok_s=f"{tps:,.0f}", refresh=False)
 
@@ -484,3 +466,30 @@ def steer_sparsity(scale: float, l0: float, target_l0: float, gain: float = 0.3)
     `scale · (l0 / target_l0)**gain`, the factor kept within [1/2, 2]; a block where nothing fired halves λ."""
     factor = 0.5 if not l0 > 0 else min(2.0, max(0.5, (l0 / target_l0) ** gain))
     return scale * factor
+
+# %% ../nbs/04_training.ipynb #9a8bdfd6
+def _check_l0_target(sae: SAE, loss_cfg: LossConfig, cfg: TrainConfig) -> None:
+    "Refuse a target L0 for an SAE whose L0 no penalty sets (a fixed-k SAE, or no penalty), naming the fix."
+    if loss_cfg.sparsity == "none" or loss_cfg.sparsity_coeff == 0 or sae.cfg.architecture in K_ARCHITECTURES:
+        raise ValueError(f"target_l0={cfg.target_l0} steers the sparsity coefficient of a penalty-driven SAE, but this "
+                         f"is a {sae.cfg.architecture} SAE with sparsity={loss_cfg.sparsity!r}, sparsity_coeff="
+                         f"{loss_cfg.sparsity_coeff}. TopK-style SAEs set L0 with k: drop target_l0; for a ReLU-style "
+                         "SAE give a sparsity penalty and a starting coefficient > 0.")
+
+def _steer_l0(state: dict, history: TrainHistory, cfg: TrainConfig, warned: list) -> None:
+    """What `train` does with λ's multiplier `state["coeff_scale"]` after it has moved a block of records to the host:
+    once per whole `log_every` block after the warm-up, `steer_sparsity` from that block's mean L0 (however many
+    flushes split the block, e.g. at checkpoints, so checkpointing does not change the run). A target this SAE cannot
+    reach holds the multiplier at 1e-6 or 1e6, with one warning (`warned` remembers it)."""
+    done, every = state["step"], cfg.log_every
+    if done % every == 0 and done - every >= cfg.sparsity_warmup_steps:
+        l0 = history.l0[-every:]
+        state["coeff_scale"] = steer_sparsity(state["coeff_scale"], sum(l0) / len(l0), cfg.target_l0, cfg.target_l0_gain)
+    if not 1e-6 <= state["coeff_scale"] <= 1e6:
+        state["coeff_scale"] = min(1e6, max(1e-6, state["coeff_scale"]))
+        if not warned:
+            warned.append(True)
+            warnings.warn(f"The L0 controller has moved λ by a factor of {state['coeff_scale']:.0e} and L0 is still "
+                          f"{history.l0[-1]:.3g} against target_l0={cfg.target_l0}: this SAE cannot reach that target "
+                          "(or log_every is too short for its weights to follow). λ is held at that bound; choose a "
+                          "reachable target, a longer log_every, or drop target_l0 and set λ yourself.")
