@@ -2,6 +2,7 @@
 
 # %% ../nbs/06b_activations.ipynb #71e60fe9
 from __future__ import annotations
+from fastcore.basics import patch
 import contextlib, copy, difflib, json, math, os, re, time, warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -195,60 +196,6 @@ class ActivationStore:
         r = self.rows[torch.as_tensor(np.asarray(idx), dtype=torch.int64)]
         return [self.doc_sources[int(d)] if d >= 0 else None for d in self.doc_index[r[:, 0].long(), r[:, 1].long()]]
 
-    @classmethod
-    def from_tensor(cls, x: Tensor, tokens: Tensor | None = None, mask: Tensor | None = None,
-                    doc_index: Tensor | None = None, doc_sources: list | None = None, norms: Tensor | None = None,
-                    hook: str = "synthetic", dtype: str = "float32", normalize: bool = False, seed: int = 0,
-                    train_batch_size: int = 4096) -> "ActivationStore":
-        """A RAM store of the rows `x` [n_rows, d_in], for data that does not come from a harvest (tests, synthetic
-        data). Row i sits at the i-th KEPT position of `mask` [n_contexts, ctx_len] (default: each row its own
-        one-token context, token 0, document 0 named `hook`); `scale` is computed from x as in a harvest."""
-        if dtype not in _DTYPES: raise ValueError(f"dtype {dtype!r} is not supported; use one of {list(_DTYPES)}.")
-        x = torch.as_tensor(x).detach().cpu().to(_DTYPES[dtype][0]).contiguous()
-        if x.ndim != 2 or x.shape[0] == 0: raise ValueError(f"x must be a non-empty [n_rows, d_in] matrix, got {tuple(x.shape)}.")
-        n, d_in = x.shape
-        if tokens is None: tokens = torch.zeros(n, 1, dtype=torch.int64)
-        shape = tuple(tokens.shape)
-        mask = torch.zeros(shape, dtype=torch.uint8) if mask is None else mask.to(torch.uint8)
-        rows = (mask == KEPT).nonzero().to(torch.int32).contiguous()
-        if mask.shape != shape or len(rows) != n:
-            raise ValueError(f"mask {tuple(mask.shape)} must have the shape of tokens {shape} and {n} KEPT positions "
-                             f"(one per row of x), got {len(rows)}.")
-        if doc_index is None: doc_index = torch.zeros(shape, dtype=torch.int32)
-        if norms is None:
-            norms = torch.zeros(shape, dtype=torch.float32)
-            norms[rows[:, 0].long(), rows[:, 1].long()] = x.float().norm(dim=1)
-        sq = float(x.double().pow(2).sum())
-        meta = dict(d_in=d_in, n_rows=n, hook=hook, dtype=dtype, scale=norm_scale(sq, n, d_in) if sq > 0 else 1.0,
-                    normalize=normalize, train_batch_size=train_batch_size, seed=seed, outlier_factor=None,
-                    special_ids=[], ctx_len=shape[1], n_contexts=shape[0], model=None,
-                    mask_counts={MASK_NAMES[k]: int((mask == k).sum()) for k in MASK_NAMES if (mask == k).any()})
-        return cls(meta, tokens, doc_index, [hook] if doc_sources is None else list(doc_sources), mask, norms, rows, x)
-
-    def save(self, path) -> Path:
-        "Write the store to the new folder `path`, whole or not at all (`core.atomic_folder`); returns the path."
-        with ActivationStore.writer(path, self.dtype) as w:
-            for i in range(0, self.n_rows, 65536): w.append(self._stored_rows(i, min(i + 65536, self.n_rows)))
-            w.finish(self)
-        return Path(path)
-
-    def _stored_rows(self, start: int, stop: int) -> Tensor:
-        "Rows start..stop-1 in the storage dtype, unscaled."
-        if self._acts is not None: return self._acts[start:stop]
-        ndt = np.dtype(_DTYPES[self.dtype][1])
-        a = np.fromfile(self.path/"acts.bin", dtype=ndt, count=(stop - start) * self.d_in, offset=start * self.d_in * ndt.itemsize)
-        t = torch.from_numpy(a.reshape(stop - start, self.d_in))
-        return t.view(torch.bfloat16) if self.dtype == "bfloat16" else t
-
-    def _write_index(self, folder: Path) -> None:
-        "Every file but acts.bin: the .npy arrays, the source names, and meta.json last (it marks a finished store)."
-        for n, t in [("tokens", self.tokens), ("doc_index", self.doc_index), ("mask", self.mask), ("norms", self.norms),
-                     ("rows", self.rows)]:
-            np.save(folder/f"{n}.npy", t.contiguous().numpy(), allow_pickle=False)
-        (folder/"doc_sources.json").write_text(json.dumps(list(self.doc_sources)))
-        meta = dict(self.meta, scale=self.scale, normalize=self.normalize)
-        (folder/"meta.json").write_text(json.dumps(meta, indent=1))
-
     @staticmethod
     @contextlib.contextmanager
     def writer(path, dtype: str = "float32") -> Iterator["_StoreWriter"]:
@@ -261,69 +208,64 @@ class ActivationStore:
             try: yield _StoreWriter(folder, dtype, acts_file)
             finally: acts_file.close()
 
-    @classmethod
-    def load(cls, path, in_ram: bool = False, scale: float | None = None,
-             normalize: bool | None = None) -> "ActivationStore":
-        """Open a disk store (written by `save` or a harvest with store='disk'): rows are read from acts.bin when asked
-        for, or all at once into RAM if `in_ram`. `scale` / `normalize` override the store's own (e.g.
-        `normalize=False`: batches in the model's raw units). Every file is checked against meta.json first (sizes,
-        shapes, the kept rows), so a truncated or damaged store is a clear error, never a half-loaded store."""
-        path = Path(path)
-        if not (path/"meta.json").is_file():       # a regular file: a FIFO or device there would block the read forever
-            raise FileNotFoundError(f"{path} is not an activation store (no meta.json file); harvest one with store='disk'.")
-        fix = f"The store is damaged: delete it (rm -r {path}) and harvest it again."
-        try: meta = json.loads((path/"meta.json").read_text())
-        except (ValueError, UnicodeDecodeError) as e: raise ValueError(f"{path/'meta.json'} is not valid JSON ({e}). {fix}") from None
-        bad = [k for k, t in _META_KEYS.items() if not isinstance(meta, dict) or not isinstance(meta.get(k), t)
-               or (t is not bool and isinstance(meta.get(k), bool))]          # true is an int to Python, not to us
-        if bad: raise ValueError(f"{path/'meta.json'} lacks or mistypes {bad}. {fix}")
-        if (meta["dtype"] not in _DTYPES
-                or min(meta["d_in"], meta["n_rows"], meta["ctx_len"], meta["n_contexts"], meta["train_batch_size"]) < 1
-                or not (math.isfinite(meta["scale"]) and meta["scale"] > 0)):
-            raise ValueError(f"{path/'meta.json'} holds impossible values (dtype {meta['dtype']!r}, d_in {meta['d_in']}, "
-                             f"n_rows {meta['n_rows']}, train_batch_size {meta['train_batch_size']}, scale {meta['scale']}). {fix}")
-        missing = [n for n in _STORE_FILES if not (path/n).is_file()]
-        if missing: raise FileNotFoundError(f"The activation store {path} lacks {missing}. {fix}")
-        n_rows, d_in, shape = meta["n_rows"], meta["d_in"], (meta["n_contexts"], meta["ctx_len"])
-        want, got = n_rows * d_in * np.dtype(_DTYPES[meta["dtype"]][1]).itemsize, (path/"acts.bin").stat().st_size
-        if got != want:
-            raise ValueError(f"{path/'acts.bin'} holds {got:,} bytes, but meta.json promises {n_rows:,} rows x d_in={d_in} "
-                             f"in {meta['dtype']} = {want:,} bytes: the file is truncated or damaged. {fix}")
-        def ld(n, shape, kind):
-            try: a = np.load(path/f"{n}.npy", allow_pickle=False)     # never unpickle
-            except (ValueError, OSError, EOFError) as e: raise ValueError(f"{path/(n + '.npy')} cannot be read ({e}). {fix}") from None
-            if a.shape != shape or a.dtype.kind not in kind:
-                raise ValueError(f"{path/(n + '.npy')} is {a.dtype}{list(a.shape)}, expected shape {list(shape)} "
-                                 f"(dtype kind {kind!r}). {fix}")
-            return torch.from_numpy(a)
-        tokens, doc_index, mask = ld("tokens", shape, "iu"), ld("doc_index", shape, "i"), ld("mask", shape, "u")
-        norms, rows = ld("norms", shape, "f"), ld("rows", (n_rows, 2), "i")
-        try: doc_sources = json.loads((path/"doc_sources.json").read_text())
-        except (ValueError, UnicodeDecodeError) as e: raise ValueError(f"{path/'doc_sources.json'} is not valid JSON ({e}). {fix}") from None
-        if not isinstance(doc_sources, list) or int(doc_index.max()) >= len(doc_sources):
-            raise ValueError(f"{path/'doc_sources.json'} does not name every document of doc_index.npy. {fix}")
-        if int(doc_index.min()) < -1:                          # -1 marks separators; below it names no document
-            raise ValueError(f"{path/'doc_index.npy'} holds {int(doc_index.min())}: document indices are >= -1. {fix}")
-        if tokens.numel() and not (0 <= int(tokens.min()) and int(tokens.max()) < 1 << 31):
-            raise ValueError(f"{path/'tokens.npy'} holds token ids from {int(tokens.min())} to {int(tokens.max())}, "
-                             f"outside any vocabulary (0 .. 2^31). {fix}")
-        if not torch.isfinite(norms).all():                    # acts.bin itself is checked row by row in `get`
-            raise ValueError(f"{path/'norms.npy'} holds NaN or Inf: the harvest saw non-finite activations or the "
-                             f"file is damaged. {fix}")
-        if not torch.equal(rows.long(), (mask == KEPT).nonzero().long()):
-            raise ValueError(f"{path/'rows.npy'} is not the list of kept positions in mask.npy. {fix}")
-        acts = None
-        if in_ram:
-            acts = torch.from_numpy(np.fromfile(path/"acts.bin", dtype=_DTYPES[meta["dtype"]][1]).reshape(n_rows, d_in))
-            if meta["dtype"] == "bfloat16": acts = acts.view(torch.bfloat16)
-        store = cls(meta, tokens, doc_index, doc_sources, mask, norms, rows, acts, None if in_ram else path)
-        if scale is not None: store.scale = float(scale)
-        if normalize is not None: store.normalize = bool(normalize)
-        return store
+# %% ../nbs/06b_activations.ipynb #59600d23
+@patch(cls_method=True)
+def from_tensor(cls: ActivationStore, x: Tensor, tokens: Tensor | None = None, mask: Tensor | None = None,
+                doc_index: Tensor | None = None, doc_sources: list | None = None, norms: Tensor | None = None,
+                hook: str = "synthetic", dtype: str = "float32", normalize: bool = False, seed: int = 0,
+                train_batch_size: int = 4096) -> "ActivationStore":
+    """A RAM store of the rows `x` [n_rows, d_in], for data that does not come from a harvest (tests, synthetic
+    data). Row i sits at the i-th KEPT position of `mask` [n_contexts, ctx_len] (default: each row its own
+    one-token context, token 0, document 0 named `hook`); `scale` is computed from x as in a harvest."""
+    if dtype not in _DTYPES: raise ValueError(f"dtype {dtype!r} is not supported; use one of {list(_DTYPES)}.")
+    x = torch.as_tensor(x).detach().cpu().to(_DTYPES[dtype][0]).contiguous()
+    if x.ndim != 2 or x.shape[0] == 0: raise ValueError(f"x must be a non-empty [n_rows, d_in] matrix, got {tuple(x.shape)}.")
+    n, d_in = x.shape
+    if tokens is None: tokens = torch.zeros(n, 1, dtype=torch.int64)
+    shape = tuple(tokens.shape)
+    mask = torch.zeros(shape, dtype=torch.uint8) if mask is None else mask.to(torch.uint8)
+    rows = (mask == KEPT).nonzero().to(torch.int32).contiguous()
+    if mask.shape != shape or len(rows) != n:
+        raise ValueError(f"mask {tuple(mask.shape)} must have the shape of tokens {shape} and {n} KEPT positions "
+                         f"(one per row of x), got {len(rows)}.")
+    if doc_index is None: doc_index = torch.zeros(shape, dtype=torch.int32)
+    if norms is None:
+        norms = torch.zeros(shape, dtype=torch.float32)
+        norms[rows[:, 0].long(), rows[:, 1].long()] = x.float().norm(dim=1)
+    sq = float(x.double().pow(2).sum())
+    meta = dict(d_in=d_in, n_rows=n, hook=hook, dtype=dtype, scale=norm_scale(sq, n, d_in) if sq > 0 else 1.0,
+                normalize=normalize, train_batch_size=train_batch_size, seed=seed, outlier_factor=None,
+                special_ids=[], ctx_len=shape[1], n_contexts=shape[0], model=None,
+                mask_counts={MASK_NAMES[k]: int((mask == k).sum()) for k in MASK_NAMES if (mask == k).any()})
+    return cls(meta, tokens, doc_index, [hook] if doc_sources is None else list(doc_sources), mask, norms, rows, x)
 
-_STORE_FILES = ("meta.json", "acts.bin", "tokens.npy", "doc_index.npy", "mask.npy", "norms.npy", "rows.npy", "doc_sources.json")
-_META_KEYS = {"d_in": int, "n_rows": int, "hook": str, "dtype": str, "scale": (int, float), "normalize": bool,
-              "train_batch_size": int, "seed": int, "ctx_len": int, "n_contexts": int}
+# %% ../nbs/06b_activations.ipynb #58acb7e9
+@patch
+def save(self: ActivationStore, path) -> Path:
+    "Write the store to the new folder `path`, whole or not at all (`core.atomic_folder`); returns the path."
+    with ActivationStore.writer(path, self.dtype) as w:
+        for i in range(0, self.n_rows, 65536): w.append(self._stored_rows(i, min(i + 65536, self.n_rows)))
+        w.finish(self)
+    return Path(path)
+
+@patch
+def _stored_rows(self: ActivationStore, start: int, stop: int) -> Tensor:
+    "Rows start..stop-1 in the storage dtype, unscaled."
+    if self._acts is not None: return self._acts[start:stop]
+    ndt = np.dtype(_DTYPES[self.dtype][1])
+    a = np.fromfile(self.path/"acts.bin", dtype=ndt, count=(stop - start) * self.d_in, offset=start * self.d_in * ndt.itemsize)
+    t = torch.from_numpy(a.reshape(stop - start, self.d_in))
+    return t.view(torch.bfloat16) if self.dtype == "bfloat16" else t
+
+@patch
+def _write_index(self: ActivationStore, folder: Path) -> None:
+    "Every file but acts.bin: the .npy arrays, the source names, and meta.json last (it marks a finished store)."
+    for n, t in [("tokens", self.tokens), ("doc_index", self.doc_index), ("mask", self.mask), ("norms", self.norms),
+                 ("rows", self.rows)]:
+        np.save(folder/f"{n}.npy", t.contiguous().numpy(), allow_pickle=False)
+    (folder/"doc_sources.json").write_text(json.dumps(list(self.doc_sources)))
+    meta = dict(self.meta, scale=self.scale, normalize=self.normalize)
+    (folder/"meta.json").write_text(json.dumps(meta, indent=1))
 
 class _StoreWriter:
     "The files of one disk store being written into `folder` (see `ActivationStore.writer`)."
@@ -341,6 +283,71 @@ class _StoreWriter:
         if store.n_rows != self.n_rows:
             raise ValueError(f"The store describes {store.n_rows} rows but {self.n_rows} were appended.")
         self._acts.close(); store._write_index(self.folder)
+
+# %% ../nbs/06b_activations.ipynb #235fb5b8
+_STORE_FILES = ("meta.json", "acts.bin", "tokens.npy", "doc_index.npy", "mask.npy", "norms.npy", "rows.npy", "doc_sources.json")
+_META_KEYS = {"d_in": int, "n_rows": int, "hook": str, "dtype": str, "scale": (int, float), "normalize": bool,
+              "train_batch_size": int, "seed": int, "ctx_len": int, "n_contexts": int}
+
+@patch(cls_method=True)
+def load(cls: ActivationStore, path, in_ram: bool = False, scale: float | None = None,
+         normalize: bool | None = None) -> "ActivationStore":
+    """Open a disk store (written by `save` or a harvest with store='disk'): rows are read from acts.bin when asked
+    for, or all at once into RAM if `in_ram`. `scale` / `normalize` override the store's own (e.g.
+    `normalize=False`: batches in the model's raw units). Every file is checked against meta.json first (sizes,
+    shapes, the kept rows), so a truncated or damaged store is a clear error, never a half-loaded store."""
+    path = Path(path)
+    if not (path/"meta.json").is_file():       # a regular file: a FIFO or device there would block the read forever
+        raise FileNotFoundError(f"{path} is not an activation store (no meta.json file); harvest one with store='disk'.")
+    fix = f"The store is damaged: delete it (rm -r {path}) and harvest it again."
+    try: meta = json.loads((path/"meta.json").read_text())
+    except (ValueError, UnicodeDecodeError) as e: raise ValueError(f"{path/'meta.json'} is not valid JSON ({e}). {fix}") from None
+    bad = [k for k, t in _META_KEYS.items() if not isinstance(meta, dict) or not isinstance(meta.get(k), t)
+           or (t is not bool and isinstance(meta.get(k), bool))]          # true is an int to Python, not to us
+    if bad: raise ValueError(f"{path/'meta.json'} lacks or mistypes {bad}. {fix}")
+    if (meta["dtype"] not in _DTYPES
+            or min(meta["d_in"], meta["n_rows"], meta["ctx_len"], meta["n_contexts"], meta["train_batch_size"]) < 1
+            or not (math.isfinite(meta["scale"]) and meta["scale"] > 0)):
+        raise ValueError(f"{path/'meta.json'} holds impossible values (dtype {meta['dtype']!r}, d_in {meta['d_in']}, "
+                         f"n_rows {meta['n_rows']}, train_batch_size {meta['train_batch_size']}, scale {meta['scale']}). {fix}")
+    missing = [n for n in _STORE_FILES if not (path/n).is_file()]
+    if missing: raise FileNotFoundError(f"The activation store {path} lacks {missing}. {fix}")
+    n_rows, d_in, shape = meta["n_rows"], meta["d_in"], (meta["n_contexts"], meta["ctx_len"])
+    want, got = n_rows * d_in * np.dtype(_DTYPES[meta["dtype"]][1]).itemsize, (path/"acts.bin").stat().st_size
+    if got != want:
+        raise ValueError(f"{path/'acts.bin'} holds {got:,} bytes, but meta.json promises {n_rows:,} rows x d_in={d_in} "
+                         f"in {meta['dtype']} = {want:,} bytes: the file is truncated or damaged. {fix}")
+    def ld(n, shape, kind):
+        try: a = np.load(path/f"{n}.npy", allow_pickle=False)     # never unpickle
+        except (ValueError, OSError, EOFError) as e: raise ValueError(f"{path/(n + '.npy')} cannot be read ({e}). {fix}") from None
+        if a.shape != shape or a.dtype.kind not in kind:
+            raise ValueError(f"{path/(n + '.npy')} is {a.dtype}{list(a.shape)}, expected shape {list(shape)} "
+                             f"(dtype kind {kind!r}). {fix}")
+        return torch.from_numpy(a)
+    tokens, doc_index, mask = ld("tokens", shape, "iu"), ld("doc_index", shape, "i"), ld("mask", shape, "u")
+    norms, rows = ld("norms", shape, "f"), ld("rows", (n_rows, 2), "i")
+    try: doc_sources = json.loads((path/"doc_sources.json").read_text())
+    except (ValueError, UnicodeDecodeError) as e: raise ValueError(f"{path/'doc_sources.json'} is not valid JSON ({e}). {fix}") from None
+    if not isinstance(doc_sources, list) or int(doc_index.max()) >= len(doc_sources):
+        raise ValueError(f"{path/'doc_sources.json'} does not name every document of doc_index.npy. {fix}")
+    if int(doc_index.min()) < -1:                          # -1 marks separators; below it names no document
+        raise ValueError(f"{path/'doc_index.npy'} holds {int(doc_index.min())}: document indices are >= -1. {fix}")
+    if tokens.numel() and not (0 <= int(tokens.min()) and int(tokens.max()) < 1 << 31):
+        raise ValueError(f"{path/'tokens.npy'} holds token ids from {int(tokens.min())} to {int(tokens.max())}, "
+                         f"outside any vocabulary (0 .. 2^31). {fix}")
+    if not torch.isfinite(norms).all():                    # acts.bin itself is checked row by row in `get`
+        raise ValueError(f"{path/'norms.npy'} holds NaN or Inf: the harvest saw non-finite activations or the "
+                         f"file is damaged. {fix}")
+    if not torch.equal(rows.long(), (mask == KEPT).nonzero().long()):
+        raise ValueError(f"{path/'rows.npy'} is not the list of kept positions in mask.npy. {fix}")
+    acts = None
+    if in_ram:
+        acts = torch.from_numpy(np.fromfile(path/"acts.bin", dtype=_DTYPES[meta["dtype"]][1]).reshape(n_rows, d_in))
+        if meta["dtype"] == "bfloat16": acts = acts.view(torch.bfloat16)
+    store = cls(meta, tokens, doc_index, doc_sources, mask, norms, rows, acts, None if in_ram else path)
+    if scale is not None: store.scale = float(scale)
+    if normalize is not None: store.normalize = bool(normalize)
+    return store
 
 # %% ../nbs/06b_activations.ipynb #18f82fe5
 _BLOCK_PARTS = {"hook_resid_post": "", "hook_mlp_out": "mlp", "hook_attn_out": "self_attn"}   # hook -> module of block L

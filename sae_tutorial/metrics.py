@@ -276,6 +276,7 @@ def _eval_mode(m):
     finally:
         if isinstance(m, torch.nn.Module) and was: m.train()
 
+# %% ../nbs/05_metrics.ipynb #557cdec4
 @dataclass
 class EvalResult:
     "All metrics for one SAE on one window of data (None: not measured in this call)."
@@ -316,6 +317,7 @@ class EvalResult:
 
     def __str__(self): return self.table()
 
+# %% ../nbs/05_metrics.ipynb #317ab1a8
 @torch.no_grad()
 def evaluate(sae, batches: Iterable[Tensor] | None = None, *, theta: float = 0.0,
              D_true: Tensor | None = None, match_threshold: float = 0.9,
@@ -426,6 +428,7 @@ def ce_loss_recovered(ce_clean: float, ce_sae: float, ce_ablated: float) -> floa
     den = ce_ablated - ce_clean
     return (ce_ablated - ce_sae) / den if den > 0 else float("nan")
 
+# %% ../nbs/05_metrics.ipynb #00d2a80a
 def _token_batch(b, device) -> tuple[Tensor, Tensor | None]:
     tokens, keep = (b if isinstance(b, (tuple, list)) else (b, None))
     if tokens.ndim != 2: raise ValueError(f"tokens must be [batch, seq]; got shape {tuple(tokens.shape)}.")
@@ -439,6 +442,7 @@ def _scored_logprobs(logits: Tensor, scored: Tensor) -> Tensor:
     "[n_scored, d_vocab] float32 log-probabilities of the predictions at scored positions (all but the last)."
     return torch.log_softmax(logits[:, :-1][scored].float(), dim=-1)
 
+# %% ../nbs/05_metrics.ipynb #f0e95e67
 @torch.no_grad()
 def splice_metrics(model, token_batches: Iterable, hook_name: str, sae, *, mean_act: Tensor | None = None,
                    act_scale: float = 1.0, keep_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
@@ -456,6 +460,7 @@ def splice_metrics(model, token_batches: Iterable, hook_name: str, sae, *, mean_
         return _splice_metrics(model, token_batches, hook_name, sae, mean_act, act_scale, keep_fn, max_batches,
                                recon, sparsity, dev, sae_dev, sae_dt)
 
+# %% ../nbs/05_metrics.ipynb #fb4adaf2
 def _splice_metrics(model, token_batches, hook_name, sae, mean_act, act_scale, keep_fn, max_batches,
                     recon, sparsity, dev, sae_dev, sae_dt) -> LMMetrics:
     sums = dict(ce_clean=0.0, ce_sae=0.0, ce_zero_abl=0.0, ce_mean_abl=0.0, kl_sae=0.0, kl_zero_abl=0.0)
