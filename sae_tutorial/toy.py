@@ -352,6 +352,7 @@ def plot_importance_sparsity(e: Experiment):
     fig.suptitle(f"Sparser features are squeezed into superposition (n={n} features, m={m} dims)")
     return fig
 
+# %% ../nbs/01_toy_models.ipynb #71869f38
 def importance_sparsity_facts(e: Experiment) -> dict:
     "Verify the paper's facts for item 1 (ToyFactError if one fails) and return the numbers: dense -> m orthogonal unit features; sparsest -> more than m features."
     W = e.sweep.W; m = W.shape[1]
@@ -377,6 +378,7 @@ def run_pentagon(n: int = 5, m: int = 2, decay: float = 0.9, n_settings: int = 1
                     **_train_args(steps or per_budget(1_500, 3_000, 10_000), lr, copies, (4, 4, 8)))
     return Experiment("pentagon", p, r)
 
+# %% ../nbs/01_toy_models.ipynb #7eaf60c7
 def plot_feature_arrows(ax, W: Tensor, colors=None, lim: float = 1.4):
     "Draw each column of a 2-D W [2, n] as an arrow from the origin."
     plt = _plt()
@@ -402,6 +404,7 @@ def plot_pentagon(e: Experiment):
                  "(panel title: feature density and features kept; colour = importance, dark = most important)", fontsize=10)
     return fig
 
+# %% ../nbs/01_toy_models.ipynb #4c2f60d0
 def pentagon_facts(e: Experiment) -> dict:
     "Verify (ToyFactError if one fails): sparsest p -> pentagon (norms ≈ 1, neighbouring angles 72° ± 6°); p = 1 -> two orthogonal features, three dropped; antipodal pairs in between."
     W = e.sweep.W
@@ -446,6 +449,7 @@ def run_dimensionality(n=None, m=None, n_settings=None, steps=None, lr=None, p_m
                     seed=seed, device=device)
     return Experiment("dimensionality", p, r)
 
+# %% ../nbs/01_toy_models.ipynb #45d15b5d
 def plot_dimensionality(e: Experiment):
     "Top: m/‖W‖²_F against 1/(1-S). Bottom: every represented feature's D_i, with the fractions of simple geometries."
     plt = _plt()
@@ -472,6 +476,7 @@ def plot_dimensionality(e: Experiment):
     fig.suptitle(f"Dimensionality sticks at 1 and 1/2, and features cluster at simple fractions (n={n}, m={m})")
     return fig
 
+# %% ../nbs/01_toy_models.ipynb #92492af9
 def dimensionality_facts(e: Experiment) -> dict:
     "Verify (ToyFactError if one fails): dense -> one dimension per feature; sparsest -> below 1/2; a plateau at 1/2 where every represented feature has D_i ≈ 1/2."
     W = e.sweep.W
@@ -511,6 +516,7 @@ def phase_classes(e: Experiment) -> Tensor:
     nd, ni = len(p.unique()), len(r.unique())
     return classify_features(e.sweep.W)[:, 1].view(ni, nd)
 
+# %% ../nbs/01_toy_models.ipynb #ba4a6d1c
 def plot_phase_diagram(e: Experiment):
     "The three regions of the (density, relative importance) plane for the extra feature."
     plt = _plt()
@@ -529,6 +535,7 @@ def plot_phase_diagram(e: Experiment):
     ax.set_title("Two features, one dimension: sparse features go into superposition")
     return fig
 
+# %% ../nbs/01_toy_models.ipynb #c86b79df
 def phase_diagram_facts(e: Experiment) -> dict:
     "Verify the three regions (ToyFactError if one fails): dense & unimportant -> not represented; dense & important -> dedicated; sparse & comparable importance -> superposition."
     p, r = e.settings[:, 0], e.settings[:, 1]
@@ -556,6 +563,7 @@ def pair_angles(W: Tensor) -> Tensor:
     A = feature_angles(W)
     return torch.stack([A[i, i + 1] for i in range(0, W.shape[1], 2)])
 
+# %% ../nbs/01_toy_models.ipynb #4d9922cb
 def plot_correlated(exps: dict):
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(7, 3.6))
@@ -568,6 +576,7 @@ def plot_correlated(exps: dict):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/01_toy_models.ipynb #f93e313c
 def correlated_facts(exps: dict) -> dict:
     "Verify (ToyFactError if one fails): correlated pairs are orthogonal within the pair; anticorrelated pairs are antipodal."
     c, a = pair_angles(exps["correlated"].sweep.W[0]), pair_angles(exps["anticorrelated"].sweep.W[0])
@@ -596,6 +605,7 @@ def run_computation(n=None, m=None, probabilities=(1.0, 0.01), decay: float = 0.
                     seed=seed, device=device, **_train_args(steps, lr, copies, (1, 1, 2)))
     return Experiment("computation", p, r)
 
+# %% ../nbs/01_toy_models.ipynb #1ae13a37
 def plot_computation(e: Experiment, n_show: int | None = None):
     plt = _plt()
     G, m, n = e.sweep.W.shape
@@ -620,6 +630,7 @@ def plot_computation(e: Experiment, n_show: int | None = None):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/01_toy_models.ipynb #95eb4548
 def computation_facts(e: Experiment) -> dict:
     "Verify (ToyFactError if one fails): dense -> live neurons are monosemantic (mean > 0.9); sparse -> clearly less monosemantic, and more features than m/2 are computed."
     dense, sparse = int(e.settings.argmax()), int(e.settings.argmin())
