@@ -412,6 +412,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                           'sae_tutorial.evaluations._encode': ('evaluations.html#_encode', 'sae_tutorial/evaluations.py'),
                                           'sae_tutorial.evaluations._f': ('evaluations.html#_f', 'sae_tutorial/evaluations.py'),
                                           'sae_tutorial.evaluations._letters': ('evaluations.html#_letters', 'sae_tutorial/evaluations.py'),
+                                          'sae_tutorial.evaluations._load_sae': ( 'evaluations.html#_load_sae',
+                                                                                  'sae_tutorial/evaluations.py'),
                                           'sae_tutorial.evaluations._mean': ('evaluations.html#_mean', 'sae_tutorial/evaluations.py'),
                                           'sae_tutorial.evaluations._opt': ('evaluations.html#_opt', 'sae_tutorial/evaluations.py'),
                                           'sae_tutorial.evaluations._recon': ('evaluations.html#_recon', 'sae_tutorial/evaluations.py'),

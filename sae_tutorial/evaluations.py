@@ -199,7 +199,7 @@ def _recon(ecfg, cfg, run: Path, out: Path, paths: dict, keys: dict, raw_eval, t
             key = stage_key(stage="eval_extra", v=1, sae=keys[arch], name=name, ce=cfg.ce_tokens, data=data_key_of(run, "eval"))
             def build(tmp, arch=arch, path=path):
                 if not lm: log(f"  loading {cfg.model}"); lm.append(load_lm(cfg.model, device=dev))
-                m = evaluate_sae(SAE.load(path, device=dev).eval(), arch, cfg, raw_eval, lm[0].model, mean_act).metrics
+                m = evaluate_sae(_load_sae(path, dev), arch, cfg, raw_eval, lm[0].model, mean_act).metrics
                 write_json_atomic(tmp/"metrics.json", m)
             run_stage(out/"eval"/name, key, build, log)
             rows[name] = json.loads((out/"eval"/name/"metrics.json").read_text())
@@ -210,10 +210,13 @@ def run_evaluations(ecfg: EvalsConfig, log=print) -> dict:
     """Evaluate the architectures `ecfg.archs` of the reproduction in `ecfg.run_dir` (training the missing ones);
     write RUN/evaluations/evaluations.json, .md and .png; return the json's content. A second call with the same
     SAEs and settings reads the json back."""
-    import warnings
-    with warnings.catch_warnings():      # an untrained BatchTopK / Matryoshka null has no threshold: the batch rule, by design
-        warnings.filterwarnings("ignore", message="BatchTopKSAE has no inference threshold", category=UserWarning)
-        return _run_evaluations(ecfg, log)
+    return _run_evaluations(ecfg, log)
+
+def _load_sae(path: Path, dev) -> SAE:
+    "An SAE of the table in eval mode; its untrained null (`init`) may lack BatchTopK's threshold: the batch rule, by design."
+    sae = SAE.load(path, device=dev).eval()
+    if path.name == "init": sae.warn_without_threshold = False     # a trained one without a threshold still warns
+    return sae
 
 def _run_evaluations(ecfg: EvalsConfig, log) -> dict:
     from sae_tutorial.activations import ActivationStore
@@ -243,7 +246,7 @@ def _run_evaluations(ecfg: EvalsConfig, log) -> dict:
     y_tr, names = source_labels(train_raw, idx)
     y_raw, names_te = source_labels(raw_eval, np.arange(raw_eval.n_rows))
     y_te = np.array([names.index(names_te[j]) if j >= 0 and names_te[j] in names else -1 for j in y_raw])
-    saes = {n: SAE.load(p, device=dev).eval() for a in ecfg.arch_list
+    saes = {n: _load_sae(p, dev) for a in ecfg.arch_list
             for n, p in ((a, paths[a]), (f"{a}_untrained", paths[a]/"init"))}
     g = torch.Generator().manual_seed(ecfg.seed)
     d_sae = max(s.cfg.d_sae for s in saes.values())

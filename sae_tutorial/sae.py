@@ -414,6 +414,9 @@ class BatchTopKSAE(SAE):
     # fast path: batch_topk_flat first looks only at entries above candidate_cut · threshold (exact either way);
     # None: always search every entry
     candidate_cut: float | None = 0.5
+    # eval mode without a threshold (no training batch seen) falls back on the batch rule with a warning; False: no
+    # warning, for an untrained SAE used on purpose (an evaluation's null)
+    warn_without_threshold: bool = True
 
     def __init__(self, cfg: SAEConfig, device=None, dtype=None):
         super().__init__(cfg, device=device, dtype=dtype)
@@ -440,8 +443,9 @@ class BatchTopKSAE(SAE):
     def activation(self, pre: Tensor) -> Tensor:
         if self.training: return self.batch_topk(pre)
         if torch.isnan(self.threshold):
-            warnings.warn("BatchTopKSAE has no inference threshold yet (no training batch seen); "
-                          "using the batch top-k rule in eval mode.")
+            if self.warn_without_threshold:
+                warnings.warn("BatchTopKSAE has no inference threshold yet (no training batch seen); "
+                              "using the batch top-k rule in eval mode.")
             return self.batch_topk(pre)
         acts = F.relu(pre)
         return acts * (acts > self.threshold)

@@ -327,3 +327,17 @@ def test_load_to_dtype(tmp_path):
     back = SAE.load(tmp_path/"ck", dtype=torch.float64)
     assert back.W_dec.dtype == torch.float64
     torch.testing.assert_close(back.W_dec.float(), sae.W_dec)
+
+
+def test_batchtopk_without_threshold_warns_unless_told():
+    "Eval mode before any training batch: the batch rule with a warning, or silently for a null used on purpose."
+    import warnings
+    torch.manual_seed(0)
+    sae = make_sae(SAEConfig(d_in=8, expansion_factor=2, architecture="batchtopk", k=2)).eval()
+    x = torch.randn(4, 8)
+    with pytest.warns(UserWarning, match="no inference threshold"): f = sae.encode(x)
+    assert int((f > 0).sum()) <= 2 * 4                                 # the batch rule: at most k·B non-zeros
+    sae.warn_without_threshold = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(sae.encode(x), f)                           # the same rule, no warning
