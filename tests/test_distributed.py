@@ -151,6 +151,27 @@ def test_torchrun_two_ranks_match_one_process(store, tmp_path):
     assert (ddp.W_dec - s0.W_dec).abs().max().item() > 1e-2
 
 
+def test_torchrun_two_ranks_steer_lambda_like_one_process(store, tmp_path):
+    """The L0 controller under torchrun: every rank steers λ from the rank-averaged L0 of each log block, so two
+    ranks use the λ sequence and reach the weights of one process with the same global batch."""
+    B, steps = 64, 40
+    sae_cfg = SAEConfig(d_in=16, expansion_factor=4)
+    loss_cfg = LossConfig(sparsity="l1", sparsity_coeff=1e-3)
+    tc = TrainConfig(lr=3e-3, steps=steps, progress=False, log_every=5, target_l0=4.0, decay="constant")
+    torch.manual_seed(0); make_sae(sae_cfg, dtype=torch.float64).save(tmp_path/"init")
+    ref = train(SAE.load(tmp_path/"init"), global_batches(store, B, epochs=None), loss_cfg, tc)
+    assert max(ref.history.sparsity_coeff) > 2 * min(ref.history.sparsity_coeff)     # λ really was steered
+    job = DDPJob(store=str(store.path), out=str(tmp_path/"out"), sae_cfg=sae_cfg, loss_cfg=loss_cfg, train_cfg=tc,
+                 global_batch_size=B, init=str(tmp_path/"init"), dtype="float64")
+    r = torchrun_two_ranks(job, tmp_path, timeout=240)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    out = json.loads((tmp_path/"out"/"history.json").read_text())
+    np.testing.assert_allclose(out["history"]["sparsity_coeff"], ref.history.sparsity_coeff, rtol=1e-9)
+    ddp = SAE.load(tmp_path/"out"/"sae")
+    for k, v in ref.sae.state_dict().items():
+        assert (ddp.state_dict()[k] - v).abs().max().item() < 1e-9, k
+
+
 def test_job_json_round_trip(tmp_path):
     job = DDPJob(store="s", out="o", sae_cfg=SAEConfig(d_in=8, architecture="topk", k=3),
                  train_cfg=TrainConfig(resample_steps=[3, 5]), global_batch_size=32)
