@@ -855,14 +855,14 @@ def analyse_stage(s: RunState) -> None:
 
 # %% ../nbs/07_reproduction.ipynb #15be7b5a
 def dashboard_stage(s: RunState) -> None:
-    "Write the static feature dashboard of the TopK SAE (notebook 08); 'unavailable' without the dashboard module."
+    "Write the static feature dashboard of the TopK SAE (notebooks 08, 08d); 'unavailable' without the feature_data module."
     if "topk" not in s.saes: return
     s.log("[5/5] dashboard")
     dkey = stage_key(stage="dashboard", v=2, sae=s.keys["topk"], data=s.data_keys["eval"])
     if not stage_done(s.run/"dashboard", dkey): s.log("  writing the static dashboard of the TopK SAE")
     def build(tmp):
         if not write_dashboard(s.saes["topk"], s.raw["eval"], _tokenizer(s), tmp, s.lm().model, s.log):
-            raise ImportError("sae_tutorial.dashboard is not available")
+            raise ImportError("sae_tutorial.feature_data is not available")
     try: _, ran = run_stage(s.run/"dashboard", dkey, build, s.log); s.done("dashboard", ran)
     except ImportError: s.stages["dashboard"] = "unavailable"
 
