@@ -260,3 +260,22 @@ def test_payoff_keys_run_and_checks_pass(name, generated, monkeypatch):
                   for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert out.count("✓") == len({x.check for x in key[name]}), out[-2000:]
     assert "package's own solution" not in out
+
+
+def test_setup_cell_names_the_install_and_defaults_to_the_workshop_budget(tmp_path):
+    """The set-up cell every exercise notebook starts with: in a kernel without the package, an error naming the
+    install command (a fresh venv, Colab); with it, the workshop budget unless the teacher set another one."""
+    import os, subprocess, sys
+    from sae_tutorial.exercises import _SETUP
+    code = _SETUP.replace("#| hide\n", "")
+    def run(src, budget=None):
+        env = {k: v for k, v in os.environ.items() if k != "SAE_TUTORIAL_BUDGET"}
+        if budget: env["SAE_TUTORIAL_BUDGET"] = budget
+        return subprocess.run([sys.executable, "-c", src], capture_output=True, text=True, env=env, cwd=tmp_path)
+    missing = run("import importlib.util as u; u.find_spec = lambda name, *a: None\n" + code)
+    assert missing.returncode != 0 and "ModuleNotFoundError" in missing.stderr
+    assert "pip install -e '.[dev]'" in missing.stderr and "restart the kernel" in missing.stderr
+    for set_by_teacher, expected in ((None, "workshop"), ("ci", "ci")):
+        r = run(code + "\nprint(_core.budget())", set_by_teacher)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert r.stdout.split()[-1] == expected
