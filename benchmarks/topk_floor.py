@@ -175,9 +175,10 @@ def bound(s: dict, reps: int, warmup: int) -> dict:
     rows, crow = _topk_rows(*idx.shape, idx.device); cols = idx.reshape(-1)
     by_feat = _ByFeature(rows, cols, W_dec.shape[0])
     import warnings
-    warnings.simplefilter("ignore")
-    pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros_like(vals.reshape(-1)), pre.shape, check_invariants=False)
-    gp = torch.sparse.sampled_addmm(pattern, g_xhat, W_dec.T).values() * (vals.reshape(-1) > 0)
+    with warnings.catch_warnings():          # "sparse CSR support is in beta", as in fast._active_backward
+        warnings.simplefilter("ignore")
+        pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros_like(vals.reshape(-1)), pre.shape, check_invariants=False)
+        gp = torch.sparse.sampled_addmm(pattern, g_xhat, W_dec.T).values() * (vals.reshape(-1) > 0)
     opt = make_optimizer(sae, tcfg(1))
     for p in sae.parameters(): p.grad = torch.randn_like(p) * 1e-3
     params = list(sae.parameters())
