@@ -10,6 +10,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from .native import native_topk
 
 # %% auto #0
 __all__ = ['EncodeCentered', 'encode_centered', 'ActiveLatents', 'threshold_topk', 'row_topk', 'TopKSparse', 'batch_topk_flat',
@@ -174,10 +175,14 @@ def row_topk(pre: Tensor, k: int, groups: int | None = None) -> tuple[Tensor, Te
     """(vals, idx) [B, k]: the k largest entries of each row of pre [B, S], unsorted. `groups` G: in two rounds,
     the k largest of each of G slices of S/G columns, then the k largest of those G·k candidates (a row's k largest
     are each among the k largest of their own slice, so this is exact); None, or a G that does not divide S into
-    slices of at least k: one torch.topk, on a CPU after `threshold_topk`'s filter where it applies."""
+    slices of at least k: one torch.topk, on a CPU after the threshold's filter where it applies (the compiled
+    kernel of 02c_native_topk where it loads, else `threshold_topk`)."""
     B, S = pre.shape
     if not groups or groups < 2 or S % groups or S // groups < k:
-        picked = threshold_topk(pre, k) if pre.device.type == "cpu" and groups is None else None
+        picked = None
+        if pre.device.type == "cpu" and groups is None:
+            picked = native_topk(pre, k, _n_slices(S, k))
+            if picked is None: picked = threshold_topk(pre, k)
         return picked if picked is not None else pre.topk(k, dim=-1, sorted=False)
     v, i = pre.view(B, groups, S // groups).topk(k, dim=-1, sorted=False)        # [B, G, k], column within its slice
     i = i + torch.arange(0, S, S // groups, device=pre.device)[:, None]           # -> column of pre
