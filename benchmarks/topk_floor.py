@@ -96,13 +96,17 @@ def time_train(sae, xs, loss, tcfg, steps: int) -> float:
     return time.perf_counter() - t0
 
 
-def time_floor(s: dict, reps: int) -> float:
-    "Seconds of one addmm [B, d_in] @ [d_in, d_sae] (+ b_enc): the median of `reps`."
+def time_floor(s: dict, reps: int, warm: bool = False) -> float:
+    """Seconds of one addmm [B, d_in] @ [d_in, d_sae] (+ b_enc): the median of `reps`. warm=False: into a fresh
+    output, as the step computes it (a [B, d_sae] tensor too large for the allocator to keep: the OS maps new pages
+    and the product's first writes fault them in); warm=True: into one output reused every time (`out=`), the
+    product alone."""
     x, W, b = torch.randn(s["batch"], s["d_in"]), torch.randn(s["d_in"], s["d_sae"]), torch.randn(s["d_sae"])
-    for _ in range(2): torch.addmm(b, x, W)
+    out = torch.empty(s["batch"], s["d_sae"]) if warm else None
+    for _ in range(2): torch.addmm(b, x, W, out=out)
     ts = []
     for _ in range(reps):
-        t0 = time.perf_counter(); torch.addmm(b, x, W); ts.append(time.perf_counter() - t0)
+        t0 = time.perf_counter(); torch.addmm(b, x, W, out=out); ts.append(time.perf_counter() - t0)
     return statistics.median(ts)
 
 
@@ -236,8 +240,16 @@ def main():
     ap.add_argument("--out", default=None, help="jsonl file to append this run to (default: print only)")
     ap.add_argument("--report", default=None, help="a jsonl of runs: print its markdown table and stop")
     ap.add_argument("--label", default="", help="recorded in the json (e.g. the commit)")
+    ap.add_argument("--keep-freed-memory", action="store_true", help="glibc only: allocate every block under 1 GiB "
+                    "from the heap and never give freed memory back (mallopt), so a fresh [B, d_sae] output reuses "
+                    "pages instead of faulting in new ones")
     a = ap.parse_args()
     if a.report: return report(a.report)
+    if a.keep_freed_memory:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3                     # glibc's malloc.h
+        assert libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) == 1 and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30) == 1
     torch.set_num_threads(a.threads)
     if a.clock == "cpu": time.perf_counter = time.thread_time       # every clock read below
     if a.profile:
@@ -270,10 +282,11 @@ def main():
     names = a.settings.split(",")
     runs = {n: make_run(SETTINGS[n]) for n in names}
     for n in names: time_train(*runs[n], a.warmup)           # warm-up: dead latents marked, Adam state made
-    res = {n: {"step_s": [], "floor_s": []} for n in names}
+    res = {n: {"step_s": [], "floor_s": [], "floor_warm_s": []} for n in names}
     for r in range(a.rounds):
         for n in names:
             res[n]["floor_s"].append(time_floor(SETTINGS[n], 10))
+            res[n]["floor_warm_s"].append(time_floor(SETTINGS[n], 10, warm=True))
             res[n]["step_s"].append(time_train(*runs[n], a.steps) / a.steps)
     load_start = os.getloadavg()
     out = {"machine": machine(), "label": a.label, "steps": a.steps, "warmup": a.warmup, "rounds": a.rounds,
@@ -286,10 +299,13 @@ def main():
                "tokens_per_s_median": SETTINGS[n]["batch"] / statistics.median(st)}
         row["floor_frac_min"] = row["floor_ms_min"] / row["step_ms_min"]
         row["floor_frac_median"] = row["floor_ms_median"] / row["step_ms_median"]
+        row["floor_warm_ms_median"] = 1e3 * statistics.median(res[n]["floor_warm_s"])
+        row["floor_warm_frac_median"] = row["floor_warm_ms_median"] / row["step_ms_median"]
         out["settings"][n] = row
         print(f"{a.label:>10} {n:>16}: step {row['step_ms_min']:7.1f} / {row['step_ms_median']:7.1f} ms (min/median), "
               f"floor {row['floor_ms_min']:6.1f} / {row['floor_ms_median']:6.1f} ms, floor/step "
-              f"{row['floor_frac_min']:.0%} / {row['floor_frac_median']:.0%}, {row['tokens_per_s_median']:,.0f} tok/s",
+              f"{row['floor_frac_min']:.0%} / {row['floor_frac_median']:.0%}, {row['tokens_per_s_median']:,.0f} tok/s; "
+              f"product into a reused output {row['floor_warm_ms_median']:.1f} ms ({row['floor_warm_frac_median']:.0%})",
               flush=True)
     if a.out:
         with open(a.out, "a") as fh: fh.write(json.dumps(out) + "\n")
@@ -299,8 +315,9 @@ def report(path: str) -> None:
     "The markdown table of a jsonl of runs: per label and setting, min and median over every run's steps and floors."
     text = Path(path).read_text()
     runs = json.loads(text)["runs"] if path.endswith(".json") else [json.loads(l) for l in text.splitlines() if l.strip()]
-    print("| setting | code | step ms (min / median) | tokens/s (median) | product ms (min / median) | product / step (min / median) |")
-    print("|---|---|---:|---:|---:|---:|")
+    print("| setting | code | step ms (min / median) | tokens/s (median) | product ms (min / median) | product / step (min / median) "
+          "| product into a reused output ms (median) | that / step (median) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     names = list(dict.fromkeys(n for r in runs for n in r["settings"]))
     for n in names:
         for label in dict.fromkeys(r["label"] for r in runs):
@@ -308,9 +325,11 @@ def report(path: str) -> None:
             fl = [v for r in runs if r["label"] == label and n in r["settings"] for v in r["settings"][n]["floor_s"]]
             if not st: continue
             B = SETTINGS[n]["batch"]
+            fw = [v for r in runs if r["label"] == label and n in r["settings"] for v in r["settings"][n].get("floor_warm_s", [])]
             smin, smed, fmin, fmed = 1e3 * min(st), 1e3 * statistics.median(st), 1e3 * min(fl), 1e3 * statistics.median(fl)
+            warm = f"{1e3 * statistics.median(fw):.1f} | {1e3 * statistics.median(fw) / smed:.0%}" if fw else "- | -"
             print(f"| {n} | {label} | {smin:.1f} / {smed:.1f} | {B / statistics.median(st) * 1e-3:,.1f}k | {fmin:.1f} / {fmed:.1f} "
-                  f"| {fmin / smin:.0%} / {fmed / smed:.0%} |")
+                  f"| {fmin / smin:.0%} / {fmed / smed:.0%} | {warm} |")
 
 
 if __name__ == "__main__":
