@@ -78,7 +78,7 @@ static float kth_by_counting(const float *v, int64_t n, int64_t k, int32_t *cnt,
 #define COUNT_MAX 256   /* above this many entries, quickselect beats counting */
 
 /* rows [r0, r1) of pre [*, S] -> vals [*, k], idx [*, k] (unsorted). M slices, k <= M, M divides S.
-   fs: float scratch of S + M + 32, is: int32 scratch of S + 32. Returns 0, or 1 if a row holds a NaN (the caller
+   fs: float scratch of 2S + M + 64, is: int32 scratch of 2S + 64. Returns 0, or 1 if a row holds a NaN (the caller
    then uses torch.topk, which ranks NaN first). */
 int sae_topk_rows(const float *pre, int64_t S, int64_t k, int64_t M, float *vals, int64_t *idx,
                   int64_t r0, int64_t r1, float *fs, int32_t *is) {

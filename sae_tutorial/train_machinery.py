@@ -44,8 +44,8 @@ class StepGuard:
     """Clips the global gradient norm and stops training at the first step whose loss or gradient norm is NaN/Inf,
     with the weights as they were before that step.
 
-    `deferred=False`: `clip_grad_norm_` (skipping its multiply by 1), then the host reads the verdict before the optimiser step (one host
-    sync per step, free on a CPU). `deferred=True` (fused Adam only): the verdict and the clip factor stay on the
+    `deferred=False`: `clip_grad_norm_` (without its multiply by 1), then the host reads the verdict before the
+    optimiser step (one host sync per step, free on a CPU). `deferred=True` (fused Adam only): the verdict and the clip factor stay on the
     device and go to fused Adam as `found_inf` (skip this update) and `grad_scale` (divide the gradients by
     max(1, (‖g‖ + 1e-6)/max_norm) in Adam's own pass: `clip_grad_norm_`'s factor, as a divisor). The halt flag
     is sticky, so once a step is bad no later update happens either; the host reads each step's flag one step
