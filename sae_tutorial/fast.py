@@ -10,7 +10,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from .native import native_topk
+from .native import native_topk, native_pairs_backward
 
 # %% auto #0
 __all__ = ['EncodeCentered', 'encode_centered', 'ActiveLatents', 'threshold_topk', 'row_topk', 'TopKSparse', 'batch_topk_flat',
@@ -112,24 +112,30 @@ def _active_backward(needs, xc, W_enc, W_dec, vals, rows, cols, crow, g_xhat, g_
     adds its dense part."""
     need_x, need_We, need_be, need_Wd, need_bd = needs
     B, d_sae = xc.shape[0], W_dec.shape[0]
-    gv = torch.zeros_like(vals) if g_vals is None else g_vals.clone()   # dL/dvals   [n_pairs]
-    gW_dec, by_feat = None, None
-    gb_dec = torch.zeros_like(xc[0])
-    if g_xhat is not None:
-        with warnings.catch_warnings():    # "sparse CSR support is in beta": sampled_addmm is what we need here
-            warnings.simplefilter("ignore")
-            pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros_like(vals), (B, d_sae), check_invariants=False)
-            gv += torch.sparse.sampled_addmm(pattern, g_xhat, W_dec.T).values()   # g[row] · W_dec[col] per pair
-        if need_Wd:
-            by_feat = _ByFeature(rows, cols, d_sae)
-            gW_dec = by_feat.sum_rows(g_xhat, vals)                         # Σ_b f[b,i] g[b]   [d_sae, d_in]
-        gb_dec += g_xhat.sum(0)
-    gp = gv * (vals > 0)                                                   # dL/dpre at the active pairs (ReLU)
-    gb_enc = torch.zeros_like(W_enc[0]).index_add_(0, cols, gp)
-    gW_enc = None
-    if need_We:
-        by_feat = by_feat or _ByFeature(rows, cols, d_sae)
-        gW_enc = by_feat.sum_rows(xc, gp).T.contiguous()                  # [d_in, d_sae]
+    compiled = (native_pairs_backward(xc, W_dec, vals, rows, cols, g_xhat, g_vals)   # 02c_native_kernels: the same
+                if g_xhat is not None and need_Wd and need_We else None)        # sums, a latent at a time, on a CPU
+    if compiled is not None:
+        gv, gW_dec, gW_enc, gb_enc = compiled
+        gb_dec, gp = g_xhat.sum(0), gv * (vals > 0)
+    else:
+        gv = torch.zeros_like(vals) if g_vals is None else g_vals.clone()   # dL/dvals   [n_pairs]
+        gW_dec, by_feat = None, None
+        gb_dec = torch.zeros_like(xc[0])
+        if g_xhat is not None:
+            with warnings.catch_warnings():    # "sparse CSR support is in beta": sampled_addmm is what we need here
+                warnings.simplefilter("ignore")
+                pattern = torch.sparse_csr_tensor(crow, cols, torch.zeros_like(vals), (B, d_sae), check_invariants=False)
+                gv += torch.sparse.sampled_addmm(pattern, g_xhat, W_dec.T).values()   # g[row] · W_dec[col] per pair
+            if need_Wd:
+                by_feat = _ByFeature(rows, cols, d_sae)
+                gW_dec = by_feat.sum_rows(g_xhat, vals)                     # Σ_b f[b,i] g[b]   [d_sae, d_in]
+            gb_dec += g_xhat.sum(0)
+        gp = gv * (vals > 0)                                               # dL/dpre at the active pairs (ReLU)
+        gb_enc = torch.zeros_like(W_enc[0]).index_add_(0, cols, gp)
+        gW_enc = None
+        if need_We:
+            by_feat = by_feat or _ByFeature(rows, cols, d_sae)
+            gW_enc = by_feat.sum_rows(xc, gp).T.contiguous()              # [d_in, d_sae]
     gxc = F.embedding_bag(cols, W_enc.T, crow[:-1], mode="sum", per_sample_weights=gp) if need_x else None
     if g_pre is not None:                                                  # a loss used pre: its dense part
         gb_enc += g_pre.sum(0)
@@ -176,7 +182,7 @@ def row_topk(pre: Tensor, k: int, groups: int | None = None) -> tuple[Tensor, Te
     the k largest of each of G slices of S/G columns, then the k largest of those G·k candidates (a row's k largest
     are each among the k largest of their own slice, so this is exact); None, or a G that does not divide S into
     slices of at least k: one torch.topk, on a CPU after the threshold's filter where it applies (the compiled
-    kernel of 02c_native_topk where it loads, else `threshold_topk`)."""
+    kernel of 02c_native_kernels where it loads, else `threshold_topk`)."""
     B, S = pre.shape
     if not groups or groups < 2 or S % groups or S // groups < k:
         picked = None
