@@ -452,7 +452,8 @@ def native_pairs_backward(xc: Tensor, W_dec: Tensor, vals: Tensor, rows: Tensor,
     contiguous on a CPU, no kernel, or several threads without OpenMP (PyTorch's own path is as fast there)."""
     floats = (xc, W_dec, vals, g_xhat) + (() if g_vals is None else (g_vals,))
     if not (all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in floats)
-            and all(t.dtype == torch.int64 and t.is_contiguous() for t in (rows, cols)) and xc.dim() == 2):
+            and all(t.device.type == "cpu" and t.dtype == torch.int64 and t.is_contiguous() for t in (rows, cols))
+            and xc.dim() == 2):
         return None
     kernels = native_kernels()
     if kernels is None or (not kernels.openmp and torch.get_num_threads() > 1): return None
