@@ -448,13 +448,14 @@ def native_topk(pre: Tensor, k: int, M: int | None) -> tuple[Tensor, Tensor] | N
 
 def native_pairs_backward(xc: Tensor, W_dec: Tensor, vals: Tensor, rows: Tensor, cols: Tensor, g_xhat: Tensor,
                           g_vals: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor] | None:
-    """`NativeKernels.pairs_backward`, or None where it does not apply: not all float32 (int64 indices) and
-    contiguous on a CPU, no kernel, or several threads without OpenMP (PyTorch's own path is as fast there)."""
+    """`NativeKernels.pairs_backward`, or None where it does not apply: not all float32 (int64 indices) on a CPU,
+    no kernel, or several threads without OpenMP (PyTorch's own path is as fast there). Inputs that are views
+    with other strides (a loss's gradient on vals is often one value broadcast) are copied to contiguous first."""
     floats = (xc, W_dec, vals, g_xhat) + (() if g_vals is None else (g_vals,))
-    if not (all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() for t in floats)
-            and all(t.device.type == "cpu" and t.dtype == torch.int64 and t.is_contiguous() for t in (rows, cols))
-            and xc.dim() == 2):
+    if not (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in floats)
+            and all(t.device.type == "cpu" and t.dtype == torch.int64 for t in (rows, cols)) and xc.dim() == 2):
         return None
     kernels = native_kernels()
     if kernels is None or (not kernels.openmp and torch.get_num_threads() > 1): return None
-    return kernels.pairs_backward(xc, W_dec, vals, rows, cols, g_xhat, g_vals)
+    xc, W_dec, vals, rows, cols, g_xhat = (t.contiguous() for t in (xc, W_dec, vals, rows, cols, g_xhat))
+    return kernels.pairs_backward(xc, W_dec, vals, rows, cols, g_xhat, None if g_vals is None else g_vals.contiguous())

@@ -159,13 +159,17 @@ def test_training_with_and_without_the_compiled_kernels(arch, monkeypatch):
         if arch == "relu":
             with torch.no_grad(): sae.b_enc.fill_(-0.6)                   # trained-like: few latents fire
         if native:
-            monkeypatch.setattr(fast, "native_pairs_backward", lambda *a: called.append(1) or native_pairs_backward(*a))
+            def counted(*a):
+                out = native_pairs_backward(*a)
+                if out is not None: called.append(1)                   # count the calls it answered, not the asks
+                return out
+            monkeypatch.setattr(fast, "native_pairs_backward", counted)
         else:
             monkeypatch.setattr(fast, "native_topk", lambda *a: None)
             monkeypatch.setattr(fast, "native_pairs_backward", lambda *a: None)
         train(sae, xs, loss, TrainConfig(lr=1e-3, steps=12, batch_size=512, dead_window=1024, progress=False,
                                          log_every=4))
         weights[native] = {n: p.detach().clone() for n, p in sae.named_parameters()}
-    assert called, "the compiled backward was not used"
+    assert len(called) >= 6, f"the compiled backward answered {len(called)} of 12 steps"
     for n, w in weights[True].items():
         torch.testing.assert_close(w, weights[False][n], rtol=1e-4, atol=1e-5)
