@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 import torch
 from torch import Tensor
@@ -84,9 +83,9 @@ static float kth_by_counting(const float *v, int64_t n, int64_t k, int32_t *cnt,
 #define COUNT_MAX 256   /* above this many entries, quickselect beats counting */
 
 /* rows [r0, r1) of pre [*, S] -> vals [*, k], idx [*, k] (unsorted). M slices, k <= M, M divides S.
-   fs: float scratch of S + M + 32, is: int32 scratch of S + 32. Returns 0, or 1 if a row holds a NaN (the caller
+   fs: float scratch of 2S + M + 64, is: int32 scratch of 2S + 64. Returns 0, or 1 if a row holds a NaN (the caller
    then uses torch.topk, which ranks NaN first). */
-int sae_topk_rows(const float *pre, int64_t S, int64_t k, int64_t M, float *vals, int64_t *idx,
+static int sae_topk_rows(const float *pre, int64_t S, int64_t k, int64_t M, float *vals, int64_t *idx,
                   int64_t r0, int64_t r1, float *fs, int32_t *is) {
     float *maxima = fs, *cand = fs + M + 16;
     int32_t *at = is;
@@ -337,13 +336,12 @@ class NativeKernels:
     def __init__(self, path: Path):
         self.path, lib = Path(path), ctypes.CDLL(str(path))
         self.openmp = bool(lib.sae_openmp())
-        self._rows, self._topk = lib.sae_topk_rows, lib.sae_topk
-        self._rows.argtypes = [_P, _I, _I, _I, _P, _P, _I, _I, _P, _P]
+        self._topk = lib.sae_topk
         self._topk.argtypes = [_P, _I, _I, _I, _I, _P, _P, ctypes.c_int]
         self._group, self._backward = lib.sae_group_by_latent, lib.sae_pairs_backward
         self._group.argtypes = [_P, _I, _I, _P, _P]
         self._backward.argtypes = [_P] * 8 + [_I, _I] + [_P] * 4 + [ctypes.c_int]
-        self._pool, self._key, self._pid = None, None, os.getpid()
+        self._pid = os.getpid()
 
     def threads(self, requested: int | None = None) -> int:
         "Threads to use: `requested`, else torch's; one in a process forked after the library was loaded."
@@ -355,21 +353,9 @@ class NativeKernels:
         B, S = pre.shape
         n = max(1, min(self.threads(threads), B, (B * S) >> 16))                # under 65k entries: one thread
         vals, idx = pre.new_empty(B, k), torch.empty(B, k, dtype=torch.long)
-        if self.openmp:
-            rc = self._topk(pre.data_ptr(), B, S, k, M, vals.data_ptr(), idx.data_ptr(), n)
-            if rc == 2: raise MemoryError("the native top-k could not allocate its scratch buffers")
-            return None if rc else (vals, idx)
-        fs, is_ = pre.new_empty(n, 2 * S + M + 64), torch.empty(n, 2 * S + 64, dtype=torch.int32)   # scratch
-        cut = [B * j // n for j in range(n + 1)]
-        def part(j: int) -> int:
-            return self._rows(pre.data_ptr(), S, k, M, vals.data_ptr(), idx.data_ptr(), cut[j], cut[j + 1],
-                              fs[j].data_ptr(), is_[j].data_ptr())
-        if n == 1: rc = [part(0)]
-        else:
-            if self._key != (n, os.getpid()):
-                self._pool, self._key = ThreadPoolExecutor(n, thread_name_prefix="sae-topk"), (n, os.getpid())
-            rc = list(self._pool.map(part, range(n)))
-        return None if any(rc) else (vals, idx)
+        rc = self._topk(pre.data_ptr(), B, S, k, M, vals.data_ptr(), idx.data_ptr(), n)
+        if rc == 2: raise MemoryError("the native top-k could not allocate its scratch buffers")
+        return None if rc else (vals, idx)
 
     def pairs_backward(self, xc: Tensor, W_dec: Tensor, vals: Tensor, rows: Tensor, cols: Tensor, g_xhat: Tensor,
                        g_vals: Tensor | None = None, threads: int | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:

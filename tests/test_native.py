@@ -71,7 +71,7 @@ def test_broken_cached_library_is_rebuilt(tmp_path):
 
 @needs_cc
 def test_forked_child_does_not_wait_on_the_parents_threads(tmp_path):
-    # neither a Python pool's threads nor OpenMP's exist in a forked child; the kernels must not wait on them
+    # OpenMP's threads do not exist in a forked child; the kernels must not wait on them
     out = _py("""
         import os, numpy as np, torch
         from sae_tutorial.native import native_kernels
