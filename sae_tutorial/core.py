@@ -56,7 +56,8 @@ def seed_everything(seed: int = 0) -> torch.Generator:
 def require_finite(x: torch.Tensor, name: str = "input") -> torch.Tensor:
     "Return `x` unchanged, or raise `ValueError` saying how many entries of `name` are NaN or Inf."
     if not torch.is_floating_point(x): return x
-    bad = ~torch.isfinite(x)
+    if bool(torch.isfinite(x.sum())): return x     # one pass: a NaN or an Inf entry makes the sum NaN or ±Inf
+    bad = ~torch.isfinite(x)                       # or finite entries overflowed the sum: look at each entry
     if bad.any():
         n_nan, n_inf = int(torch.isnan(x).sum()), int(torch.isinf(x).sum())
         raise ValueError(f"{name} has {n_nan} NaN and {n_inf} Inf entries (of {x.numel()}); "

@@ -26,6 +26,19 @@ def test_require_finite_counts_bad_entries():
     with pytest.raises(ValueError, match="1 NaN and 2 Inf entries"): require_finite(x)
     assert require_finite(torch.arange(3)).tolist() == [0, 1, 2]  # integers pass untouched
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_require_finite_raises_exactly_when_an_entry_is_not_finite(dtype):
+    "Against the elementwise test: random tensors with 0-3 NaN/±Inf planted, and finite ones whose sum overflows."
+    g = torch.Generator().manual_seed(0)
+    big = torch.finfo(dtype).max / 2
+    for trial in range(60):
+        x = (torch.randn(37, 11, generator=g) * (big if trial % 3 == 0 else 1)).to(dtype)   # every third: sum overflows
+        for _ in range(trial % 4):
+            x.view(-1)[torch.randint(0, x.numel(), (1,), generator=g)] = [float("nan"), float("inf"), -float("inf")][trial % 3]
+        if torch.isfinite(x).all(): assert require_finite(x) is x
+        else:
+            with pytest.raises(ValueError, match="NaN and"): require_finite(x)
+
 def test_ci_budget_never_writes_images(monkeypatch):
     monkeypatch.setenv("SAE_TUTORIAL_BUDGET", "ci")
     assert images_dir().name == "sae_tutorial_images"
