@@ -3,6 +3,7 @@
 
     python benchmarks/topk_floor.py                         # the table in topk_floor.md (writes topk_floor.json)
     python benchmarks/topk_floor.py --profile repro_topk    # where one setting's step time goes (cProfile, top 25)
+    python benchmarks/topk_floor.py --roofline              # the best product/step any implementation could reach here
 
 What a user runs is timed: `train()` over `--steps` steps (after a `--warmup` call of the same length on the same
 SAE), ms/step = wall time / steps, tokens/s = batch · steps / wall time. The floor is `torch.addmm(b_enc, x,
@@ -217,6 +218,52 @@ def bound(s: dict, reps: int, warmup: int) -> dict:
             "sparse_share_of_product_macs": sparse_macs / macs}
 
 
+def roofline(s: dict, reps: int) -> dict:
+    """The best product / step ANY implementation of this training step could reach on this machine: each piece the
+    step needs costed at this machine's measured rates, with nothing else (no autograd, no Python, no page faults).
+    Rates: the encoder product's own multiply-add rate (timed here, into a reused output) for the dense products;
+    the read bandwidth of a cache-resident [d_sae, d_in] tensor (timed with `sum`: the best case) for everything
+    that moves memory, although Adam's and the constraint's working set (4 tensors of every parameter) is larger
+    than the last-level cache on small machines. Traffic per piece, float32:
+    - top-k: read pre once, B·S values;
+    - decode: the k decoder rows of every row, B·k·d_in values; the loss and its gradient: x, x_hat, g (3·B·d_in);
+    - backward: per latent, the g rows and the xc rows of its pairs (2·B·k·d_in values; dL/dvals, W_dec's and
+      W_enc's gradients all come from these two reads), and the two gradients written (2·S·d_in);
+    - AuxK (with n_dead dead latents): its four [B, n_dead, d_in] products at the product's rate;
+    - Adam: parameter, gradient and both moments read, three written (7 values per parameter);
+    - the unit-norm constraint: W_dec and its gradient read, the gradient written, W_dec read and written (5·S·d_in);
+      the gradient norm: every gradient read once."""
+    B, d, S, k = s["batch"], s["d_in"], s["d_sae"], s["k"]
+    n_dead = s["dead"] if s["aux"] == "auxk" else 0
+    product = time_floor(s, reps, warm=True)
+    mac_rate = B * d * S / product
+    big = torch.randn(S, d)
+    for _ in range(3): big.sum()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter(); big.sum(); ts.append(time.perf_counter() - t0)
+    bw = 4 * big.numel() / min(ts)                                     # bytes / s
+    stream = torch.randn(64 * 2**20); out = torch.empty_like(stream)
+    for _ in range(2): out.copy_(stream)
+    ts = []
+    for _ in range(max(3, reps // 4)):
+        t0 = time.perf_counter(); out.copy_(stream); ts.append(time.perf_counter() - t0)
+    dram = 2 * 4 * stream.numel() / min(ts)
+    n_params = 2 * S * d + S + d
+    pieces = {"top-k (read pre)": 4 * B * S / bw,
+              "decode + loss and its gradient": 4 * (B * k * d + 3 * B * d) / bw,
+              "backward (g and xc rows per latent, two gradients written)": 4 * (2 * B * k * d + 2 * S * d) / bw,
+              "AuxK (four dense products over the dead latents)": 4 * B * n_dead * d / mac_rate,
+              "Adam (7 values per parameter)": 4 * 7 * n_params / bw,
+              "unit-norm constraint and gradient norm": 4 * (5 * S * d + n_params) / bw}
+    rest = sum(pieces.values())
+    adam_dram = 4 * 7 * n_params / dram - pieces["Adam (7 values per parameter)"]   # its 4·n_params working set in DRAM
+    return {"product_ms": 1e3 * product, "gmac_per_s": mac_rate * 1e-9, "cache_read_GB_per_s": bw * 1e-9,
+            "dram_copy_GB_per_s": dram * 1e-9, "pieces_ms": {n: 1e3 * v for n, v in pieces.items()},
+            "rest_ms": 1e3 * rest, "best_ratio": product / (product + rest),
+            "adam_working_set_MB": 16 * n_params / 2**20, "best_ratio_adam_from_dram": product / (product + rest + adam_dram)}
+
+
 def machine() -> dict:
     try: model = next(l.split(":", 1)[1].strip() for l in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines() if l.startswith("Model name"))
     except Exception: model = platform.processor()
@@ -235,6 +282,8 @@ def main():
     ap.add_argument("--breakdown", action="store_true", help="ms per phase of the step (min over --steps)")
     ap.add_argument("--bound", action="store_true", help="ms of each piece a TopK step cannot avoid, timed alone "
                     "(min over --steps), and the best product/step those kernels allow")
+    ap.add_argument("--roofline", action="store_true", help="the best product/step any implementation could reach: "
+                    "every piece the step needs at this machine's measured product rate and cache bandwidth")
     ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                     help="cpu: the main thread's CPU time (time.thread_time), steadier on a busy machine at --threads 1")
     ap.add_argument("--out", default=None, help="jsonl file to append this run to (default: print only)")
@@ -261,6 +310,17 @@ def main():
         pr.disable()
         print(f"{a.profile}: {1e3 * dt / a.steps:.1f} ms/step under cProfile; floor {1e3 * time_floor(s, 20):.1f} ms")
         pstats.Stats(pr).sort_stats("tottime").print_stats(25)
+        return
+    if a.roofline:
+        for n in a.settings.split(","):
+            r = roofline(SETTINGS[n], a.steps)
+            print(f"{n}: product {r['product_ms']:.1f} ms ({r['gmac_per_s']:.0f} GMAC/s), cache-resident read "
+                  f"{r['cache_read_GB_per_s']:.0f} GB/s, DRAM copy {r['dram_copy_GB_per_s']:.0f} GB/s; " +
+                  "; ".join(f"{p} {v:.2f}" for p, v in r["pieces_ms"].items()) +
+                  f" -> the rest at least {r['rest_ms']:.1f} ms, best product/step {r['best_ratio']:.0%} "
+                  f"({r['best_ratio_adam_from_dram']:.0%} with Adam's {r['adam_working_set_MB']:.0f} MB from DRAM)", flush=True)
+            if a.out:
+                with open(a.out, "a") as fh: fh.write(json.dumps({"machine": machine(), "label": a.label, "setting": n, **r}) + "\n")
         return
     if a.bound:
         res = {"machine": machine(), "label": a.label, "reps": a.steps, "warmup": a.warmup, "settings": {}}
