@@ -30,14 +30,18 @@ def test_require_finite_counts_bad_entries():
 def test_require_finite_raises_exactly_when_an_entry_is_not_finite(dtype):
     "Against the elementwise test: random tensors with 0-3 NaN/±Inf planted, and finite ones whose sum overflows."
     g = torch.Generator().manual_seed(0)
-    big = torch.finfo(dtype).max / 2
+    big = torch.finfo(dtype).max / 4
+    overflowed = 0
     for trial in range(60):
-        x = (torch.randn(37, 11, generator=g) * (big if trial % 3 == 0 else 1)).to(dtype)   # every third: sum overflows
+        if trial % 3: x = torch.randn(37, 11, generator=g).to(dtype)
+        else: x = (torch.rand(37, 11, generator=g, dtype=torch.float64) * big).to(dtype)   # finite, but their sum overflows
+        overflowed += bool(torch.isfinite(x).all() and not torch.isfinite(x.sum()))
         for _ in range(trial % 4):
             x.view(-1)[torch.randint(0, x.numel(), (1,), generator=g)] = [float("nan"), float("inf"), -float("inf")][trial % 3]
         if torch.isfinite(x).all(): assert require_finite(x) is x
         else:
             with pytest.raises(ValueError, match="NaN and"): require_finite(x)
+    assert overflowed >= 10                       # the elementwise fallback was exercised
 
 def test_ci_budget_never_writes_images(monkeypatch):
     monkeypatch.setenv("SAE_TUTORIAL_BUDGET", "ci")
