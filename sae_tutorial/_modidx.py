@@ -1083,8 +1083,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                                                                                   'sae_tutorial/train_machinery.py'),
                                               'sae_tutorial.train_machinery._StepCheck': ( 'training_machinery.html#_stepcheck',
                                                                                            'sae_tutorial/train_machinery.py'),
-                                              'sae_tutorial.train_machinery._clip_grad_norm': ( 'training_machinery.html#_clip_grad_norm',
-                                                                                                'sae_tutorial/train_machinery.py'),
                                               'sae_tutorial.train_machinery._defer_checks': ( 'training_machinery.html#_defer_checks',
                                                                                               'sae_tutorial/train_machinery.py'),
                                               'sae_tutorial.train_machinery.make_optimizer': ( 'training_machinery.html#make_optimizer',

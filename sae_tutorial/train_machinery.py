@@ -30,22 +30,12 @@ class _StepCheck(NamedTuple):
     step: int; batch_idx: int; x: Tensor     # the step, its batch's index and the batch (to count its NaN/Inf entries)
     halted: Tensor; ready: object            # host copy of the halt flag after this step; CUDA event once it is there
 
-def _clip_grad_norm(params: list, max_norm: float | None) -> Tensor:
-    """`clip_grad_norm_(params, max_norm)`, bit for bit, without its pass over every gradient when the factor it
-    would multiply by is 1 (the norm is within max_norm): the pass costs as much as an optimiser step."""
-    if not hasattr(torch.nn.utils, "clip_grads_with_norm_"):                   # torch < 2.6
-        return torch.nn.utils.clip_grad_norm_(params, max_norm or float("inf"))
-    norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
-    if max_norm and bool(max_norm / (norm + 1e-6) < 1.0):                     # clip_grad_norm_'s factor, before its clamp
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
-    return norm
-
 class StepGuard:
     """Clips the global gradient norm and stops training at the first step whose loss or gradient norm is NaN/Inf,
     with the weights as they were before that step.
 
-    `deferred=False`: `clip_grad_norm_` (without its multiply by 1), then the host reads the verdict before the
-    optimiser step (one host sync per step, free on a CPU). `deferred=True` (fused Adam only): the verdict and the clip factor stay on the
+    `deferred=False`: `clip_grad_norm_`, then the host reads the verdict before the optimiser step (one host
+    sync per step, free on a CPU). `deferred=True` (fused Adam only): the verdict and the clip factor stay on the
     device and go to fused Adam as `found_inf` (skip this update) and `grad_scale` (divide the gradients by
     max(1, (‖g‖ + 1e-6)/max_norm) in Adam's own pass: `clip_grad_norm_`'s factor, as a divisor). The halt flag
     is sticky, so once a step is bad no later update happens either; the host reads each step's flag one step
@@ -65,7 +55,7 @@ class StepGuard:
     def __call__(self, loss: Tensor, step: int, batch_idx: int, x: Tensor) -> Tensor:
         "Clip after backward, before `optimizer.step()`; return the gradient norm before clipping (a 0-dim tensor)."
         if not self.deferred:
-            norm = _clip_grad_norm(self.params, self.max_norm)
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.max_norm or float("inf"))
             not_ok = ~(torch.isfinite(loss) & torch.isfinite(norm))
             if bool(self.reduce(not_ok.to(torch.float32).reshape(1))): self._raise(step, batch_idx, x)   # the host sync
             return norm
